@@ -1,0 +1,276 @@
+// Batch-hard triplet loss on the CPU: row panels of X.R^T from BLAS, each reduced at once
+// to (hardest positive, hardest negative) and dropped; the B x M matrix never exists.
+// Backward uses the forward's mined indices only: O(B*D), deterministic.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common/distance.h"
+#include "common/triplet.h"
+#include "cpu/checks.h"
+#include "cpu/exact_distance.h"
+
+namespace fastmine::cpu {
+namespace {
+
+constexpr int64_t kChunk = 256;  // columns per SIMD chunk of a row scan
+
+// Selection score of column j (see selection_coefs). fma on both the vector and the scalar
+// path so that the two compute bit-identical scores.
+template <typename T>
+inline T score(const T* ca, const T* cb, const T* g, int64_t j) {
+  return std::fma(cb[j], g[j], ca[j]);
+}
+
+// Scalar scan with full NaN/tie semantics (ArgBest). Used for rows holding a non-finite
+// score, where the SIMD max/min would be free to drop a NaN.
+template <typename T>
+void scan_row_exact(const T* g, const T* ca, const T* cb, const int64_t* rl, int64_t m,
+                    int64_t li, int64_t excl, int64_t* pos, int64_t* neg) {
+  ArgBest<T> bp, bn;
+  for (int64_t j = 0; j < m; ++j) {
+    T s = score(ca, cb, g, j);
+    if (rl[j] == li) {
+      if (j != excl) bp.offer(s, j, /*is_max=*/true);
+    } else {
+      bn.offer(s, j, /*is_max=*/false);
+    }
+  }
+  *pos = bp.index;
+  *neg = bn.index;
+}
+
+// Hardest positive (largest score) and hardest negative (smallest), lowest index on ties.
+// Pass 1 finds the best value per 256-column chunk with SIMD reductions and remembers the
+// first chunk holding the overall best; pass 2 rescans only that chunk for the index.
+template <typename T>
+void scan_row(const T* g, const T* ca, const T* cb, const int64_t* rl, int64_t m, int64_t li,
+              int64_t excl, int64_t* pos, int64_t* neg) {
+  const T inf = std::numeric_limits<T>::infinity();
+  T best_p = -inf, best_n = inf;
+  int64_t chunk_p = -1, chunk_n = -1;
+  for (int64_t c0 = 0; c0 < m; c0 += kChunk) {
+    const int64_t c1 = std::min(m, c0 + kChunk);
+    T cp = -inf, cn = inf;
+    int nonfinite = 0;
+#pragma omp simd reduction(max : cp) reduction(min : cn) reduction(| : nonfinite)
+    for (int64_t j = c0; j < c1; ++j) {
+      const T s = score(ca, cb, g, j);
+      const bool same = rl[j] == li;
+      const T vp = (same && j != excl) ? s : -inf;
+      const T vn = same ? inf : s;
+      cp = vp > cp ? vp : cp;
+      cn = vn < cn ? vn : cn;
+      nonfinite |= !(s - s == T(0));  // NaN or +-inf
+    }
+    if (nonfinite) return scan_row_exact(g, ca, cb, rl, m, li, excl, pos, neg);
+    if (cp > best_p) { best_p = cp; chunk_p = c0; }
+    if (cn < best_n) { best_n = cn; chunk_n = c0; }
+  }
+  *pos = -1;
+  *neg = -1;
+  for (int64_t j = chunk_p; chunk_p >= 0 && j < std::min(m, chunk_p + kChunk); ++j) {
+    if (rl[j] == li && j != excl && score(ca, cb, g, j) == best_p) { *pos = j; break; }
+  }
+  for (int64_t j = chunk_n; chunk_n >= 0 && j < std::min(m, chunk_n + kChunk); ++j) {
+    if (rl[j] != li && score(ca, cb, g, j) == best_n) { *neg = j; break; }
+  }
+}
+
+template <typename T>
+void batch_hard_forward_impl(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& ref,
+                             const at::Tensor& ref_labels, double margin, int64_t metric,
+                             bool soft, bool has_exclude, int64_t exclude_offset,
+                             at::Tensor& loss, at::Tensor& pos_idx, at::Tensor& neg_idx,
+                             at::Tensor& pos_dist, at::Tensor& neg_dist) {
+  const int64_t b = x.size(0), m = ref.size(0), dim = x.size(1);
+  const T* xp = x.data_ptr<T>();
+  const T* rp = ref.data_ptr<T>();
+  const int64_t* lab = labels.data_ptr<int64_t>();
+  const int64_t* rlab = ref_labels.data_ptr<int64_t>();
+
+  std::vector<T> col_a(m), col_b(m);
+  at::parallel_for(0, m, 256, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      selection_coefs<T>(metric, T(squared_norm(rp + j * dim, dim)), &col_a[j], &col_b[j]);
+    }
+  });
+
+  int64_t* pi = pos_idx.data_ptr<int64_t>();
+  int64_t* ni = neg_idx.data_ptr<int64_t>();
+  const int64_t rows = panel_rows(m, sizeof(T));
+  at::Tensor panel = at::empty({rows, m}, x.options());
+  const at::Tensor ref_t = ref.t();
+  for (int64_t r0 = 0; r0 < b; r0 += rows) {
+    const int64_t nr = std::min(rows, b - r0);
+    at::Tensor gp = panel.narrow(0, 0, nr);
+    at::mm_out(gp, x.narrow(0, r0, nr), ref_t);  // BLAS: the heavy part
+    const T* g = gp.data_ptr<T>();
+    at::parallel_for(0, nr, 4, [&](int64_t i0, int64_t i1) {
+      for (int64_t r = i0; r < i1; ++r) {
+        const int64_t i = r0 + r;
+        const int64_t excl = has_exclude ? i + exclude_offset : -1;
+        scan_row(g + r * m, col_a.data(), col_b.data(), rlab, m, lab[i], excl, pi + i, ni + i);
+      }
+    });
+  }
+
+  // The selected pairs' distances, exactly (direct differences), and the triplet term.
+  T* lp = loss.data_ptr<T>();
+  T* pd = pos_dist.data_ptr<T>();
+  T* nd = neg_dist.data_ptr<T>();
+  at::parallel_for(0, b, 64, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* xi = xp + i * dim;
+      if (pi[i] < 0 || ni[i] < 0) {
+        pi[i] = ni[i] = -1;
+        pd[i] = nd[i] = T(0);
+        // An invalid anchor adds 0, but a non-finite embedding must not yield a finite loss.
+        lp[i] = std::isfinite(squared_norm(xi, dim)) ? T(0) : std::numeric_limits<T>::quiet_NaN();
+        continue;
+      }
+      const double dp = accumulate_pair(xi, rp + pi[i] * dim, dim).finalize(metric);
+      const double dn = accumulate_pair(xi, rp + ni[i] * dim, dim).finalize(metric);
+      pd[i] = T(dp);
+      nd[i] = T(dn);
+      lp[i] = T(triplet_term(dp - dn + margin, soft));
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_hard_triplet_cpu(
+    const at::Tensor& x_, const at::Tensor& labels_, const at::Tensor& ref_,
+    const at::Tensor& ref_labels_, double margin, int64_t metric, bool soft, bool has_exclude,
+    int64_t exclude_offset) {
+  check_pair(x_, ref_);
+  check_labels(labels_, x_.size(0), "labels");
+  check_labels(ref_labels_, ref_.size(0), "ref_labels");
+  const at::Tensor x = x_.contiguous(), ref = ref_.contiguous();
+  const at::Tensor labels = labels_.contiguous(), ref_labels = ref_labels_.contiguous();
+  const int64_t b = x.size(0);
+  at::Tensor loss = at::empty({b}, x.options());
+  at::Tensor pos_dist = at::empty({b}, x.options());
+  at::Tensor neg_dist = at::empty({b}, x.options());
+  at::Tensor pos_idx = at::empty({b}, labels.options());
+  at::Tensor neg_idx = at::empty({b}, labels.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_hard_triplet_cpu", [&] {
+    batch_hard_forward_impl<scalar_t>(x, labels, ref, ref_labels, margin, metric, soft,
+                                      has_exclude, exclude_offset, loss, pos_idx, neg_idx,
+                                      pos_dist, neg_dist);
+  });
+  return {loss, pos_idx, neg_idx, pos_dist, neg_dist};
+}
+
+template <typename T>
+void batch_hard_backward_impl(const at::Tensor& grad_loss, const at::Tensor& grad_pd,
+                              const at::Tensor& grad_nd, const at::Tensor& x, const at::Tensor& ref,
+                              const at::Tensor& pos_idx, const at::Tensor& neg_idx,
+                              const at::Tensor& pos_dist, const at::Tensor& neg_dist,
+                              double margin, int64_t metric, bool soft, at::Tensor& gx,
+                              at::Tensor& gr) {
+  const int64_t b = x.size(0), m = ref.size(0), dim = x.size(1);
+  const T* xp = x.data_ptr<T>();
+  const T* rp = ref.data_ptr<T>();
+  const T* gl = grad_loss.data_ptr<T>();
+  const T* gpd = grad_pd.data_ptr<T>();
+  const T* gnd = grad_nd.data_ptr<T>();
+  const int64_t* pi = pos_idx.data_ptr<int64_t>();
+  const int64_t* ni = neg_idx.data_ptr<int64_t>();
+  const T* pd = pos_dist.data_ptr<T>();
+  const T* nd = neg_dist.data_ptr<T>();
+  T* gxp = gx.data_ptr<T>();
+  T* grp = gr.data_ptr<T>();
+
+  // Edge e = 2*i + role (role 0: anchor->positive, 1: anchor->negative). Per edge: its
+  // target row, dL/dd and the distance-gradient coefficients (csrc/common/distance.h).
+  std::vector<int64_t> target(2 * b);
+  std::vector<double> coef(2 * b);
+  std::vector<DistGrad<double>> dg(2 * b);
+  at::parallel_for(0, b, 64, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      target[2 * i] = pi[i];
+      target[2 * i + 1] = ni[i];
+      if (pi[i] < 0) { coef[2 * i] = coef[2 * i + 1] = 0; continue; }
+      const double z = double(pd[i]) - double(nd[i]) + margin;
+      const double t = double(gl[i]) * triplet_term_grad(z, soft);
+      coef[2 * i] = t + double(gpd[i]);
+      coef[2 * i + 1] = -t + double(gnd[i]);
+      const T* xi = xp + i * dim;
+      const double nx2 = metric == kCosine ? squared_norm(xi, dim) : 0.0;
+      for (int role = 0; role < 2; ++role) {
+        const int64_t j = target[2 * i + role];
+        const double nr2 = metric == kCosine ? squared_norm(rp + j * dim, dim) : 0.0;
+        const double d = role == 0 ? double(pd[i]) : double(nd[i]);
+        dg[2 * i + role] = distance_grad(metric, d, nx2, nr2);
+      }
+      // Anchor side: each anchor owns its row of grad_x.
+      T* out = gxp + i * dim;
+      for (int role = 0; role < 2; ++role) {
+        const double c = coef[2 * i + role];
+        const DistGrad<double>& q = dg[2 * i + role];
+        const T* rj = rp + target[2 * i + role] * dim;
+        for (int64_t k = 0; k < dim; ++k) {
+          out[k] += T(c * (q.au * double(xi[k]) + q.cross * double(rj[k])));
+        }
+      }
+    }
+  });
+
+  // Reference side: a row may be chosen by many anchors. Counting sort of the edges by
+  // target (stable, so each row sums its edges in ascending edge order): deterministic.
+  std::vector<int64_t> start(m + 1, 0), order(2 * b);
+  for (int64_t e = 0; e < 2 * b; ++e) if (target[e] >= 0) ++start[target[e] + 1];
+  for (int64_t j = 0; j < m; ++j) start[j + 1] += start[j];
+  {
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    for (int64_t e = 0; e < 2 * b; ++e) if (target[e] >= 0) order[fill[target[e]]++] = e;
+  }
+  at::parallel_for(0, m, 64, [&](int64_t j0, int64_t j1) {
+    std::vector<double> acc(dim);
+    for (int64_t j = j0; j < j1; ++j) {
+      if (start[j] == start[j + 1]) continue;
+      std::fill(acc.begin(), acc.end(), 0.0);
+      const T* rj = rp + j * dim;
+      for (int64_t s = start[j]; s < start[j + 1]; ++s) {
+        const int64_t e = order[s];
+        const double c = coef[e];
+        const DistGrad<double>& q = dg[e];
+        const T* xi = xp + (e / 2) * dim;
+        for (int64_t k = 0; k < dim; ++k) acc[k] += c * (q.cross * double(xi[k]) + q.bv * double(rj[k]));
+      }
+      T* out = grp + j * dim;
+      for (int64_t k = 0; k < dim; ++k) out[k] = T(acc[k]);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> batch_hard_triplet_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& grad_pos_dist, const at::Tensor& grad_neg_dist,
+    const at::Tensor& x_, const at::Tensor& ref_, const at::Tensor& pos_idx,
+    const at::Tensor& neg_idx, const at::Tensor& pos_dist, const at::Tensor& neg_dist,
+    double margin, int64_t metric, bool soft) {
+  check_pair(x_, ref_);
+  const at::Tensor x = x_.contiguous(), ref = ref_.contiguous();
+  at::Tensor gx = at::zeros_like(x);
+  at::Tensor gr = at::zeros_like(ref);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_hard_triplet_backward_cpu", [&] {
+    batch_hard_backward_impl<scalar_t>(
+        grad_loss.contiguous(), grad_pos_dist.contiguous(), grad_neg_dist.contiguous(), x, ref,
+        pos_idx.contiguous(), neg_idx.contiguous(), pos_dist.contiguous(), neg_dist.contiguous(),
+        margin, metric, soft, gx, gr);
+  });
+  return {gx, gr};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastmine, CPU, m) {
+  m.impl("batch_hard_triplet", &batch_hard_triplet_cpu);
+  m.impl("batch_hard_triplet_backward", &batch_hard_triplet_backward_cpu);
+}
+
+}  // namespace fastmine::cpu

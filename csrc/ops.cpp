@@ -1,0 +1,26 @@
+// The public C++ surface of fastmine: one schema per op, defined once here (in the CPU
+// module, which is always loaded). Kernels register against these from csrc/cpu/ (classic
+// ATen API) and csrc/cuda/ (stable ABI). Fake kernels and autograd live in fastmine/_ops.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(fastmine, m) {
+  // (B, D) x (M, D) -> (B, M) distance matrix.
+  m.def("pairwise_distance(Tensor x, Tensor y, int metric) -> Tensor");
+  // Gradients of pairwise_distance with respect to x and y, given the forward's output.
+  m.def(
+      "pairwise_distance_backward(Tensor grad, Tensor x, Tensor y, Tensor dist, int metric)"
+      " -> (Tensor, Tensor)");
+  // Batch-hard mining fused with the per-anchor triplet term. Returns
+  // (loss[B], pos_idx[B], neg_idx[B], pos_dist[B], neg_dist[B]); indices are -1 and
+  // distances 0 for invalid anchors. Column j == row i + exclude_offset is not a positive
+  // when has_exclude (the anchor itself).
+  m.def(
+      "batch_hard_triplet(Tensor x, Tensor labels, Tensor ref, Tensor ref_labels, float margin,"
+      " int metric, bool soft, bool has_exclude, int exclude_offset)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // O(B*D) backward from the forward's mined indices: no second mining pass.
+  m.def(
+      "batch_hard_triplet_backward(Tensor grad_loss, Tensor grad_pos_dist, Tensor grad_neg_dist,"
+      " Tensor x, Tensor ref, Tensor pos_idx, Tensor neg_idx, Tensor pos_dist, Tensor neg_dist,"
+      " float margin, int metric, bool soft) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,24 @@
+"""Small result types shared by the kernels' wrappers and the oracle."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class BatchHardInfo(NamedTuple):
+    """What batch-hard mining chose, returned with ``return_info=True``.
+
+    All tensors are detached. Indices point into the reference set (``embeddings`` itself
+    when no ``ref_embeddings`` is given) and are -1 where the anchor is invalid (no positive
+    or no negative); distances are 0 there.
+    """
+
+    pos_idx: torch.Tensor  # (B,) int64, hardest positive of each anchor
+    neg_idx: torch.Tensor  # (B,) int64, hardest negative of each anchor
+    pos_dist: torch.Tensor  # (B,) d(anchor, hardest positive)
+    neg_dist: torch.Tensor  # (B,) d(anchor, hardest negative)
+    valid: torch.Tensor  # (B,) bool, anchor has a positive and a negative
+    num_valid: torch.Tensor  # () int64, number of valid anchors
+    num_active: torch.Tensor  # () int64, valid anchors with a loss > 0
+    active_fraction: torch.Tensor  # () float, num_active / max(num_valid, 1)

@@ -1,0 +1,87 @@
+"""Builds fastmine's two compiled modules.
+
+* ``fastmine._C``      CPU kernels and the op schemas (classic ATen API). Always built.
+* ``fastmine._C_cuda`` CUDA kernels, written against torch's *stable* ABI only, so that they
+  compile and link against the CPU-only torch wheel too (its ATen/cuda headers are absent).
+  Built whenever ``nvcc`` is found; loaded at import only when ``torch.cuda.is_available()``.
+  ``FASTMINE_NO_CUDA=1`` skips it; ``FASTMINE_REQUIRE_CUDA=1`` makes its absence an error.
+"""
+import glob
+import os
+import shutil
+
+from setuptools import setup
+from torch.utils import cpp_extension
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+# Stable-ABI floor: the CUDA module uses nothing newer than torch 2.10's stable API.
+TORCH_TARGET_VERSION = "0x020a000000000000"
+
+
+def _find_cuda_home():
+    """The CUDA toolkit root (bin/nvcc, include/, lib64/), or None where there is no nvcc."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:  # /usr/local/bin/nvcc may be a wrapper script: only trust a real toolkit layout
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for root in candidates:
+        if root and os.path.isfile(os.path.join(root, "include", "cuda_runtime.h")) and (
+            os.path.exists(os.path.join(root, "bin", "nvcc"))
+        ):
+            return root
+    if nvcc:
+        raise RuntimeError(f"nvcc found at {nvcc} but no CUDA toolkit root; set CUDA_HOME")
+    return None
+
+
+def _rel(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+# -march=native: the row-scan epilogue is SIMD; fastmine is built from source on the
+# machine that runs it. FASTMINE_PORTABLE=1 drops it for relocatable builds.
+common_cxx = ["-O3", "-std=c++20", "-fopenmp"]
+if os.environ.get("FASTMINE_PORTABLE") != "1":
+    common_cxx.append("-march=native")
+include_dirs = [os.path.join(ROOT, "csrc")]
+
+ext_modules = [
+    CppExtension(
+        "fastmine._C",
+        sources=_rel("csrc/ops.cpp") + _rel("csrc/cpu/*.cpp"),
+        include_dirs=include_dirs,
+        extra_compile_args={"cxx": common_cxx},
+        extra_link_args=["-fopenmp"],
+    )
+]
+
+cuda_home = None if os.environ.get("FASTMINE_NO_CUDA") == "1" else _find_cuda_home()
+if cuda_home is None and os.environ.get("FASTMINE_REQUIRE_CUDA") == "1":
+    raise RuntimeError("FASTMINE_REQUIRE_CUDA=1 but no nvcc was found (set CUDA_HOME)")
+if cuda_home is not None:
+    # A CPU-only torch leaves cpp_extension.CUDA_HOME unset and CUDAExtension would link
+    # torch_cuda; a CppExtension with .cu sources and this path set is compiled by nvcc.
+    cpp_extension.CUDA_HOME = cuda_home
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    stable = [f"-DTORCH_TARGET_VERSION={TORCH_TARGET_VERSION}"]
+    ext_modules.append(
+        CppExtension(
+            "fastmine._C_cuda",
+            sources=_rel("csrc/cuda/*.cu"),
+            include_dirs=include_dirs + [os.path.join(cuda_home, "include")],
+            library_dirs=[os.path.join(cuda_home, "lib64")],
+            # Static cudart: no runtime dependency on a libcudart.so that may differ from
+            # the one torch ships; the module links completely on a machine without a GPU.
+            libraries=["cudart_static", "rt", "pthread", "dl"],
+            extra_compile_args={
+                "cxx": ["-O3", "-std=c++20"] + stable,
+                "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"] + stable,
+            },
+        )
+    )
+
+setup(
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
