@@ -1,0 +1,55 @@
+# fastmine: `make bench` and `make test` set everything up from a fresh clone.
+#
+#   make test                      venv + pinned CPU torch + deps, build, run the test suite
+#   make bench                     same set-up, build, run the default benchmark
+#   make build                     (re)build the compiled modules in place (incremental)
+#   make TORCH=system test         use the torch already importable by $(PYTHON) (e.g. your
+#                                  own CUDA build) instead of installing the pinned one
+#   make TORCH="torch==2.11.0" ... another pinned torch
+#   make BENCH_ARGS="--full" bench arguments for python -m benchmarks (see --help)
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BENCH_ARGS ?=
+PY := $(VENV)/bin/python
+DEPS := $(VENV)/.deps-stamp
+INSTALLED := $(VENV)/.install-stamp
+
+.PHONY: all setup build test bench clean
+
+all: test
+
+# The pinned torch goes in first and alone, then is frozen by a constraints file so no
+# later requirement can pull a different (multi-GB CUDA) torch.
+$(DEPS): requirements-dev.txt Makefile
+ifeq ($(TORCH),system)
+	$(PYTHON) -m venv --system-site-packages $(VENV)
+else
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH)"
+endif
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
+	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -r requirements-dev.txt
+	touch $@
+
+setup: $(DEPS)
+
+# Editable install once (metadata), then an incremental in-place build every time (ninja
+# recompiles only what changed). Where nvcc exists the CUDA module must build: a failure
+# fails this target.
+$(INSTALLED): $(DEPS) setup.py pyproject.toml
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(INSTALLED)
+	$(PY) setup.py --quiet build_ext --inplace
+
+test: build
+	$(PY) -m pytest -q tests
+
+bench: build
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
+clean:
+	rm -rf build fastmine/*.so *.egg-info

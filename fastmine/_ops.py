@@ -1,0 +1,137 @@
+"""Loads the compiled modules and gives their ops fake kernels and autograd.
+
+The schemas live in csrc/ops.cpp. ``fastmine._C`` (CPU kernels + schemas) is always loaded;
+``fastmine._C_cuda`` (stable-ABI CUDA kernels) only when a GPU is usable. The autograd
+formulas here are thin: every backward is itself a compiled op that reuses what the
+forward saved (mined indices, distances), so there is never a second mining pass.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from typing import Optional
+
+import torch
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _library_path(name: str) -> Optional[str]:
+    found = sorted(glob.glob(os.path.join(_HERE, name + ".*.so")) + glob.glob(os.path.join(_HERE, name + ".*.pyd")))
+    return found[0] if found else None
+
+
+def _load(name: str) -> bool:
+    path = _library_path(name)
+    if path is None:
+        return False
+    torch.ops.load_library(path)
+    return True
+
+
+if not _load("_C"):
+    raise ImportError(
+        "fastmine's compiled module fastmine/_C*.so is missing: build it with `make build` "
+        "(or `pip install --no-build-isolation -e .`)"
+    )
+
+#: True when the CUDA kernels are loaded (a GPU is visible and the module was built).
+CUDA_AVAILABLE: bool = torch.cuda.is_available() and _load("_C_cuda")
+
+ops = torch.ops.fastmine
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def loss_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Losses and mined distances come back in float32 for half inputs."""
+    return torch.float32 if dtype in _HALF else dtype
+
+
+def _no_double_backward(op: str):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"fastmine.{op}: double backward (a gradient of the gradient) is not supported"
+        )
+
+    return backward
+
+
+# ---- pairwise_distance -------------------------------------------------------------------
+
+
+@torch.library.register_fake("fastmine::pairwise_distance")
+def _pairwise_distance_fake(x, y, metric):
+    return x.new_empty((x.shape[0], y.shape[0]))
+
+
+@torch.library.register_fake("fastmine::pairwise_distance_backward")
+def _pairwise_distance_backward_fake(grad, x, y, dist, metric):
+    return torch.empty_like(x), torch.empty_like(y)
+
+
+def _pairwise_setup(ctx, inputs, output):
+    x, y, metric = inputs
+    ctx.save_for_backward(x, y, output)
+    ctx.metric = metric
+
+
+def _pairwise_backward(ctx, grad):
+    x, y, dist = ctx.saved_tensors
+    gx, gy = ops.pairwise_distance_backward(grad.contiguous(), x, y, dist, ctx.metric)
+    return gx, gy, None
+
+
+torch.library.register_autograd(
+    "fastmine::pairwise_distance", _pairwise_backward, setup_context=_pairwise_setup
+)
+torch.library.register_autograd(
+    "fastmine::pairwise_distance_backward",
+    _no_double_backward("pairwise_distance"),
+    setup_context=lambda ctx, inputs, output: None,
+)
+
+
+# ---- batch_hard_triplet ------------------------------------------------------------------
+
+
+@torch.library.register_fake("fastmine::batch_hard_triplet")
+def _batch_hard_fake(x, labels, ref, ref_labels, margin, metric, soft, has_exclude, exclude_offset):
+    b = x.shape[0]
+    values = x.new_empty((b,), dtype=loss_dtype(x.dtype))
+    index = x.new_empty((b,), dtype=torch.int64)
+    return values, index, torch.empty_like(index), torch.empty_like(values), torch.empty_like(values)
+
+
+@torch.library.register_fake("fastmine::batch_hard_triplet_backward")
+def _batch_hard_backward_fake(gl, gpd, gnd, x, ref, pos_idx, neg_idx, pos_dist, neg_dist, margin, metric, soft):
+    return torch.empty_like(x), torch.empty_like(ref)
+
+
+def _batch_hard_setup(ctx, inputs, output):
+    x, _, ref, _, margin, metric, soft, _, _ = inputs
+    _, pos_idx, neg_idx, pos_dist, neg_dist = output
+    ctx.save_for_backward(x, ref, pos_idx, neg_idx, pos_dist, neg_dist)
+    ctx.args = (margin, metric, soft)
+
+
+def _batch_hard_backward(ctx, g_loss, g_pos_idx, g_neg_idx, g_pos_dist, g_neg_dist):
+    x, ref, pos_idx, neg_idx, pos_dist, neg_dist = ctx.saved_tensors
+    # Outputs nobody used may arrive as None: their gradient is zero.
+    g_loss, g_pos_dist, g_neg_dist = (
+        torch.zeros_like(pos_dist) if g is None else g.contiguous()
+        for g in (g_loss, g_pos_dist, g_neg_dist)
+    )
+    gx, gr = ops.batch_hard_triplet_backward(
+        g_loss, g_pos_dist, g_neg_dist, x, ref, pos_idx, neg_idx, pos_dist, neg_dist, *ctx.args
+    )
+    return gx, None, gr, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "fastmine::batch_hard_triplet", _batch_hard_backward, setup_context=_batch_hard_setup
+)
+torch.library.register_autograd(
+    "fastmine::batch_hard_triplet_backward",
+    _no_double_backward("batch_hard_triplet_loss"),
+    setup_context=lambda ctx, inputs, output: None,
+)

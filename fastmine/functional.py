@@ -1,0 +1,152 @@
+"""User-facing functions: validate, dispatch to the compiled ops, reduce.
+
+Semantics are SPEC.md's (kept in the repo as docs/semantics.md); the oracle that the
+kernels are tested against is fastmine/reference.py.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+
+from . import _validate as check
+from ._ops import ops
+from ._types import BatchHardInfo
+
+__all__ = ["pairwise_distance", "batch_hard_triplet_loss"]
+
+BATCH_HARD_REDUCTIONS = ("mean", "sum", "none", "mean_nonzero")
+
+
+def pairwise_distance(
+    x: torch.Tensor, y: Optional[torch.Tensor] = None, *, metric: str = "euclidean"
+) -> torch.Tensor:
+    """All distances between the rows of ``x`` (B, D) and of ``y`` (M, D): a (B, M) matrix.
+
+    ``y=None`` means ``y = x``. ``metric`` is ``"euclidean"`` (gradient 0 where the distance
+    is 0), ``"sqeuclidean"`` or ``"cosine"`` (1 - cos, norms clamped at 1e-8).
+    Differentiable with respect to both inputs.
+
+    >>> x = torch.randn(5, 3)
+    >>> fastmine.pairwise_distance(x).shape
+    torch.Size([5, 5])
+    """
+    check.embeddings(x, "x")
+    metric_id = check.metric(metric)
+    if y is None:
+        xc = check.compute_dtype(x)
+        return ops.pairwise_distance(xc, xc, metric_id)
+    check.embeddings(y, "y")
+    check.same_device([("x", x), ("y", y)])
+    check.same_features(x, "x", y, "y")
+    return ops.pairwise_distance(check.compute_dtype(x), check.compute_dtype(y), metric_id)
+
+
+def _reference_set(embeddings, labels, ref_embeddings, ref_labels, self_offset):
+    """Resolves the reference set and the excluded (anchor, itself) column."""
+    check.embeddings(embeddings, "embeddings")
+    b = embeddings.shape[0]
+    labels = check.labels(labels, b, "labels", "embeddings")
+    if (ref_embeddings is None) != (ref_labels is None):
+        raise ValueError("ref_embeddings and ref_labels must be given together")
+    if ref_embeddings is None:
+        check.self_offset(self_offset, False, b, b)
+        check.same_device([("embeddings", embeddings), ("labels", labels)])
+        x = check.compute_dtype(embeddings)
+        return x, labels, x, labels, True, 0
+    check.embeddings(ref_embeddings, "ref_embeddings")
+    m = ref_embeddings.shape[0]
+    ref_labels = check.labels(ref_labels, m, "ref_labels", "ref_embeddings")
+    check.same_device([("embeddings", embeddings), ("labels", labels),
+                       ("ref_embeddings", ref_embeddings), ("ref_labels", ref_labels)])
+    check.same_features(embeddings, "embeddings", ref_embeddings, "ref_embeddings")
+    offset = check.self_offset(self_offset, True, b, m)
+    x, r = check.compute_dtype(embeddings), check.compute_dtype(ref_embeddings)
+    return x, labels, r, ref_labels, offset is not None, offset or 0
+
+
+def _count(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return mask.sum().clamp(min=1).to(dtype)
+
+
+def batch_hard_triplet_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float = 0.3,
+    metric: str = "euclidean",
+    soft: bool = False,
+    reduction: str = "mean",
+    ref_embeddings: Optional[torch.Tensor] = None,
+    ref_labels: Optional[torch.Tensor] = None,
+    self_offset: Optional[int] = None,
+    return_info: bool = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, BatchHardInfo]]:
+    """Batch-hard triplet loss (Hermans et al. 2017), fused: the B x M distance matrix is
+    never materialised.
+
+    For each anchor i: d+ = distance to its farthest positive (same label, not itself),
+    d- = distance to its nearest negative, z = d+ - d- + margin, loss_i = max(z, 0), or
+    softplus(z) with ``soft=True`` (use ``margin=0`` for the paper's soft margin). Anchors
+    without a positive or a negative are invalid and contribute 0.
+
+    Args:
+        embeddings: (B, D) float tensor, the anchors.
+        labels: (B,) integer class ids (any values, any order).
+        margin: the triplet margin (default 0.3, the re-ID convention).
+        metric: ``"euclidean"`` (default), ``"sqeuclidean"`` or ``"cosine"``.
+        soft: softplus instead of the hinge.
+        reduction: ``"mean"`` over valid anchors (default), ``"sum"``, ``"none"`` (a (B,)
+            vector, 0 for invalid anchors) or ``"mean_nonzero"`` (sum over the number of
+            anchors with a positive loss, pytorch-metric-learning's AvgNonZeroReducer).
+        ref_embeddings, ref_labels: mine against this (M, D) reference set instead of the
+            batch itself (e.g. a cross-batch memory or an all-gathered global batch).
+        self_offset: with a reference set, row ``self_offset + i`` of it is anchor i itself
+            and is not a positive.
+        return_info: also return a :class:`fastmine.BatchHardInfo` with the mined indices,
+            distances and counts.
+
+    Returns:
+        The loss (a scalar, or (B,) for ``reduction="none"``): float32 for half inputs,
+        otherwise the input dtype. With no valid anchor it is 0.0, still attached to the
+        graph. With ``return_info``, ``(loss, info)``.
+
+    Example:
+        >>> emb = torch.randn(8, 16, requires_grad=True)
+        >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+        >>> loss = fastmine.batch_hard_triplet_loss(emb, labels, margin=0.3)
+        >>> loss.backward()
+    """
+    margin = check.finite_number(margin, "margin")
+    metric_id = check.metric(metric)
+    check.reduction(reduction, BATCH_HARD_REDUCTIONS)
+    x, lab, ref, ref_lab, has_exclude, offset = _reference_set(
+        embeddings, labels, ref_embeddings, ref_labels, self_offset
+    )
+    per_anchor, pos_idx, neg_idx, pos_dist, neg_dist = ops.batch_hard_triplet(
+        x, lab, ref, ref_lab, margin, metric_id, bool(soft), has_exclude, offset
+    )
+    valid = pos_idx >= 0
+    if reduction == "none":
+        loss = per_anchor
+    elif reduction == "sum":
+        loss = per_anchor.sum()
+    elif reduction == "mean":
+        loss = per_anchor.sum() / _count(valid, per_anchor.dtype)
+    else:  # mean_nonzero
+        loss = per_anchor.sum() / _count(per_anchor > 0, per_anchor.dtype)
+    if not return_info:
+        return loss
+    num_valid = valid.sum()
+    num_active = (valid & (per_anchor > 0)).sum()
+    info = BatchHardInfo(
+        pos_idx=pos_idx,
+        neg_idx=neg_idx,
+        pos_dist=pos_dist.detach(),
+        neg_dist=neg_dist.detach(),
+        valid=valid,
+        num_valid=num_valid,
+        num_active=num_active,
+        active_fraction=num_active.to(torch.float32) / num_valid.clamp(min=1).to(torch.float32),
+    )
+    return loss, info
