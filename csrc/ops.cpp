@@ -23,4 +23,27 @@ TORCH_LIBRARY(fastmine, m) {
       "batch_hard_triplet_backward(Tensor grad_loss, Tensor grad_pos_dist, Tensor grad_neg_dist,"
       " Tensor x, Tensor ref, Tensor pos_idx, Tensor neg_idx, Tensor pos_dist, Tensor neg_dist,"
       " float margin, int metric, bool soft) -> (Tensor, Tensor)");
+  // ---- all-pairs losses: per-anchor partial sums; the reduction is done in Python ----
+  // Batch-all triplet loss. Per anchor i: the sum of the triplet terms over every (positive,
+  // negative) pair, the number of such triplets, and how many have a term > 0.
+  m.def(
+      "batch_all_triplet(Tensor x, Tensor labels, Tensor ref, Tensor ref_labels, float margin,"
+      " int metric, bool soft, bool has_exclude, int exclude_offset)"
+      " -> (Tensor, Tensor, Tensor)");
+  // Gradient of sum_i grad[i] * loss_sum[i]: recomputes the distances panel by panel and
+  // applies per-pair weights (active-triplet counts); triplets are never enumerated.
+  m.def(
+      "batch_all_triplet_backward(Tensor grad, Tensor x, Tensor labels, Tensor ref,"
+      " Tensor ref_labels, float margin, int metric, bool soft, bool has_exclude,"
+      " int exclude_offset) -> (Tensor, Tensor)");
+  // Contrastive loss. Per anchor i: (pos_sum, pos_nonzero, pos_pairs, neg_sum, neg_nonzero,
+  // neg_pairs) over its pairs; `triangle` = the batch against itself, pairs j > i only.
+  m.def(
+      "contrastive(Tensor x, Tensor labels, Tensor ref, Tensor ref_labels, float pos_margin,"
+      " float neg_margin, float power, int metric, bool triangle, bool has_exclude,"
+      " int exclude_offset) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "contrastive_backward(Tensor grad_pos, Tensor grad_neg, Tensor x, Tensor labels,"
+      " Tensor ref, Tensor ref_labels, float pos_margin, float neg_margin, float power,"
+      " int metric, bool triangle, bool has_exclude, int exclude_offset) -> (Tensor, Tensor)");
 }

@@ -4,13 +4,21 @@
     >>> loss = fastmine.batch_hard_triplet_loss(embeddings, labels)
 """
 from ._ops import CUDA_AVAILABLE
-from ._types import BatchHardInfo
-from .functional import batch_hard_triplet_loss, pairwise_distance
+from ._types import BatchAllInfo, BatchHardInfo
+from .functional import (
+    batch_all_triplet_loss,
+    batch_hard_triplet_loss,
+    contrastive_loss,
+    pairwise_distance,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchAllInfo",
     "BatchHardInfo",
+    "batch_all_triplet_loss",
+    "contrastive_loss",
     "CUDA_AVAILABLE",
     "batch_hard_triplet_loss",
     "pairwise_distance",

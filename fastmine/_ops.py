@@ -135,3 +135,54 @@ torch.library.register_autograd(
     _no_double_backward("batch_hard_triplet_loss"),
     setup_context=lambda ctx, inputs, output: None,
 )
+
+
+# ---- all-pairs losses: batch_all_triplet, contrastive ------------------------------------
+# Their backward recomputes the distances panel by panel (nothing B x M is saved), so the
+# context keeps only the inputs.
+
+
+def _register_all_pairs(name: str, layout: str):
+    """Fake kernel and autograd for an all-pairs op.
+
+    ``layout`` names the op's (B,) outputs in order: ``f`` a float per-anchor sum (it has a
+    gradient; the backward op takes those gradients first, in this order), ``i`` an int64
+    count.
+    """
+    n_grads = layout.count("f")
+
+    @torch.library.register_fake(f"fastmine::{name}")
+    def _fake(x, labels, ref, ref_labels, *args):
+        dtypes = {"f": loss_dtype(x.dtype), "i": torch.int64}
+        return tuple(x.new_empty((x.shape[0],), dtype=dtypes[c]) for c in layout)
+
+    @torch.library.register_fake(f"fastmine::{name}_backward")
+    def _fake_backward(*args):
+        x, ref = args[n_grads], args[n_grads + 2]
+        return torch.empty_like(x), torch.empty_like(ref)
+
+    def setup(ctx, inputs, output):
+        x, labels, ref, ref_labels, *args = inputs
+        ctx.save_for_backward(x, labels, ref, ref_labels)
+        ctx.args = args
+
+    def backward(ctx, *grads):
+        x, labels, ref, ref_labels = ctx.saved_tensors
+        float_grads = [
+            torch.zeros(x.shape[0], dtype=loss_dtype(x.dtype), device=x.device) if g is None else g.contiguous()
+            for g, c in zip(grads, layout)
+            if c == "f"
+        ]
+        gx, gr = getattr(ops, f"{name}_backward")(*float_grads, x, labels, ref, ref_labels, *ctx.args)
+        return (gx, None, gr, None) + (None,) * len(ctx.args)
+
+    torch.library.register_autograd(f"fastmine::{name}", backward, setup_context=setup)
+    torch.library.register_autograd(
+        f"fastmine::{name}_backward", _no_double_backward(name), setup_context=lambda ctx, inputs, output: None
+    )
+
+
+# (loss_sum, num_triplets, num_active) per anchor
+_register_all_pairs("batch_all_triplet", "fii")
+# (pos_sum, pos_nonzero, pos_pairs, neg_sum, neg_nonzero, neg_pairs) per anchor
+_register_all_pairs("contrastive", "fiifii")

@@ -22,3 +22,13 @@ class BatchHardInfo(NamedTuple):
     num_valid: torch.Tensor  # () int64, number of valid anchors
     num_active: torch.Tensor  # () int64, valid anchors with a loss > 0
     active_fraction: torch.Tensor  # () float, num_active / max(num_valid, 1)
+
+
+class BatchAllInfo(NamedTuple):
+    """Statistics of batch-all triplet mining, returned with ``return_info=True``."""
+
+    num_valid: torch.Tensor  # () int64, number of (anchor, positive, negative) triplets
+    num_active: torch.Tensor  # () int64, triplets with a loss > 0
+    active_fraction: torch.Tensor  # () float, num_active / max(num_valid, 1)
+    valid_per_anchor: torch.Tensor  # (B,) int64, triplets of each anchor
+    active_per_anchor: torch.Tensor  # (B,) int64, active triplets of each anchor

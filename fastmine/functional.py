@@ -11,11 +11,18 @@ import torch
 
 from . import _validate as check
 from ._ops import ops
-from ._types import BatchHardInfo
+from ._types import BatchAllInfo, BatchHardInfo
 
-__all__ = ["pairwise_distance", "batch_hard_triplet_loss"]
+__all__ = [
+    "pairwise_distance",
+    "batch_hard_triplet_loss",
+    "batch_all_triplet_loss",
+    "contrastive_loss",
+]
 
 BATCH_HARD_REDUCTIONS = ("mean", "sum", "none", "mean_nonzero")
+BATCH_ALL_REDUCTIONS = ("mean_positive", "mean", "sum")
+CONTRASTIVE_REDUCTIONS = ("mean", "sum", "mean_nonzero")
 
 
 def pairwise_distance(
@@ -150,3 +157,129 @@ def batch_hard_triplet_loss(
         active_fraction=num_active.to(torch.float32) / num_valid.clamp(min=1).to(torch.float32),
     )
     return loss, info
+
+
+def batch_all_triplet_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float = 0.3,
+    metric: str = "euclidean",
+    soft: bool = False,
+    reduction: str = "mean_positive",
+    ref_embeddings: Optional[torch.Tensor] = None,
+    ref_labels: Optional[torch.Tensor] = None,
+    self_offset: Optional[int] = None,
+    return_info: bool = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, BatchAllInfo]]:
+    """Batch-all triplet loss: every (anchor, positive, negative) triplet of the batch,
+    computed exactly without ever materialising the triplets (nor the B x M matrix).
+
+    Each triplet contributes max(d(a, p) - d(a, n) + margin, 0) (softplus with
+    ``soft=True``). Positives exclude the anchor itself, as in batch-hard.
+
+    Args:
+        embeddings, labels, margin, metric, soft, ref_embeddings, ref_labels, self_offset:
+            as in :func:`batch_hard_triplet_loss`.
+        reduction: ``"mean_positive"`` (default; sum over the number of triplets with a
+            positive loss, Moindrot's batch_all and pytorch-metric-learning's
+            ``TripletMarginLoss`` with no miner), ``"mean"`` (over all valid triplets) or
+            ``"sum"``.
+        return_info: also return a :class:`fastmine.BatchAllInfo` with the triplet counts.
+
+    Example:
+        >>> emb = torch.randn(64, 32, requires_grad=True)
+        >>> labels = torch.arange(16).repeat_interleave(4)
+        >>> loss, info = fastmine.batch_all_triplet_loss(emb, labels, return_info=True)
+        >>> info.num_valid   # 64 anchors x 3 positives x 60 negatives
+        tensor(11520)
+    """
+    margin = check.finite_number(margin, "margin")
+    metric_id = check.metric(metric)
+    check.reduction(reduction, BATCH_ALL_REDUCTIONS)
+    x, lab, ref, ref_lab, has_exclude, offset = _reference_set(
+        embeddings, labels, ref_embeddings, ref_labels, self_offset
+    )
+    per_anchor, valid, active = ops.batch_all_triplet(
+        x, lab, ref, ref_lab, margin, metric_id, bool(soft), has_exclude, offset
+    )
+    total = per_anchor.sum()
+    if reduction == "sum":
+        loss = total
+    else:
+        counts = active if reduction == "mean_positive" else valid
+        loss = total / counts.sum().clamp(min=1).to(total.dtype)
+    if not return_info:
+        return loss
+    num_valid, num_active = valid.sum(), active.sum()
+    info = BatchAllInfo(
+        num_valid=num_valid,
+        num_active=num_active,
+        active_fraction=num_active.to(torch.float32) / num_valid.clamp(min=1).to(torch.float32),
+        valid_per_anchor=valid,
+        active_per_anchor=active,
+    )
+    return loss, info
+
+
+def contrastive_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    pos_margin: float = 0.0,
+    neg_margin: float = 1.0,
+    power: float = 2,
+    metric: str = "euclidean",
+    reduction: str = "mean",
+    ref_embeddings: Optional[torch.Tensor] = None,
+    ref_labels: Optional[torch.Tensor] = None,
+    self_offset: Optional[int] = None,
+) -> torch.Tensor:
+    """Contrastive loss (Hadsell, Chopra & LeCun 2006) over all pairs, fused: the B x M
+    distance matrix is never materialised.
+
+    A same-label pair costs max(d - pos_margin, 0)^power, a different-label pair
+    max(neg_margin - d, 0)^power. Pairs are the unordered pairs i < j of the batch, or every
+    (anchor, reference) pair with a reference set (minus ``self_offset + i``).
+
+    Args:
+        pos_margin, neg_margin: the margins (defaults 0 and 1).
+        power: the exponent (default 2; 1 gives pytorch-metric-learning's ContrastiveLoss).
+        reduction: ``"mean"`` over all pairs (default; the seeds' 1/(2N) sum form is 0.5 x
+            this), ``"sum"``, or ``"mean_nonzero"``: the positive part averaged over its
+            non-zero terms plus the negative part averaged over its non-zero terms.
+        other arguments: as in :func:`batch_hard_triplet_loss`.
+
+    Example:
+        >>> emb = torch.randn(32, 16, requires_grad=True)
+        >>> labels = torch.arange(8).repeat_interleave(4)
+        >>> fastmine.contrastive_loss(emb, labels, neg_margin=1.0).backward()
+    """
+    pos_margin = check.finite_number(pos_margin, "pos_margin")
+    neg_margin = check.finite_number(neg_margin, "neg_margin")
+    power = check.finite_number(power, "power")
+    if power <= 0:
+        raise ValueError(f"power must be positive, got {power}")
+    metric_id = check.metric(metric)
+    check.reduction(reduction, CONTRASTIVE_REDUCTIONS)
+    x, lab, ref, ref_lab, has_exclude, offset = _reference_set(
+        embeddings, labels, ref_embeddings, ref_labels, self_offset
+    )
+    triangle = ref_embeddings is None  # the batch against itself: each pair once
+    pos_sum, pos_nz, pos_n, neg_sum, neg_nz, neg_n = ops.contrastive(
+        x, lab, ref, ref_lab, pos_margin, neg_margin, power, metric_id, triangle,
+        has_exclude and not triangle, offset,
+    )
+    pos_total, neg_total = pos_sum.sum(), neg_sum.sum()
+    if reduction == "sum":
+        return pos_total + neg_total
+    if reduction == "mean":
+        return (pos_total + neg_total) / _count_sum(pos_n, neg_n, pos_total.dtype)
+    return pos_total / _count_sum(pos_nz, None, pos_total.dtype) + neg_total / _count_sum(
+        neg_nz, None, neg_total.dtype
+    )
+
+
+def _count_sum(a: torch.Tensor, b: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    total = a.sum() if b is None else a.sum() + b.sum()
+    return total.clamp(min=1).to(dtype)

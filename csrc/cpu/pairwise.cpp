@@ -1,88 +1,40 @@
-// Pairwise distance matrix on the CPU: one BLAS GEMM, then an in-place epilogue that turns
-// dot products into distances (entries prone to cancellation are recomputed exactly).
+// Pairwise distance matrix on the CPU, through the shared row-panel code (cpu/panel.h):
+// BLAS GEMM + distance epilogue forward; per-entry gradient weights + two GEMMs backward.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <vector>
-
-#include "common/distance.h"
 #include "cpu/checks.h"
-#include "cpu/exact_distance.h"
+#include "cpu/panel.h"
 
 namespace fastmine::cpu {
 namespace {
 
-template <typename T>
-std::vector<T> row_norms2(const T* p, int64_t n, int64_t dim) {
-  std::vector<T> out(n);
-  at::parallel_for(0, n, 256, [&](int64_t a, int64_t e) {
-    for (int64_t i = a; i < e; ++i) out[i] = T(squared_norm(p + i * dim, dim));
-  });
-  return out;
-}
-
-at::Tensor pairwise_distance_cpu(const at::Tensor& x_, const at::Tensor& y_, int64_t metric) {
-  check_pair(x_, y_);
-  const at::Tensor x = x_.contiguous(), y = y_.contiguous();
-  const int64_t b = x.size(0), m = y.size(0), dim = x.size(1);
-  at::Tensor out = at::mm(x, y.t());
+at::Tensor pairwise_distance_cpu(const at::Tensor& x, const at::Tensor& y, int64_t metric) {
+  check_pair(x, y);
+  at::Tensor out = at::empty({x.size(0), y.size(0)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_cpu", [&] {
-    using T = scalar_t;
-    const T* xp = x.data_ptr<T>();
-    const T* yp = y.data_ptr<T>();
-    const std::vector<T> nx2 = row_norms2(xp, b, dim), ny2 = row_norms2(yp, m, dim);
-    T* o = out.data_ptr<T>();
-    at::parallel_for(0, b, 16, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        for (int64_t j = 0; j < m; ++j) {
-          T& g = o[i * m + j];
-          const T d2 = nx2[i] + ny2[j] - T(2) * g;
-          if (metric != kCosine && needs_exact(d2, nx2[i], ny2[j])) {
-            g = T(accumulate_pair(xp + i * dim, yp + j * dim, dim).finalize(metric));
-          } else {
-            g = distance_from_dot(metric, g, nx2[i], ny2[j]);
-          }
-        }
-      }
-    });
+    Panels<scalar_t>(x, y, metric).distances(0, out);
   });
   return out;
 }
 
-// dX = diag(a) X + W Y,  dY = diag(c) Y + W^T X, with per-entry coefficients from
-// distance_grad: W = G * cross, a = rowsum(G * au), c = colsum(G * bv).
-std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tensor& grad_,
-                                                                  const at::Tensor& x_,
-                                                                  const at::Tensor& y_,
+std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tensor& grad,
+                                                                  const at::Tensor& x,
+                                                                  const at::Tensor& y,
                                                                   const at::Tensor& dist_,
                                                                   int64_t metric) {
-  check_pair(x_, y_);
-  const at::Tensor x = x_.contiguous(), y = y_.contiguous();
-  const at::Tensor grad = grad_.contiguous(), dist = dist_.contiguous();
-  const int64_t b = x.size(0), m = y.size(0), dim = x.size(1);
-  at::Tensor w = at::empty_like(grad), au = at::empty_like(grad), bv = at::empty_like(grad);
+  check_pair(x, y);
+  const at::Tensor dist = dist_.contiguous();
+  at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor gy = at::zeros_like(y, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_backward_cpu", [&] {
-    using T = scalar_t;
-    const std::vector<T> nx2 = row_norms2(x.data_ptr<T>(), b, dim);
-    const std::vector<T> ny2 = row_norms2(y.data_ptr<T>(), m, dim);
-    const T* g = grad.data_ptr<T>();
-    const T* d = dist.data_ptr<T>();
-    T *wp = w.data_ptr<T>(), *ap = au.data_ptr<T>(), *bp = bv.data_ptr<T>();
-    at::parallel_for(0, b, 16, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        for (int64_t j = 0; j < m; ++j) {
-          const int64_t k = i * m + j;
-          const DistGrad<T> q = distance_grad<T>(metric, d[k], nx2[i], ny2[j]);
-          wp[k] = g[k] * q.cross;
-          ap[k] = g[k] * q.au;
-          bp[k] = g[k] * q.bv;
-        }
-      }
-    });
+    const Panels<scalar_t> p(x, y, metric);
+    for (int64_t r0 = 0; r0 < p.b; r0 += p.rows) {
+      const int64_t nr = std::min(p.rows, p.b - r0);
+      at::Tensor w = grad.narrow(0, r0, nr).contiguous().clone();
+      p.apply_weights(r0, w, dist.data_ptr<scalar_t>() + r0 * p.m, gx, gy);
+    }
   });
-  at::Tensor gx = au.sum(1, /*keepdim=*/true) * x + at::mm(w, y);
-  at::Tensor gy = bv.sum(0).unsqueeze(1) * y + at::mm(w.t(), x);
   return {gx, gy};
 }
 
