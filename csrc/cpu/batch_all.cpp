@@ -65,10 +65,10 @@ struct AnchorRow {
 template <typename T>
 void batch_all_forward_impl(const Panels<T>& p, const int64_t* lab, const int64_t* rlab,
                             const BatchAllArgs& a, T* loss, int64_t* valid, int64_t* active) {
-  at::Tensor buf = at::empty({p.rows, p.m}, p.x.options());
+  at::Tensor buf = p.panel_buffer();
   for (int64_t r0 = 0; r0 < p.b; r0 += p.rows) {
-    at::Tensor panel = buf.narrow(0, 0, std::min(p.rows, p.b - r0));
-    p.distances(r0, panel);
+    at::Tensor panel = panel_view(buf, std::min(p.rows, p.b - r0), p.m);
+    p.distances(r0, 0, panel);
     const T* d = panel.data_ptr<T>();
     at::parallel_for(0, panel.size(0), 1, [&](int64_t r_begin, int64_t r_end) {
       AnchorRow row;
@@ -140,12 +140,12 @@ std::tuple<at::Tensor, at::Tensor> batch_all_triplet_backward_cpu(
     const int64_t* li = lab.data_ptr<int64_t>();
     const int64_t* lr = rlab.data_ptr<int64_t>();
     const T* g = grad.data_ptr<T>();
-    at::Tensor buf = at::empty({p.rows, p.m}, p.x.options());
-    at::Tensor wbuf = at::empty({p.rows, p.m}, p.x.options());
+    at::Tensor buf = p.panel_buffer(), pbuf = p.panel_buffer();
+    at::Tensor wbuf = p.panel_buffer(), bvbuf = p.panel_buffer();
     for (int64_t r0 = 0; r0 < p.b; r0 += p.rows) {
       const int64_t nr = std::min(p.rows, p.b - r0);
-      at::Tensor panel = buf.narrow(0, 0, nr), w = wbuf.narrow(0, 0, nr);
-      p.distances(r0, panel);
+      at::Tensor panel = panel_view(buf, nr, p.m), w = panel_view(pbuf, nr, p.m);
+      p.distances(r0, 0, panel);
       w.zero_();
       const T* d = panel.data_ptr<T>();
       T* wp = w.data_ptr<T>();
@@ -192,7 +192,11 @@ std::tuple<at::Tensor, at::Tensor> batch_all_triplet_backward_cpu(
           }
         }
       });
-      p.apply_weights(r0, w, d, gx, gr);
+      // The weights need a whole row (sorted positives), so they are computed above, per
+      // row, and read back here.
+      const auto weight = [&](int64_t i, int64_t j, T) { return wp[(i - r0) * p.m + j]; };
+      at::Tensor wv = panel_view(wbuf, nr, p.m), bv = panel_view(bvbuf, nr, p.m);
+      p.apply_weights(r0, 0, panel, wv, bv, weight, gx, gr);
     }
   });
   return {gx, gr};

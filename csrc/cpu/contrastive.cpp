@@ -26,27 +26,29 @@ void contrastive_forward_impl(const Panels<T>& p, const int64_t* lab, const int6
   T* neg_sum = out[3].data_ptr<T>();
   int64_t* neg_nz = out[4].data_ptr<int64_t>();
   int64_t* neg_n = out[5].data_ptr<int64_t>();
-  at::Tensor buf = at::empty({p.rows, p.m}, p.x.options());
+  at::Tensor buf = p.panel_buffer();
   for (int64_t r0 = 0; r0 < p.b; r0 += p.rows) {
-    at::Tensor panel = buf.narrow(0, 0, std::min(p.rows, p.b - r0));
-    p.distances(r0, panel);
+    const int64_t nr = std::min(p.rows, p.b - r0);
+    const int64_t c0 = a.triangle ? r0 : 0;  // pairs j > i >= r0 only: skip the lower blocks
+    at::Tensor panel = panel_view(buf, nr, p.m - c0);
+    p.distances(r0, c0, panel);
     const T* d = panel.data_ptr<T>();
-    at::parallel_for(0, panel.size(0), 4, [&](int64_t r_begin, int64_t r_end) {
+    const int64_t nc = panel.size(1);
+    at::parallel_for(0, nr, 4, [&](int64_t r_begin, int64_t r_end) {
       for (int64_t r = r_begin; r < r_end; ++r) {
         const int64_t i = r0 + r;
-        double sums[2] = {0, 0};
-        int64_t nonzero[2] = {0, 0}, pairs[2] = {0, 0};
-        for (int64_t j = 0; j < p.m; ++j) {
+        double ps = 0, ns = 0;
+        int64_t pnz = 0, nnz = 0, pn = 0, nn = 0;
+        for (int64_t jj = 0; jj < nc; ++jj) {
+          const int64_t j = c0 + jj;
           if (!pair_allowed(i, j, a.triangle, a.has_exclude, a.exclude_offset)) continue;
           const bool same = rlab[j] == lab[i];
-          const double t = contrastive_term(double(d[r * p.m + j]), same, a.pos_margin,
+          const double t = contrastive_term(double(d[r * nc + jj]), same, a.pos_margin,
                                             a.neg_margin, a.power);
-          sums[same] += t;
-          nonzero[same] += t > 0;
-          pairs[same] += 1;
+          if (same) { ps += t; pnz += t > 0; ++pn; } else { ns += t; nnz += t > 0; ++nn; }
         }
-        pos_sum[i] = T(sums[1]); pos_nz[i] = nonzero[1]; pos_n[i] = pairs[1];
-        neg_sum[i] = T(sums[0]); neg_nz[i] = nonzero[0]; neg_n[i] = pairs[0];
+        pos_sum[i] = T(ps); pos_nz[i] = pnz; pos_n[i] = pn;
+        neg_sum[i] = T(ns); neg_nz[i] = nnz; neg_n[i] = nn;
       }
     });
   }
@@ -89,27 +91,20 @@ std::tuple<at::Tensor, at::Tensor> contrastive_backward_cpu(
     const int64_t* lr = rlab.data_ptr<int64_t>();
     const T* gp = grad_pos.data_ptr<T>();
     const T* gn = grad_neg.data_ptr<T>();
-    at::Tensor buf = at::empty({p.rows, p.m}, p.x.options());
-    at::Tensor wbuf = at::empty({p.rows, p.m}, p.x.options());
+    at::Tensor buf = p.panel_buffer(), wbuf = p.panel_buffer(), bvbuf = p.panel_buffer();
+    const auto weight = [&](int64_t i, int64_t j, T dist) -> T {
+      if (!pair_allowed(i, j, triangle, has_exclude, exclude_offset)) return T(0);
+      const bool same = lr[j] == li[i];
+      return T((same ? double(gp[i]) : double(gn[i])) *
+               contrastive_term_grad(double(dist), same, pos_margin, neg_margin, power));
+    };
     for (int64_t r0 = 0; r0 < p.b; r0 += p.rows) {
       const int64_t nr = std::min(p.rows, p.b - r0);
-      at::Tensor panel = buf.narrow(0, 0, nr), w = wbuf.narrow(0, 0, nr);
-      p.distances(r0, panel);
-      const T* d = panel.data_ptr<T>();
-      T* wp = w.data_ptr<T>();
-      at::parallel_for(0, nr, 4, [&](int64_t r_begin, int64_t r_end) {
-        for (int64_t r = r_begin; r < r_end; ++r) {
-          const int64_t i = r0 + r;
-          for (int64_t j = 0; j < p.m; ++j) {
-            const int64_t k = r * p.m + j;
-            if (!pair_allowed(i, j, triangle, has_exclude, exclude_offset)) { wp[k] = 0; continue; }
-            const bool same = lr[j] == li[i];
-            wp[k] = T((same ? double(gp[i]) : double(gn[i])) *
-                      contrastive_term_grad(double(d[k]), same, pos_margin, neg_margin, power));
-          }
-        }
-      });
-      p.apply_weights(r0, w, d, gx, gr);
+      const int64_t c0 = triangle ? r0 : 0;
+      at::Tensor panel = panel_view(buf, nr, p.m - c0);
+      at::Tensor w = panel_view(wbuf, nr, p.m - c0), bv = panel_view(bvbuf, nr, p.m - c0);
+      p.distances(r0, c0, panel);
+      p.apply_weights(r0, c0, panel, w, bv, weight, gx, gr);
     }
   });
   return {gx, gr};

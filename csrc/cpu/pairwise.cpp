@@ -13,7 +13,7 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x, const at::Tensor& y, int64
   check_pair(x, y);
   at::Tensor out = at::empty({x.size(0), y.size(0)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_cpu", [&] {
-    Panels<scalar_t>(x, y, metric).distances(0, out);
+    Panels<scalar_t>(x, y, metric).distances(0, 0, out);
   });
   return out;
 }
@@ -28,11 +28,16 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
   at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
   at::Tensor gy = at::zeros_like(y, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_backward_cpu", [&] {
-    const Panels<scalar_t> p(x, y, metric);
+    using T = scalar_t;
+    const Panels<T> p(x, y, metric);
+    const at::Tensor g = grad.contiguous();
+    const T* gp = g.data_ptr<T>();
+    at::Tensor wbuf = p.panel_buffer(), bvbuf = p.panel_buffer();
     for (int64_t r0 = 0; r0 < p.b; r0 += p.rows) {
       const int64_t nr = std::min(p.rows, p.b - r0);
-      at::Tensor w = grad.narrow(0, r0, nr).contiguous().clone();
-      p.apply_weights(r0, w, dist.data_ptr<scalar_t>() + r0 * p.m, gx, gy);
+      at::Tensor w = panel_view(wbuf, nr, p.m), bv = panel_view(bvbuf, nr, p.m);
+      const auto weight = [&](int64_t i, int64_t j, T) { return gp[i * p.m + j]; };
+      p.apply_weights(r0, 0, dist.narrow(0, r0, nr), w, bv, weight, gx, gy);
     }
   });
   return {gx, gy};

@@ -1,7 +1,10 @@
 // Row panels of the distance matrix, for the all-pairs losses (contrastive, batch-all) and
 // the pairwise-distance gradient. A panel's distances come from one BLAS GEMM and an
-// epilogue (near-duplicates recomputed exactly); its gradient is applied from a panel of
-// per-pair weights dL/dd with two more GEMMs. Peak memory O(panel * M), never O(B * M).
+// epilogue (near-duplicates recomputed exactly); its gradient is applied from per-pair
+// weights dL/dd with two more GEMMs. Peak memory O(panel * M), never O(B * M).
+//
+// A panel is rows [r0, r0 + nr) against reference columns [c0, M): c0 > 0 lets a loss over
+// the unordered pairs of a batch skip the lower triangle (j < r0 <= i), halving the work.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -25,71 +28,84 @@ struct Panels {
         dim(x.size(1)), metric(metric_), rows(panel_rows(m, sizeof(T))),
         nx2(row_norms2(x.data_ptr<T>(), b, dim)), nr2(row_norms2(ref.data_ptr<T>(), m, dim)) {}
 
-  // Distances of rows [r0, r0 + out.size(0)) against every reference row, into out.
-  void distances(int64_t r0, at::Tensor& out) const {
-    const int64_t nr = out.size(0);
-    at::mm_out(out, x.narrow(0, r0, nr), ref.t());
-    T* o = out.data_ptr<T>();
+  // Distances of rows [r0, r0 + out.size(0)) to columns [c0, c0 + out.size(1)), into out.
+  void distances(int64_t r0, int64_t c0, at::Tensor& out) const {
+    const int64_t nr = out.size(0), nc = out.size(1);
+    at::mm_out(out, x.narrow(0, r0, nr), ref.narrow(0, c0, nc).t());
     const T* xp = x.data_ptr<T>();
     const T* rp = ref.data_ptr<T>();
+    const T* n2 = nr2.data() + c0;
+    const int64_t met = metric;
     at::parallel_for(0, nr, 4, [&](int64_t a, int64_t e) {
       for (int64_t r = a; r < e; ++r) {
         const int64_t i = r0 + r;
-        for (int64_t j = 0; j < m; ++j) {
-          T& g = o[r * m + j];
-          const T d2 = nx2[i] + nr2[j] - T(2) * g;
-          if (metric != kCosine && needs_exact(d2, nx2[i], nr2[j])) {
-            g = T(accumulate_pair(xp + i * dim, rp + j * dim, dim).finalize(metric));
-          } else {
-            g = distance_from_dot(metric, g, nx2[i], nr2[j]);
+        const T xi2 = nx2[i];
+        T* o = out.data_ptr<T>() + r * nc;
+        int flagged = 0;
+        // Branch-free so that it vectorises; the rare near-duplicates are fixed after.
+#pragma omp simd reduction(+ : flagged)
+        for (int64_t jj = 0; jj < nc; ++jj) {
+          const T g = o[jj];
+          flagged += needs_exact(xi2 + n2[jj] - T(2) * g, xi2, n2[jj]);
+          o[jj] = distance_from_dot(met, g, xi2, n2[jj]);
+        }
+        if (flagged == 0 || met == kCosine) continue;
+        for (int64_t jj = 0; jj < nc; ++jj) {
+          const T d2 = met == kEuclidean ? o[jj] * o[jj] : o[jj];
+          if (needs_exact(d2, xi2, n2[jj])) {
+            o[jj] = T(accumulate_pair(xp + i * dim, rp + (c0 + jj) * dim, dim).finalize(met));
           }
         }
       }
     });
   }
 
-  // Adds the gradient of sum_ij w_ij * d_ij over the panel rows [r0, r0 + nr):
-  //   gx[i] = (sum_j w_ij au_ij) x_i + sum_j w_ij cross_ij r_j     (written: rows owned)
-  //   gr[j] += (sum_i w_ij bv_ij) r_j + sum_i w_ij cross_ij x_i     (accumulated in order)
-  // w (nr, M) holds the weights on entry and is overwritten with w * cross. dist is the
-  // panel's distances. Panels must be applied in a fixed order for bitwise determinism.
-  void apply_weights(int64_t r0, at::Tensor& w, const T* dist, at::Tensor& gx, at::Tensor& gr) const {
-    const int64_t nr = w.size(0);
-    T* wp = w.data_ptr<T>();
-    std::vector<T> row_coef(nr), col_coef(m);
-    // Row coefficient, then w <- w * cross; column coefficients in a second pass over
-    // columns so that each is summed in row order by one thread.
-    std::vector<T> bv(nr * m);
+  // Adds the gradient of sum_ij w_ij * d_ij over the panel (rows [r0, r0 + nr), columns
+  // [c0, c0 + nc)), where w_ij = weight(i, j, d_ij) = dL/dd:
+  //   gx[i]  = (sum_j w au) x_i + sum_j (w cross) r_j      (rows owned: written)
+  //   gr[j] += (sum_i w bv) r_j + sum_i (w cross) x_i      (accumulated)
+  // with (au, cross, bv) from distance_grad. dist holds the panel's distances; wbuf and bvbuf
+  // are (nr, nc) scratch. Apply panels in a fixed order for bitwise determinism.
+  template <typename WeightFn>
+  void apply_weights(int64_t r0, int64_t c0, const at::Tensor& dist, at::Tensor& wbuf,
+                     at::Tensor& bvbuf, const WeightFn& weight, at::Tensor& gx,
+                     at::Tensor& gr) const {
+    const int64_t nr = dist.size(0), nc = dist.size(1);
+    std::vector<T> row_coef(nr);
+    const T* d = dist.data_ptr<T>();
+    T* wp = wbuf.data_ptr<T>();
+    T* bp = bvbuf.data_ptr<T>();
     at::parallel_for(0, nr, 4, [&](int64_t a, int64_t e) {
       for (int64_t r = a; r < e; ++r) {
         const int64_t i = r0 + r;
         T acc = 0;
-        for (int64_t j = 0; j < m; ++j) {
-          const int64_t k = r * m + j;
-          const DistGrad<T> g = distance_grad<T>(metric, dist[k], nx2[i], nr2[j]);
-          acc += wp[k] * g.au;
-          bv[k] = wp[k] * g.bv;
-          wp[k] *= g.cross;
+        for (int64_t jj = 0; jj < nc; ++jj) {
+          const int64_t k = r * nc + jj, j = c0 + jj;
+          const T w = weight(i, j, d[k]);
+          const DistGrad<T> q = distance_grad<T>(metric, d[k], nx2[i], nr2[j]);
+          acc += w * q.au;
+          bp[k] = w * q.bv;
+          wp[k] = w * q.cross;
         }
         row_coef[r] = acc;
       }
     });
-    at::parallel_for(0, m, 256, [&](int64_t a, int64_t e) {
-      for (int64_t j = a; j < e; ++j) {
-        T acc = 0;
-        for (int64_t r = 0; r < nr; ++r) acc += bv[r * m + j];
-        col_coef[j] = acc;
-      }
-    });
-    const at::Tensor xs = x.narrow(0, r0, nr);
-    at::Tensor gxs = gx.narrow(0, r0, nr);
-    at::Tensor rc = at::from_blob(row_coef.data(), {nr, 1}, x.options());
-    at::Tensor cc = at::from_blob(col_coef.data(), {m, 1}, x.options());
+    const at::Tensor xs = x.narrow(0, r0, nr), rs = ref.narrow(0, c0, nc);
+    at::Tensor gxs = gx.narrow(0, r0, nr), grs = gr.narrow(0, c0, nc);
+    const at::Tensor rc = at::from_blob(row_coef.data(), {nr, 1}, x.options());
     gxs.copy_(xs * rc);
-    gxs.addmm_(w, ref);
-    gr.addcmul_(ref, cc);
-    gr.addmm_(w.t(), xs);
+    gxs.addmm_(wbuf, rs);
+    grs.addcmul_(rs, bvbuf.sum(0).unsqueeze(1));
+    grs.addmm_(wbuf.t(), xs);
   }
+
+  // Scratch for one panel.
+  at::Tensor panel_buffer() const { return at::empty({rows, m}, x.options()); }
 };
+
+// A (nr, nc) view at the front of a panel buffer (contiguous, row stride nc).
+inline at::Tensor panel_view(const at::Tensor& buf, int64_t nr, int64_t nc) {
+  return buf.view({-1}).narrow(0, 0, nr * nc).view({nr, nc});
+}
 
 }  // namespace fastmine::cpu
