@@ -47,6 +47,11 @@ def loss_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _HALF else dtype
 
 
+def _like(t: torch.Tensor) -> torch.Tensor:
+    """A fresh contiguous tensor shaped like t: what the kernels return (never t's strides)."""
+    return t.new_empty(t.shape)
+
+
 def _no_double_backward(op: str):
     def backward(ctx, *grads):
         raise RuntimeError(
@@ -66,7 +71,7 @@ def _pairwise_distance_fake(x, y, metric):
 
 @torch.library.register_fake("fastmine::pairwise_distance_backward")
 def _pairwise_distance_backward_fake(grad, x, y, dist, metric):
-    return torch.empty_like(x), torch.empty_like(y)
+    return _like(x), _like(y)
 
 
 def _pairwise_setup(ctx, inputs, output):
@@ -99,12 +104,12 @@ def _batch_hard_fake(x, labels, ref, ref_labels, margin, metric, soft, has_exclu
     b = x.shape[0]
     values = x.new_empty((b,), dtype=loss_dtype(x.dtype))
     index = x.new_empty((b,), dtype=torch.int64)
-    return values, index, torch.empty_like(index), torch.empty_like(values), torch.empty_like(values)
+    return values, index, _like(index), _like(values), _like(values)
 
 
 @torch.library.register_fake("fastmine::batch_hard_triplet_backward")
 def _batch_hard_backward_fake(gl, gpd, gnd, x, ref, pos_idx, neg_idx, pos_dist, neg_dist, margin, metric, soft):
-    return torch.empty_like(x), torch.empty_like(ref)
+    return _like(x), _like(ref)
 
 
 def _batch_hard_setup(ctx, inputs, output):
@@ -159,7 +164,7 @@ def _register_all_pairs(name: str, layout: str):
     @torch.library.register_fake(f"fastmine::{name}_backward")
     def _fake_backward(*args):
         x, ref = args[n_grads], args[n_grads + 2]
-        return torch.empty_like(x), torch.empty_like(ref)
+        return _like(x), _like(ref)
 
     def setup(ctx, inputs, output):
         x, labels, ref, ref_labels, *args = inputs

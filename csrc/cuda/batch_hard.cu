@@ -1,0 +1,128 @@
+// Batch-hard triplet loss, forward, on the GPU: mining fused into the X.R^T mainloop
+// (flash-attention style: the B x M matrix is never written), then the selected pairs'
+// distances recomputed exactly and the triplet term. Same outputs, tie rules and NaN rules as
+// csrc/cpu/batch_hard.cpp.
+//
+//  1. selection_coefs_kernel: per reference row j, |r_j|^2 -> (col_a[j], col_b[j]); the
+//     selection score of (i, j) is col_a[j] + col_b[j] <x_i, r_j> (common/distance.h).
+//  2. batch_hard_mine_kernel, grid (row tiles, column splits): each block runs dot_tile over
+//     its split's column tiles; the epilogue feeds every score to per-thread ArgBest
+//     (largest over positives, smallest over negatives), the 16 lanes sharing a row merge by
+//     shuffles, and lane tx == 0 writes the block's (value, index) per row into partial
+//     buffers of shape [n_splits, B].
+//  3. batch_hard_finalize_kernel, one warp per anchor: merges the n_splits partials with
+//     ArgBest, recomputes d+ and d- by direct differences (PairAcc), writes the outputs.
+//
+// Why partial buffers and not DESIGN.md's 64-bit packed-key atomicMax/atomicMin: ArgBest
+// already is the SPEC's order (NaN wins, lowest index on exact ties) and its merge is
+// order-independent, so merging the partials in a fixed order is deterministic and exact
+// for float64 scores too (a packed key has 32 bits for the value: float64 would have to be
+// rounded, and NaN payloads/signs need extra care), with no 64-bit atomics. The partials
+// are small (n_splits * B entries, n_splits ~ 2 * SMs / row tiles).
+#include "common/distance.h"
+#include "common/triplet.h"
+#include "cuda/cuda_utils.cuh"
+#include "cuda/batch_hard_kernels.cuh"
+
+namespace fastmine::cuda {
+namespace {
+
+constexpr const char* kOp = "batch_hard_triplet";
+
+// ---- host ------------------------------------------------------------------------------------
+
+template <typename T>
+void batch_hard_forward(const Tensor& x, const Tensor& labels, const Tensor& ref,
+                        const Tensor& ref_labels, double margin, int64_t metric, bool soft,
+                        bool has_exclude, int64_t exclude_offset, Tensor& loss, Tensor& pos_idx,
+                        Tensor& neg_idx, Tensor& pos_dist, Tensor& neg_dist, int32_t dev,
+                        cudaStream_t stream) {
+  using acc_t = acc_of_t<T>;
+  constexpr ScalarType acc_st = scalar_type_of<acc_t>();
+  const int64_t b = x.size(0), m = ref.size(0), dim = x.size(1);
+  const int64_t row_tiles = ceil_div(b, TileCfg::BM);
+  const int64_t col_tiles = ceil_div(m, TileCfg::BN);
+
+  // Column splits: enough blocks for >= 2 waves' worth of SMs when B is small, never more
+  // splits than column tiles, and no empty split. The result does not depend on the split
+  // (see dot_tile.cuh and ArgBest), only the speed does.
+  int64_t n_splits = 0, tiles_per_split = 0;
+  if (col_tiles > 0) {
+    const int64_t want = ceil_div(2 * int64_t(sm_count(dev)), row_tiles);
+    n_splits = std::min<int64_t>(std::max<int64_t>(want, 1), col_tiles);
+    tiles_per_split = ceil_div(col_tiles, n_splits);
+    n_splits = ceil_div(col_tiles, tiles_per_split);
+    STD_TORCH_CHECK(n_splits <= 65535, "fastmine.", kOp, ": too many column splits");
+  }
+  const int64_t n_part = std::max<int64_t>(n_splits, 1) * b;
+  Tensor part_pos_val = torch::stable::new_empty(x, {n_part}, acc_st);
+  Tensor part_neg_val = torch::stable::new_empty(x, {n_part}, acc_st);
+  Tensor part_pos_idx = torch::stable::new_empty(x, {n_part}, ScalarType::Long);
+  Tensor part_neg_idx = torch::stable::new_empty(x, {n_part}, ScalarType::Long);
+
+  if (n_splits > 0) {
+    Tensor col_a = torch::stable::new_empty(x, {m}, acc_st);
+    Tensor col_b = torch::stable::new_empty(x, {m}, acc_st);
+    selection_coefs_kernel<T, acc_t>
+        <<<grid_1d(ceil_div(m, kRowsPerBlock), kOp), kRowThreads, 0, stream>>>(
+            cptr<T>(ref), m, dim, metric, mptr<acc_t>(col_a), mptr<acc_t>(col_b));
+    check_launch("selection_coefs_kernel");
+
+    const dim3 grid(grid_1d(row_tiles, kOp), static_cast<unsigned>(n_splits));
+    batch_hard_mine_kernel<T, acc_t><<<grid, TileCfg::THREADS, 0, stream>>>(
+        cptr<T>(x), cptr<int64_t>(labels), cptr<T>(ref), cptr<int64_t>(ref_labels),
+        cptr<acc_t>(col_a), cptr<acc_t>(col_b), b, m, dim, has_exclude, exclude_offset,
+        tiles_per_split, mptr<acc_t>(part_pos_val), mptr<int64_t>(part_pos_idx),
+        mptr<acc_t>(part_neg_val), mptr<int64_t>(part_neg_idx));
+    check_launch("batch_hard_mine_kernel");
+  }
+
+  batch_hard_finalize_kernel<T, acc_t>
+      <<<grid_1d(ceil_div(b, kRowsPerBlock), kOp), kRowThreads, 0, stream>>>(
+          cptr<T>(x), cptr<T>(ref), b, dim, n_splits, cptr<acc_t>(part_pos_val),
+          cptr<int64_t>(part_pos_idx), cptr<acc_t>(part_neg_val), cptr<int64_t>(part_neg_idx),
+          static_cast<acc_t>(margin), metric, soft, mptr<acc_t>(loss), mptr<int64_t>(pos_idx),
+          mptr<int64_t>(neg_idx), mptr<acc_t>(pos_dist), mptr<acc_t>(neg_dist));
+  check_launch("batch_hard_finalize_kernel");
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_hard_triplet_cuda(
+    Tensor x_, Tensor labels_, Tensor ref_, Tensor ref_labels_, double margin, int64_t metric,
+    bool soft, bool has_exclude, int64_t exclude_offset) {
+  check_pair(x_, ref_, kOp);
+  STD_TORCH_CHECK(metric >= kEuclidean && metric <= kCosine, "fastmine.", kOp,
+                  ": unknown metric id ", metric);
+  check_vector(labels_, x_, x_.size(0), ScalarType::Long, kOp, "labels");
+  check_vector(ref_labels_, x_, ref_.size(0), ScalarType::Long, kOp, "ref_labels");
+  const int32_t dev = x_.get_device_index();
+  torch::stable::accelerator::DeviceGuard guard(dev);
+  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const Tensor x = torch::stable::contiguous(x_), ref = torch::stable::contiguous(ref_);
+  const Tensor labels = torch::stable::contiguous(labels_);
+  const Tensor ref_labels = torch::stable::contiguous(ref_labels_);
+  const int64_t b = x.size(0);
+  // Losses and distances: float32 for half inputs, else the input dtype.
+  const ScalarType st = x.scalar_type();
+  const ScalarType out_st = st == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+  Tensor loss = torch::stable::new_empty(x, {b}, out_st);
+  Tensor pos_dist = torch::stable::new_empty(x, {b}, out_st);
+  Tensor neg_dist = torch::stable::new_empty(x, {b}, out_st);
+  Tensor pos_idx = torch::stable::new_empty(x, {b}, ScalarType::Long);
+  Tensor neg_idx = torch::stable::new_empty(x, {b}, ScalarType::Long);
+  if (b == 0) return {loss, pos_idx, neg_idx, pos_dist, neg_dist};
+  const cudaStream_t stream = current_stream(dev);
+  dispatch_floating(st, kOp, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    batch_hard_forward<T>(x, labels, ref, ref_labels, margin, metric, soft, has_exclude,
+                          exclude_offset, loss, pos_idx, neg_idx, pos_dist, neg_dist, dev,
+                          stream);
+  });
+  return {loss, pos_idx, neg_idx, pos_dist, neg_dist};
+}
+
+}  // namespace
+}  // namespace fastmine::cuda
+
+STABLE_TORCH_LIBRARY_IMPL(fastmine, CUDA, m) {
+  m.impl("batch_hard_triplet", TORCH_BOX(&fastmine::cuda::batch_hard_triplet_cuda));
+}

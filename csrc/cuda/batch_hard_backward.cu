@@ -1,0 +1,151 @@
+// Batch-hard triplet loss, backward, on the GPU: O(B*D) from the forward's mined indices,
+// no GEMM, no second mining pass, bitwise reproducible (no float atomics). Same algebra as
+// csrc/cpu/batch_hard.cpp:
+//
+//   per valid anchor i:  z = d+ - d- + margin,  t = grad_loss_i * triplet_term_grad(z),
+//   edges e = 2i (to the positive, c = t + grad_pos_dist_i) and 2i + 1 (to the negative,
+//   c = -t + grad_neg_dist_i), q = distance_grad(metric, d, |x_i|^2, |r_j|^2):
+//     gx_i = sum over its two edges of c (q.au x_i + q.cross r_j)   (the anchor owns its row)
+//     gr_j = sum over edges into j  of c (q.cross x_i + q.bv r_j)
+//
+//  1. bh_backward_anchor_kernel (one warp per anchor): gx rows, and per edge its target key
+//     (M for an invalid anchor: sorts last, never summed) and coefficients (c, q.cross, q.bv).
+//  2. cub::DeviceRadixSort::SortPairs (stable, LSD) of edge ids by target: the edges of each
+//     target row end up contiguous and in ascending edge order.
+//  3. segment_bounds_kernel: [start_j, end_j) of each target's run (empty runs stay 0, 0).
+//  4. bh_backward_ref_kernel (one warp per (row j, 32-column chunk)): each lane sums its
+//     column over the run in order: deterministic, and a row picked by many anchors (a hub)
+//     is still spread over D / 32 warps.
+#include <cub/device/device_radix_sort.cuh>
+
+#include <climits>
+
+#include "common/distance.h"
+#include "common/triplet.h"
+#include "cuda/cuda_utils.cuh"
+#include "cuda/batch_hard_backward_kernels.cuh"
+
+namespace fastmine::cuda {
+namespace {
+
+constexpr const char* kOp = "batch_hard_triplet_backward";
+
+// ---- host -----------------------------------------------------------------------------------------
+
+template <typename T>
+void batch_hard_backward(const Tensor& grad_loss, const Tensor& grad_pd, const Tensor& grad_nd,
+                         const Tensor& x, const Tensor& ref, const Tensor& pos_idx,
+                         const Tensor& neg_idx, const Tensor& pos_dist, const Tensor& neg_dist,
+                         double margin, int64_t metric, bool soft, Tensor& gx, Tensor& gr,
+                         cudaStream_t stream) {
+  using acc_t = acc_of_t<T>;
+  constexpr ScalarType acc_st = scalar_type_of<acc_t>();
+  const int64_t b = x.size(0), m = ref.size(0), dim = x.size(1);
+  const int64_t n_edges = 2 * b;
+  STD_TORCH_CHECK(n_edges <= INT_MAX, "fastmine.", kOp, ": too many anchors (", b, ")");
+
+  Tensor keys_in = torch::stable::new_empty(x, {n_edges}, ScalarType::Long);
+  Tensor keys_out = torch::stable::new_empty(x, {n_edges}, ScalarType::Long);
+  Tensor ids_in = torch::stable::new_empty(x, {n_edges}, ScalarType::Long);
+  Tensor ids_out = torch::stable::new_empty(x, {n_edges}, ScalarType::Long);
+  Tensor edge_c = torch::stable::new_empty(x, {n_edges}, acc_st);
+  Tensor edge_cross = torch::stable::new_empty(x, {n_edges}, acc_st);
+  Tensor edge_bv = torch::stable::new_empty(x, {n_edges}, acc_st);
+
+  bh_backward_anchor_kernel<T, acc_t>
+      <<<grid_1d(ceil_div(b, kRowsPerBlock), kOp), kRowThreads, 0, stream>>>(
+          cptr<acc_t>(grad_loss), cptr<acc_t>(grad_pd), cptr<acc_t>(grad_nd), cptr<T>(x),
+          cptr<T>(ref), cptr<int64_t>(pos_idx), cptr<int64_t>(neg_idx), cptr<acc_t>(pos_dist),
+          cptr<acc_t>(neg_dist), b, m, dim, static_cast<acc_t>(margin), metric, soft,
+          mptr<T>(gx), mptr<edge_key_t>(keys_in), mptr<int64_t>(ids_in), mptr<acc_t>(edge_c),
+          mptr<acc_t>(edge_cross), mptr<acc_t>(edge_bv));
+  check_launch("bh_backward_anchor_kernel");
+
+  // Stable radix sort of edge ids by target row over the bits that keys 0..M can use.
+  int end_bit = 1;
+  while (end_bit < 64 && (edge_key_t(1) << end_bit) <= edge_key_t(m)) ++end_bit;
+  const int n_items = static_cast<int>(n_edges);
+  size_t temp_bytes = 0;
+  FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, cptr<edge_key_t>(keys_in),
+                                                mptr<edge_key_t>(keys_out), cptr<int64_t>(ids_in),
+                                                mptr<int64_t>(ids_out), n_items, 0, end_bit,
+                                                stream),
+                "cub::DeviceRadixSort::SortPairs (size query)");
+  Tensor temp = torch::stable::new_empty(
+      x, {static_cast<int64_t>(std::max<size_t>(temp_bytes, 1))}, ScalarType::Byte);
+  FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data_ptr(), temp_bytes,
+                                                cptr<edge_key_t>(keys_in), mptr<edge_key_t>(keys_out),
+                                                cptr<int64_t>(ids_in), mptr<int64_t>(ids_out),
+                                                n_items, 0, end_bit, stream),
+                "cub::DeviceRadixSort::SortPairs");
+  check_launch("cub::DeviceRadixSort::SortPairs");
+
+  // new_zeros fills on the current stream, i.e. `stream`: ordered before the kernel below.
+  Tensor seg_start = torch::stable::new_zeros(x, {m}, ScalarType::Long);
+  Tensor seg_end = torch::stable::new_zeros(x, {m}, ScalarType::Long);
+  segment_bounds_kernel<<<grid_1d(ceil_div(n_edges, kRowThreads), kOp), kRowThreads, 0,
+                          stream>>>(cptr<edge_key_t>(keys_out), n_edges, m, mptr<int64_t>(seg_start),
+                                    mptr<int64_t>(seg_end));
+  check_launch("segment_bounds_kernel");
+
+  const int64_t k_chunks = ceil_div(dim, kWarp);
+  bh_backward_ref_kernel<T, acc_t>
+      <<<grid_1d(ceil_div(m * k_chunks, kRowsPerBlock), kOp), kRowThreads, 0, stream>>>(
+          cptr<T>(x), cptr<T>(ref), cptr<int64_t>(seg_start), cptr<int64_t>(seg_end),
+          cptr<int64_t>(ids_out), cptr<acc_t>(edge_c), cptr<acc_t>(edge_cross),
+          cptr<acc_t>(edge_bv), m, dim, k_chunks, mptr<T>(gr));
+  check_launch("bh_backward_ref_kernel");
+}
+
+std::tuple<Tensor, Tensor> batch_hard_triplet_backward_cuda(
+    Tensor grad_loss_, Tensor grad_pos_dist_, Tensor grad_neg_dist_, Tensor x_, Tensor ref_,
+    Tensor pos_idx_, Tensor neg_idx_, Tensor pos_dist_, Tensor neg_dist_, double margin,
+    int64_t metric, bool soft) {
+  check_pair(x_, ref_, kOp);
+  STD_TORCH_CHECK(metric >= kEuclidean && metric <= kCosine, "fastmine.", kOp,
+                  ": unknown metric id ", metric);
+  const int64_t b = x_.size(0), m = ref_.size(0), dim = x_.size(1);
+  const ScalarType st = x_.scalar_type();
+  // grad_* and the mined distances come in the loss dtype: float32 for half inputs.
+  const ScalarType loss_st = st == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+  check_vector(grad_loss_, x_, b, loss_st, kOp, "grad_loss");
+  check_vector(grad_pos_dist_, x_, b, loss_st, kOp, "grad_pos_dist");
+  check_vector(grad_neg_dist_, x_, b, loss_st, kOp, "grad_neg_dist");
+  check_vector(pos_dist_, x_, b, loss_st, kOp, "pos_dist");
+  check_vector(neg_dist_, x_, b, loss_st, kOp, "neg_dist");
+  check_vector(pos_idx_, x_, b, ScalarType::Long, kOp, "pos_idx");
+  check_vector(neg_idx_, x_, b, ScalarType::Long, kOp, "neg_idx");
+
+  const int32_t dev = x_.get_device_index();
+  torch::stable::accelerator::DeviceGuard guard(dev);
+  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const Tensor x = torch::stable::contiguous(x_), ref = torch::stable::contiguous(ref_);
+  if (b == 0 || m == 0 || dim == 0) {
+    // No anchor, no reference row (every anchor invalid) or no coordinate: zero gradients.
+    return {torch::stable::new_zeros(x, {b, dim}), torch::stable::new_zeros(ref, {m, dim})};
+  }
+  Tensor gx = torch::stable::new_empty(x, {b, dim});
+  Tensor gr = torch::stable::new_empty(ref, {m, dim});
+  const Tensor grad_loss = torch::stable::contiguous(grad_loss_);
+  const Tensor grad_pd = torch::stable::contiguous(grad_pos_dist_);
+  const Tensor grad_nd = torch::stable::contiguous(grad_neg_dist_);
+  const Tensor pos_idx = torch::stable::contiguous(pos_idx_);
+  const Tensor neg_idx = torch::stable::contiguous(neg_idx_);
+  const Tensor pos_dist = torch::stable::contiguous(pos_dist_);
+  const Tensor neg_dist = torch::stable::contiguous(neg_dist_);
+  const cudaStream_t stream = current_stream(dev);
+  dispatch_floating(st, kOp, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    batch_hard_backward<T>(grad_loss, grad_pd, grad_nd, x, ref, pos_idx, neg_idx, pos_dist,
+                           neg_dist, margin, metric, soft, gx, gr, stream);
+  });
+  return {gx, gr};
+}
+
+}  // namespace
+}  // namespace fastmine::cuda
+
+STABLE_TORCH_LIBRARY_IMPL(fastmine, CUDA, m) {
+  m.impl("batch_hard_triplet_backward",
+         TORCH_BOX(&fastmine::cuda::batch_hard_triplet_backward_cuda));
+}

@@ -1,0 +1,188 @@
+// Kernels of the batch-hard triplet forward (host side and design: batch_hard.cu).
+// Device code only (see device_utils.cuh). In an anonymous namespace: each kernel belongs to
+// the one translation unit that includes this header.
+#pragma once
+
+#include "common/distance.h"
+#include "common/triplet.h"
+#include "cuda/device_utils.cuh"
+#include "cuda/dot_tile.cuh"
+#include "cuda/row_ops.cuh"
+
+namespace fastmine::cuda {
+namespace {
+
+// ArgBest across the lanes whose ids differ only in the bits of `width - 1` (width a power of
+// two <= 32): a butterfly. ArgBest::merge picks the best under a total order (NaN first,
+// then by value, then lowest index), so every lane ends with the same winner.
+template <typename acc_t>
+__device__ __forceinline__ void warp_argbest(ArgBest<acc_t>& best, bool is_max, int width) {
+  for (int off = width / 2; off > 0; off >>= 1) {
+    ArgBest<acc_t> o;
+    o.value = __shfl_xor_sync(kFullMask, best.value, off);
+    o.index = static_cast<int64_t>(
+        __shfl_xor_sync(kFullMask, static_cast<long long>(best.index), off));
+    best.merge(o, is_max);
+  }
+}
+
+// ---- 1. per-column selection coefficients ------------------------------------------------------
+
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kRowThreads)
+    selection_coefs_kernel(const T* __restrict__ ref, int64_t m, int64_t dim, int64_t metric,
+                           acc_t* __restrict__ col_a, acc_t* __restrict__ col_b) {
+  const int64_t j = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (j >= m) return;  // warp-uniform
+  const acc_t nr2 = warp_row_sqnorm<acc_t>(ref + j * dim, dim, lane);
+  if (lane == 0) selection_coefs<acc_t>(metric, nr2, &col_a[j], &col_b[j]);
+}
+
+// ---- 2. fused mining ---------------------------------------------------------------------------
+
+// grid.x: row tiles of x; grid.y: column splits, split s covering column tiles
+// [s * tiles_per_split, min((s + 1) * tiles_per_split, column tiles)).
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(TileCfg::THREADS)
+    batch_hard_mine_kernel(const T* __restrict__ x, const int64_t* __restrict__ labels,
+                           const T* __restrict__ ref, const int64_t* __restrict__ ref_labels,
+                           const acc_t* __restrict__ col_a, const acc_t* __restrict__ col_b,
+                           int64_t b, int64_t m, int64_t dim, bool has_exclude,
+                           int64_t exclude_offset, int64_t tiles_per_split,
+                           acc_t* __restrict__ part_pos_val, int64_t* __restrict__ part_pos_idx,
+                           acc_t* __restrict__ part_neg_val, int64_t* __restrict__ part_neg_idx) {
+  constexpr int TM = TileCfg::TM, TN = TileCfg::TN;
+  __shared__ DotTileSmem<acc_t> sm;
+  const int tx = threadIdx.x % TileCfg::TX, ty = threadIdx.x / TileCfg::TX;
+  const int64_t row0 = int64_t(blockIdx.x) * TileCfg::BM;
+  const int64_t split = blockIdx.y;
+  const int64_t col_tiles = (m + TileCfg::BN - 1) / TileCfg::BN;
+  const int64_t t0 = split * tiles_per_split;
+  const int64_t t1 = t0 + tiles_per_split < col_tiles ? t0 + tiles_per_split : col_tiles;
+
+  // This thread's rows: label and excluded column (-1: none; any negative never matches).
+  int64_t lab[TM], excl[TM];
+  ArgBest<acc_t> best_pos[TM], best_neg[TM];
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    const int64_t row = row0 + TileCfg::row_of(ty, i);
+    lab[i] = row < b ? labels[row] : 0;
+    excl[i] = (has_exclude && row < b) ? row + exclude_offset : -1;
+    best_pos[i].value = best_neg[i].value = acc_t(0);
+    best_pos[i].index = best_neg[i].index = -1;
+  }
+
+  acc_t acc[TM][TN];
+  for (int64_t t = t0; t < t1; ++t) {  // uniform across the block: dot_tile's barriers are safe
+    const int64_t col0 = t * TileCfg::BN;
+    dot_tile<T, acc_t>(x, b, row0, ref, m, col0, dim, sm, acc);
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      const int64_t col = col0 + TileCfg::col_of(tx, j);
+      if (col >= m) continue;
+      const acc_t ca = col_a[col], cb = col_b[col];
+      const int64_t rl = ref_labels[col];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) {
+        // Rows past B keep label 0 and collect junk candidates; they are never written.
+        const acc_t s = fm_fma(cb, acc[i][j], ca);  // fma, as the CPU's score()
+        if (rl == lab[i]) {
+          if (col != excl[i]) best_pos[i].offer(s, col, /*is_max=*/true);
+        } else {
+          best_neg[i].offer(s, col, /*is_max=*/false);
+        }
+      }
+    }
+  }
+
+  // The 16 threads sharing a row are the 16 lanes of one half-warp (tx = lane % 16).
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    warp_argbest(best_pos[i], /*is_max=*/true, TileCfg::TX);
+    warp_argbest(best_neg[i], /*is_max=*/false, TileCfg::TX);
+    const int64_t row = row0 + TileCfg::row_of(ty, i);
+    if (tx == 0 && row < b) {
+      const int64_t o = split * b + row;
+      part_pos_val[o] = best_pos[i].value;
+      part_pos_idx[o] = best_pos[i].index;
+      part_neg_val[o] = best_neg[i].value;
+      part_neg_idx[o] = best_neg[i].index;
+    }
+  }
+}
+
+// ---- 3. merge the splits, exact distances, triplet term -----------------------------------------
+
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kRowThreads)
+    batch_hard_finalize_kernel(const T* __restrict__ x, const T* __restrict__ ref, int64_t b,
+                               int64_t dim, int64_t n_splits,
+                               const acc_t* __restrict__ part_pos_val,
+                               const int64_t* __restrict__ part_pos_idx,
+                               const acc_t* __restrict__ part_neg_val,
+                               const int64_t* __restrict__ part_neg_idx, acc_t margin,
+                               int64_t metric, bool soft, acc_t* __restrict__ loss,
+                               int64_t* __restrict__ pos_idx, int64_t* __restrict__ neg_idx,
+                               acc_t* __restrict__ pos_dist, acc_t* __restrict__ neg_dist) {
+  const int64_t i = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (i >= b) return;  // warp-uniform
+
+  ArgBest<acc_t> bp, bn;
+  bp.value = bn.value = acc_t(0);
+  bp.index = bn.index = -1;
+  for (int64_t s = lane; s < n_splits; s += kWarp) {
+    ArgBest<acc_t> p, n;
+    p.value = part_pos_val[s * b + i];
+    p.index = part_pos_idx[s * b + i];
+    n.value = part_neg_val[s * b + i];
+    n.index = part_neg_idx[s * b + i];
+    bp.merge(p, /*is_max=*/true);
+    bn.merge(n, /*is_max=*/false);
+  }
+  warp_argbest(bp, /*is_max=*/true, kWarp);
+  warp_argbest(bn, /*is_max=*/false, kWarp);
+  const int64_t jp = bp.index, jn = bn.index;  // the same on every lane
+  const T* xi = x + i * dim;
+
+  if (jp >= 0 && jn >= 0) {
+    const T* rp = ref + jp * dim;
+    const T* rn = ref + jn * dim;
+    PairAcc<acc_t> ap, an;
+    for (int64_t k = lane; k < dim; k += kWarp) {
+      const acc_t u = to_acc<acc_t>(xi[k]);
+      ap.add(u, to_acc<acc_t>(rp[k]));
+      an.add(u, to_acc<acc_t>(rn[k]));
+    }
+    warp_merge(ap);
+    warp_merge(an);
+    if (lane == 0) {
+      const acc_t dp = ap.finalize(metric), dn = an.finalize(metric);
+      pos_idx[i] = jp;
+      neg_idx[i] = jn;
+      pos_dist[i] = dp;
+      neg_dist[i] = dn;
+      loss[i] = triplet_term<acc_t>(dp - dn + margin, soft);
+    }
+  } else {
+    // An invalid anchor adds 0, but a non-finite embedding must not yield a finite loss:
+    // the CPU tests isfinite(|x_i|^2) with the norm in double; so do we.
+    double s = 0.0;
+    for (int64_t k = lane; k < dim; k += kWarp) {
+      const double v = static_cast<double>(to_acc<acc_t>(xi[k]));
+      s += v * v;
+    }
+    s = warp_sum(s);
+    if (lane == 0) {
+      pos_idx[i] = -1;
+      neg_idx[i] = -1;
+      pos_dist[i] = acc_t(0);
+      neg_dist[i] = acc_t(0);
+      loss[i] = isfinite(s) ? acc_t(0) : quiet_nan<acc_t>();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fastmine::cuda

@@ -1,0 +1,73 @@
+// Device-side helpers shared by every kernel: accumulation types, element conversions for
+// half/bfloat16, fma, fixed-order warp reductions. No torch here: the kernel headers
+// (*_kernels.cuh, dot_tile.cuh, row_ops.cuh) depend only on this and csrc/common/, so they
+// can also be compiled by a host compiler against a CUDA emulation shim for testing.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "common/macros.h"
+
+namespace fastmine::cuda {
+
+constexpr int kWarp = 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// Accumulation type: float for float32/float16/bfloat16, double for float64.
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+template <typename T> using acc_of_t = typename AccOf<T>::type;
+
+// Element <-> accumulator conversions. Explicit intrinsics: torch's build flags define
+// __CUDA_NO_HALF_CONVERSIONS__ / __CUDA_NO_BFLOAT16_CONVERSIONS__.
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename acc_t, typename T>
+__device__ __forceinline__ acc_t to_acc(T v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return static_cast<acc_t>(v);
+  } else {
+    return static_cast<acc_t>(to_float(v));
+  }
+}
+
+template <typename T, typename acc_t>
+__device__ __forceinline__ T from_acc(acc_t v) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __float2half_rn(static_cast<float>(v));
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __float2bfloat16_rn(static_cast<float>(v));
+  } else {
+    return static_cast<T>(v);
+  }
+}
+
+__device__ __forceinline__ float fm_fma(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double fm_fma(double a, double b, double c) { return fma(a, b, c); }
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t quiet_nan();
+template <>
+__device__ __forceinline__ float quiet_nan<float>() { return __int_as_float(0x7fc00000); }
+template <>
+__device__ __forceinline__ double quiet_nan<double>() {
+  return __longlong_as_double(0x7ff8000000000000LL);
+}
+
+// Butterfly (xor) sum over a full warp: at every level the two partners compute a + b and
+// b + a, which are bitwise equal, so every lane ends with the same bits and the order is
+// fixed by the lane assignment: deterministic. All 32 lanes must call it.
+template <typename acc_t>
+__device__ __forceinline__ acc_t warp_sum(acc_t v) {
+#pragma unroll
+  for (int off = kWarp / 2; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
+  return v;
+}
+
+}  // namespace fastmine::cuda

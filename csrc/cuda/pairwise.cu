@@ -1,0 +1,174 @@
+// Pairwise distance matrix on the GPU and its backward.
+//
+// Forward: squared row norms (one warp per row), then the tiled X.Y^T mainloop
+// (dot_tile.cuh) whose epilogue turns each dot product into a distance with
+// distance_from_dot; entries flagged by needs_exact (cancellation in |x|^2 + |y|^2 - 2<x,y>)
+// are recomputed by direct differences, as csrc/cpu/pairwise.cpp does.
+//
+// Backward (csrc/cpu/pairwise.cpp's algebra): with q = distance_grad(d_ij, |x_i|^2, |y_j|^2),
+//   W = G * q.cross,  a_i = sum_j G_ij q.au,  c_j = sum_i G_ij q.bv,
+//   gx = a * x + W y,  gy = c * y + W^T x.
+// Row sums: one block per row, fixed-tree reduction. Column sums: one thread per column
+// looping its rows in order, over fixed row chunks then summed in chunk order. No float
+// atomics anywhere: bitwise reproducible. The two GEMMs go through torch's matmul (cuBLAS)
+// in float32 (float32/float16/bfloat16 inputs) or float64.
+#include "common/distance.h"
+#include "cuda/cuda_utils.cuh"
+#include "cuda/pairwise_kernels.cuh"
+
+namespace fastmine::cuda {
+namespace {
+
+constexpr const char* kFwd = "pairwise_distance";
+constexpr const char* kBwd = "pairwise_distance_backward";
+
+template <typename T, typename acc_t>
+void launch_row_sqnorm(const T* p, int64_t n, int64_t dim, acc_t* out, cudaStream_t stream) {
+  if (n == 0) return;
+  row_sqnorm_kernel<T, acc_t>
+      <<<grid_1d(ceil_div(n, kRowsPerBlock), "row_sqnorm"), kRowThreads, 0, stream>>>(
+          p, n, dim, out);
+  check_launch("row_sqnorm_kernel");
+}
+
+// ---- forward ---------------------------------------------------------------------------------
+
+template <typename T>
+void pairwise_forward(const Tensor& x, const Tensor& y, int64_t metric, Tensor& out,
+                      cudaStream_t stream) {
+  using acc_t = acc_of_t<T>;
+  const int64_t b = x.size(0), m = y.size(0), dim = x.size(1);
+  Tensor nx2 = torch::stable::new_empty(x, {b}, scalar_type_of<acc_t>());
+  Tensor ny2 = torch::stable::new_empty(x, {m}, scalar_type_of<acc_t>());
+  launch_row_sqnorm<T, acc_t>(cptr<T>(x), b, dim, mptr<acc_t>(nx2), stream);
+  launch_row_sqnorm<T, acc_t>(cptr<T>(y), m, dim, mptr<acc_t>(ny2), stream);
+  const int64_t row_tiles = ceil_div(b, TileCfg::BM), col_tiles = ceil_div(m, TileCfg::BN);
+  STD_TORCH_CHECK(row_tiles <= 65535, "fastmine.", kFwd, ": x has too many rows (", b,
+                  ") for one launch");
+  const dim3 grid(grid_1d(col_tiles, kFwd), static_cast<unsigned>(row_tiles));
+  pairwise_distance_kernel<T, acc_t><<<grid, TileCfg::THREADS, 0, stream>>>(
+      cptr<T>(x), cptr<T>(y), cptr<acc_t>(nx2), cptr<acc_t>(ny2), b, m, dim, metric,
+      mptr<T>(out));
+  check_launch("pairwise_distance_kernel");
+}
+
+Tensor pairwise_distance_cuda(Tensor x_, Tensor y_, int64_t metric) {
+  check_pair(x_, y_, kFwd);
+  STD_TORCH_CHECK(metric >= kEuclidean && metric <= kCosine, "fastmine.", kFwd,
+                  ": unknown metric id ", metric);
+  const int32_t dev = x_.get_device_index();
+  torch::stable::accelerator::DeviceGuard guard(dev);
+  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const Tensor x = torch::stable::contiguous(x_), y = torch::stable::contiguous(y_);
+  const int64_t b = x.size(0), m = y.size(0);
+  Tensor out = torch::stable::new_empty(x, {b, m});
+  if (b == 0 || m == 0) return out;
+  const cudaStream_t stream = current_stream(dev);
+  dispatch_floating(x.scalar_type(), kFwd, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    pairwise_forward<T>(x, y, metric, out, stream);
+  });
+  return out;
+}
+
+// ---- backward --------------------------------------------------------------------------------
+
+template <typename T, typename acc_t>
+void launch_combine(const Tensor& coef, const Tensor& v, const Tensor& prod, Tensor& out,
+                    cudaStream_t stream) {
+  const int64_t n = v.size(0), dim = v.size(1);
+  if (n * dim == 0) return;
+  const int64_t blocks = std::min<int64_t>(ceil_div(n * dim, kBwdThreads), int64_t(1) << 20);
+  combine_kernel<T, acc_t><<<grid_1d(blocks, kBwd), kBwdThreads, 0, stream>>>(
+      cptr<acc_t>(coef), cptr<T>(v), cptr<acc_t>(prod), n, dim, mptr<T>(out));
+  check_launch("combine_kernel");
+}
+
+// Rows per chunk of the column sums: at least 128 (enough serial work per thread to pay for
+// the partial's write), at most 64 chunks (bounded partial buffer); a function of B only.
+inline int64_t rows_per_chunk(int64_t b) {
+  return std::max<int64_t>(128, ceil_div(b, 64));
+}
+
+template <typename T>
+void pairwise_backward(const Tensor& grad, const Tensor& x, const Tensor& y, const Tensor& dist,
+                       int64_t metric, Tensor& gx, Tensor& gy, cudaStream_t stream) {
+  using acc_t = acc_of_t<T>;
+  constexpr ScalarType acc_st = scalar_type_of<acc_t>();
+  const int64_t b = x.size(0), m = y.size(0), dim = x.size(1);
+
+  Tensor nx2 = torch::stable::new_empty(x, {b}, acc_st);
+  Tensor ny2 = torch::stable::new_empty(x, {m}, acc_st);
+  launch_row_sqnorm<T, acc_t>(cptr<T>(x), b, dim, mptr<acc_t>(nx2), stream);
+  launch_row_sqnorm<T, acc_t>(cptr<T>(y), m, dim, mptr<acc_t>(ny2), stream);
+
+  Tensor w = torch::stable::new_empty(x, {b, m}, acc_st);
+  Tensor a = torch::stable::new_empty(x, {b}, acc_st);
+  pd_backward_rows_kernel<T, acc_t><<<grid_1d(b, kBwd), kBwdThreads, 0, stream>>>(
+      cptr<T>(grad), cptr<T>(dist), cptr<acc_t>(nx2), cptr<acc_t>(ny2), m, metric,
+      mptr<acc_t>(w), mptr<acc_t>(a));
+  check_launch("pd_backward_rows_kernel");
+
+  const int64_t rpc = rows_per_chunk(b);
+  const int64_t n_chunks = ceil_div(b, rpc);
+  Tensor partial = torch::stable::new_empty(x, {n_chunks, m}, acc_st);
+  Tensor c = torch::stable::new_empty(x, {m}, acc_st);
+  const dim3 cgrid(grid_1d(ceil_div(m, kBwdThreads), kBwd), static_cast<unsigned>(n_chunks));
+  pd_backward_cols_kernel<T, acc_t><<<cgrid, kBwdThreads, 0, stream>>>(
+      cptr<T>(grad), cptr<T>(dist), cptr<acc_t>(nx2), cptr<acc_t>(ny2), b, m, metric, rpc,
+      mptr<acc_t>(partial));
+  check_launch("pd_backward_cols_kernel");
+  sum_chunks_kernel<acc_t><<<grid_1d(ceil_div(m, kBwdThreads), kBwd), kBwdThreads, 0, stream>>>(
+      cptr<acc_t>(partial), n_chunks, m, mptr<acc_t>(c));
+  check_launch("sum_chunks_kernel");
+
+  // The GEMMs: cuBLAS through the dispatcher, on the current stream, in acc_t.
+  const Tensor x_acc = std::is_same_v<T, acc_t> ? x : torch::stable::to(x, acc_st);
+  const Tensor y_acc = std::is_same_v<T, acc_t> ? y : torch::stable::to(y, acc_st);
+  const Tensor wy = torch::stable::contiguous(torch::stable::matmul(w, y_acc));
+  const Tensor wtx =
+      torch::stable::contiguous(torch::stable::matmul(torch::stable::transpose(w, 0, 1), x_acc));
+  STD_TORCH_CHECK(wy.scalar_type() == acc_st && wy.size(0) == b && wy.size(1) == dim &&
+                      wtx.scalar_type() == acc_st && wtx.size(0) == m && wtx.size(1) == dim,
+                  "fastmine.", kBwd, ": unexpected matmul result");
+
+  launch_combine<T, acc_t>(a, x, wy, gx, stream);
+  launch_combine<T, acc_t>(c, y, wtx, gy, stream);
+}
+
+std::tuple<Tensor, Tensor> pairwise_distance_backward_cuda(Tensor grad_, Tensor x_, Tensor y_,
+                                                           Tensor dist_, int64_t metric) {
+  check_pair(x_, y_, kBwd);
+  STD_TORCH_CHECK(metric >= kEuclidean && metric <= kCosine, "fastmine.", kBwd,
+                  ": unknown metric id ", metric);
+  const int64_t b = x_.size(0), m = y_.size(0);
+  check_matrix(grad_, x_, b, m, x_.scalar_type(), kBwd, "grad");
+  check_matrix(dist_, x_, b, m, x_.scalar_type(), kBwd, "dist");
+  const int32_t dev = x_.get_device_index();
+  torch::stable::accelerator::DeviceGuard guard(dev);
+  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const Tensor x = torch::stable::contiguous(x_), y = torch::stable::contiguous(y_);
+  const Tensor grad = torch::stable::contiguous(grad_), dist = torch::stable::contiguous(dist_);
+  if (b == 0 || m == 0 || x.size(1) == 0) {
+    // No pair (or no coordinate): both gradients are zero.
+    return {torch::stable::new_zeros(x, {b, x.size(1)}),
+            torch::stable::new_zeros(y, {m, y.size(1)})};
+  }
+  Tensor gx = torch::stable::new_empty(x, {b, x.size(1)});
+  Tensor gy = torch::stable::new_empty(y, {m, y.size(1)});
+  const cudaStream_t stream = current_stream(dev);
+  dispatch_floating(x.scalar_type(), kBwd, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    pairwise_backward<T>(grad, x, y, dist, metric, gx, gy, stream);
+  });
+  return {gx, gy};
+}
+
+}  // namespace
+}  // namespace fastmine::cuda
+
+STABLE_TORCH_LIBRARY_IMPL(fastmine, CUDA, m) {
+  m.impl("pairwise_distance", TORCH_BOX(&fastmine::cuda::pairwise_distance_cuda));
+  m.impl("pairwise_distance_backward",
+         TORCH_BOX(&fastmine::cuda::pairwise_distance_backward_cuda));
+}

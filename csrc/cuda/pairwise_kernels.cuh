@@ -1,0 +1,148 @@
+// Kernels of the pairwise distance matrix and its backward (host side: pairwise.cu).
+// Device code only (see device_utils.cuh). In an anonymous namespace: each kernel belongs to
+// the one translation unit that includes this header.
+#pragma once
+
+#include "common/distance.h"
+#include "cuda/device_utils.cuh"
+#include "cuda/dot_tile.cuh"
+#include "cuda/row_ops.cuh"
+
+namespace fastmine::cuda {
+namespace {
+
+// out[row] = |p[row]|^2 in acc_t, one warp per row.
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kRowThreads)
+    row_sqnorm_kernel(const T* __restrict__ p, int64_t n, int64_t dim, acc_t* __restrict__ out) {
+  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (row >= n) return;  // warp-uniform: the shuffles below see full warps
+  const acc_t s = warp_row_sqnorm<acc_t>(p + row * dim, dim, lane);
+  if (lane == 0) out[row] = s;
+}
+
+// ---- forward ---------------------------------------------------------------------------------
+
+// grid.x: column tiles (may be many), grid.y: row tiles (<= 65535, checked by the launcher).
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(TileCfg::THREADS)
+    pairwise_distance_kernel(const T* __restrict__ x, const T* __restrict__ y,
+                             const acc_t* __restrict__ nx2, const acc_t* __restrict__ ny2,
+                             int64_t b, int64_t m, int64_t dim, int64_t metric,
+                             T* __restrict__ out) {
+  __shared__ DotTileSmem<acc_t> sm;
+  const int64_t row0 = int64_t(blockIdx.y) * TileCfg::BM;
+  const int64_t col0 = int64_t(blockIdx.x) * TileCfg::BN;
+  acc_t acc[TileCfg::TM][TileCfg::TN];
+  dot_tile<T, acc_t>(x, b, row0, y, m, col0, dim, sm, acc);
+
+  const int tx = threadIdx.x % TileCfg::TX, ty = threadIdx.x / TileCfg::TX;
+#pragma unroll
+  for (int i = 0; i < TileCfg::TM; ++i) {
+    const int64_t row = row0 + TileCfg::row_of(ty, i);
+    if (row >= b) continue;
+    const acc_t nxi = nx2[row];
+#pragma unroll
+    for (int j = 0; j < TileCfg::TN; ++j) {
+      const int64_t col = col0 + TileCfg::col_of(tx, j);
+      if (col >= m) continue;
+      const acc_t g = acc[i][j];
+      const acc_t nyj = ny2[col];
+      acc_t d;
+      const acc_t d2 = nxi + nyj - acc_t(2) * g;
+      if (metric != kCosine && needs_exact(d2, nxi, nyj)) {
+        d = thread_pair_acc<acc_t>(x + row * dim, y + col * dim, dim).finalize(metric);
+      } else {
+        d = distance_from_dot(metric, g, nxi, nyj);
+      }
+      out[row * m + col] = from_acc<T>(d);
+    }
+  }
+}
+
+// ---- backward --------------------------------------------------------------------------------
+
+constexpr int kBwdThreads = 256;
+
+// One block per row i: W[i, :] = G * q.cross (acc_t, the GEMM operand) and
+// a[i] = sum_j G_ij q.au. Thread t adds j = t, t + 256, ... in order; then a fixed tree.
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kBwdThreads)
+    pd_backward_rows_kernel(const T* __restrict__ grad, const T* __restrict__ dist,
+                            const acc_t* __restrict__ nx2, const acc_t* __restrict__ ny2,
+                            int64_t m, int64_t metric, acc_t* __restrict__ w,
+                            acc_t* __restrict__ a) {
+  __shared__ acc_t warp_part[kBwdThreads / kWarp];
+  const int64_t i = blockIdx.x;
+  const acc_t nxi = nx2[i];
+  acc_t s = acc_t(0);
+  for (int64_t j = threadIdx.x; j < m; j += kBwdThreads) {
+    const int64_t k = i * m + j;
+    const acc_t g = to_acc<acc_t>(grad[k]);
+    const DistGrad<acc_t> q = distance_grad<acc_t>(metric, to_acc<acc_t>(dist[k]), nxi, ny2[j]);
+    w[k] = g * q.cross;
+    s += g * q.au;
+  }
+  s = warp_sum(s);
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  if (lane == 0) warp_part[warp] = s;
+  __syncthreads();
+  if (warp == 0) {
+    acc_t t = lane < kBwdThreads / kWarp ? warp_part[lane] : acc_t(0);
+    t = warp_sum(t);
+    if (lane == 0) a[i] = t;
+  }
+}
+
+// grid (column blocks, row chunks): partial[chunk, j] = sum over the chunk's rows, in order,
+// of G_ij q.bv. Chunks depend only on B (never on the device), so results are the same on
+// every GPU.
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kBwdThreads)
+    pd_backward_cols_kernel(const T* __restrict__ grad, const T* __restrict__ dist,
+                            const acc_t* __restrict__ nx2, const acc_t* __restrict__ ny2,
+                            int64_t b, int64_t m, int64_t metric, int64_t rows_per_chunk,
+                            acc_t* __restrict__ partial) {
+  const int64_t j = int64_t(blockIdx.x) * kBwdThreads + threadIdx.x;
+  if (j >= m) return;
+  const int64_t chunk = blockIdx.y;
+  const int64_t i0 = chunk * rows_per_chunk;
+  const int64_t i1 = i0 + rows_per_chunk < b ? i0 + rows_per_chunk : b;
+  const acc_t nyj = ny2[j];
+  acc_t s = acc_t(0);
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t k = i * m + j;
+    const acc_t g = to_acc<acc_t>(grad[k]);
+    const DistGrad<acc_t> q = distance_grad<acc_t>(metric, to_acc<acc_t>(dist[k]), nx2[i], nyj);
+    s += g * q.bv;
+  }
+  partial[chunk * m + j] = s;
+}
+
+template <typename acc_t>
+__global__ void __launch_bounds__(kBwdThreads)
+    sum_chunks_kernel(const acc_t* __restrict__ partial, int64_t n_chunks, int64_t m,
+                      acc_t* __restrict__ c) {
+  const int64_t j = int64_t(blockIdx.x) * kBwdThreads + threadIdx.x;
+  if (j >= m) return;
+  acc_t s = acc_t(0);
+  for (int64_t ch = 0; ch < n_chunks; ++ch) s += partial[ch * m + j];
+  c[j] = s;
+}
+
+// out[i, k] = coef[i] * v[i, k] + prod[i, k]   (prod: the GEMM's (n, D) result in acc_t).
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kBwdThreads)
+    combine_kernel(const acc_t* __restrict__ coef, const T* __restrict__ v,
+                   const acc_t* __restrict__ prod, int64_t n, int64_t dim, T* __restrict__ out) {
+  const int64_t total = n * dim;
+  const int64_t stride = int64_t(gridDim.x) * kBwdThreads;
+  for (int64_t e = int64_t(blockIdx.x) * kBwdThreads + threadIdx.x; e < total; e += stride) {
+    const int64_t i = e / dim;
+    out[e] = from_acc<T>(coef[i] * to_acc<acc_t>(v[e]) + prod[e]);
+  }
+}
+
+}  // namespace
+}  // namespace fastmine::cuda
