@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -44,15 +45,59 @@ void scan_row_exact(const T* g, const T* ca, const T* cb, const int64_t* rl, int
   *neg = bn.index;
 }
 
-// Hardest positive (largest score) and hardest negative (smallest), lowest index on ties.
-// Pass 1 finds the best value per 256-column chunk with SIMD reductions and remembers the
-// first chunk holding the overall best; pass 2 rescans only that chunk for the index.
+// Near-ties: the dot-product score of two candidates at the same true distance can differ
+// by rounding (BLAS need not round identical columns alike), so every candidate within
+// `tol` of the best score is re-decided on its exact distance (double, direct differences),
+// where true duplicates tie exactly and the lowest index wins. A row where too many
+// candidates are that close (collapsed embeddings) takes the lowest index among them: they
+// are equal up to rounding, and the SPEC lets either be chosen.
+constexpr int kMaxExactTies = 32;
+
+// The anchor row and the reference set, for exact distances.
+template <typename T>
+struct RowGeometry {
+  const T* x_row;
+  const T* ref;
+  int64_t dim, metric;
+};
+
+template <typename T>
+int64_t resolve_near_ties(const T* g, const T* ca, const T* cb, const int64_t* rl, int64_t m,
+                          int64_t li, int64_t excl, bool positive, T best, T tol,
+                          const std::vector<T>& chunk_best, const RowGeometry<T>& geo) {
+  const T* xr = geo.x_row;
+  const T* rp = geo.ref;
+  int64_t lowest = -1, count = 0;
+  ArgBest<double> exact;
+  for (int64_t c = 0; c < int64_t(chunk_best.size()); ++c) {
+    const T cb_best = chunk_best[c];
+    if (positive ? !(cb_best >= best - tol) : !(cb_best <= best + tol)) continue;
+    const int64_t c1 = std::min(m, (c + 1) * kChunk);
+    for (int64_t j = c * kChunk; j < c1; ++j) {
+      const bool cand = positive ? (rl[j] == li && j != excl) : (rl[j] != li);
+      if (!cand) continue;
+      const T s = score(ca, cb, g, j);
+      if (positive ? !(s >= best - tol) : !(s <= best + tol)) continue;
+      if (lowest < 0) lowest = j;
+      if (++count <= kMaxExactTies) {
+        exact.offer(accumulate_pair(xr, rp + j * geo.dim, geo.dim).finalize(geo.metric), j, positive);
+      }
+    }
+  }
+  return count <= kMaxExactTies ? exact.index : lowest;
+}
+
+// Hardest positive (largest score) and hardest negative (smallest). Pass 1 finds the best
+// value of each 256-column chunk with SIMD reductions; pass 2 revisits only the chunks
+// within `tol` of the overall best (resolve_near_ties).
 template <typename T>
 void scan_row(const T* g, const T* ca, const T* cb, const int64_t* rl, int64_t m, int64_t li,
-              int64_t excl, int64_t* pos, int64_t* neg) {
+              int64_t excl, T tol, const RowGeometry<T>& geo, std::vector<T>& chunk_p,
+              std::vector<T>& chunk_n, int64_t* pos, int64_t* neg) {
   const T inf = std::numeric_limits<T>::infinity();
   T best_p = -inf, best_n = inf;
-  int64_t chunk_p = -1, chunk_n = -1;
+  chunk_p.clear();
+  chunk_n.clear();
   for (int64_t c0 = 0; c0 < m; c0 += kChunk) {
     const int64_t c1 = std::min(m, c0 + kChunk);
     T cp = -inf, cn = inf;
@@ -68,17 +113,25 @@ void scan_row(const T* g, const T* ca, const T* cb, const int64_t* rl, int64_t m
       nonfinite |= !(s - s == T(0));  // NaN or +-inf
     }
     if (nonfinite) return scan_row_exact(g, ca, cb, rl, m, li, excl, pos, neg);
-    if (cp > best_p) { best_p = cp; chunk_p = c0; }
-    if (cn < best_n) { best_n = cn; chunk_n = c0; }
+    chunk_p.push_back(cp);
+    chunk_n.push_back(cn);
+    best_p = cp > best_p ? cp : best_p;
+    best_n = cn < best_n ? cn : best_n;
   }
-  *pos = -1;
-  *neg = -1;
-  for (int64_t j = chunk_p; chunk_p >= 0 && j < std::min(m, chunk_p + kChunk); ++j) {
-    if (rl[j] == li && j != excl && score(ca, cb, g, j) == best_p) { *pos = j; break; }
-  }
-  for (int64_t j = chunk_n; chunk_n >= 0 && j < std::min(m, chunk_n + kChunk); ++j) {
-    if (rl[j] != li && score(ca, cb, g, j) == best_n) { *neg = j; break; }
-  }
+  // A chunk best of -inf / +inf means no candidate there; none anywhere: no positive/negative.
+  *pos = best_p == -inf ? -1 : resolve_near_ties(g, ca, cb, rl, m, li, excl, true, best_p, tol, chunk_p, geo);
+  *neg = best_n == inf ? -1 : resolve_near_ties(g, ca, cb, rl, m, li, excl, false, best_n, tol, chunk_n, geo);
+}
+
+// Rounding bound of a selection score, for one anchor row: scores are |r|^2 - 2<x, r>
+// (|.| <= |x|^2 + 2|x||r| + |r|^2 <= 2(|x|^2 + max|r|^2)) or -<x, r>/|r| (<= |x|); a dot
+// product of D terms is off by about sqrt(D) eps times that scale. Generous by design:
+// a wider band costs a few exact distances, a narrower one a wrong tie.
+template <typename T>
+T score_tolerance(int64_t metric, T nx2, T max_nr2, int64_t dim) {
+  const double eps = std::numeric_limits<T>::epsilon();
+  const double scale = metric == kCosine ? std::sqrt(double(nx2)) : 2.0 * (double(nx2) + double(max_nr2));
+  return T(16.0 * std::sqrt(double(dim)) * eps * scale);
 }
 
 template <typename T>
@@ -93,12 +146,10 @@ void batch_hard_forward_impl(const at::Tensor& x, const at::Tensor& labels, cons
   const int64_t* lab = labels.data_ptr<int64_t>();
   const int64_t* rlab = ref_labels.data_ptr<int64_t>();
 
+  const std::vector<T> nr2 = row_norms2(rp, m, dim);
   std::vector<T> col_a(m), col_b(m);
-  at::parallel_for(0, m, 256, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      selection_coefs<T>(metric, T(squared_norm(rp + j * dim, dim)), &col_a[j], &col_b[j]);
-    }
-  });
+  for (int64_t j = 0; j < m; ++j) selection_coefs<T>(metric, nr2[j], &col_a[j], &col_b[j]);
+  const T max_nr2 = m > 0 ? *std::max_element(nr2.begin(), nr2.end()) : T(0);
 
   int64_t* pi = pos_idx.data_ptr<int64_t>();
   int64_t* ni = neg_idx.data_ptr<int64_t>();
@@ -111,10 +162,15 @@ void batch_hard_forward_impl(const at::Tensor& x, const at::Tensor& labels, cons
     at::mm_out(gp, x.narrow(0, r0, nr), ref_t);  // BLAS: the heavy part
     const T* g = gp.data_ptr<T>();
     at::parallel_for(0, nr, 4, [&](int64_t i0, int64_t i1) {
+      std::vector<T> chunk_p, chunk_n;
       for (int64_t r = i0; r < i1; ++r) {
         const int64_t i = r0 + r;
         const int64_t excl = has_exclude ? i + exclude_offset : -1;
-        scan_row(g + r * m, col_a.data(), col_b.data(), rlab, m, lab[i], excl, pi + i, ni + i);
+        const T* xi = xp + i * dim;
+        const T tol = score_tolerance<T>(metric, T(squared_norm(xi, dim)), max_nr2, dim);
+        const RowGeometry<T> geo{xi, rp, dim, metric};
+        scan_row(g + r * m, col_a.data(), col_b.data(), rlab, m, lab[i], excl, tol, geo,
+                 chunk_p, chunk_n, pi + i, ni + i);
       }
     });
   }
