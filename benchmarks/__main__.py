@@ -1,0 +1,255 @@
+"""python -m benchmarks: time fastmine against its baselines, print a table, write JSON + PNG.
+
+Each size builds one set of inputs that every method sees. Per method: setup, warm-up
+calls (the first one compiles under torch.compile and is excluded), one call measured for
+peak memory. Then the timed calls, methods taking turns; the median is reported.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import traceback
+
+import torch
+
+from . import memory, plot, report, sysinfo, timing
+from .registry import Method, Inputs, Unavailable, load_ops, pk_inputs
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64,
+          "bfloat16": torch.bfloat16, "float16": torch.float16}
+# CPU: the issue's target size, plus a smaller batch; both fit the ~5 min budget on 2 cores.
+# CUDA: the issue's two GPU targets.
+DEFAULT_SIZES = {"cpu": "4096x128,1024x128", "cuda": "4096x128,4096x512"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto = cuda when available (default)")
+    p.add_argument("--op", default="batch_hard", help="which op (benchmarks/ops/*.py)")
+    p.add_argument("--sizes", help="comma-separated BxD, e.g. 4096x128,1024x128 "
+                   f"(default: cpu {DEFAULT_SIZES['cpu']}; cuda {DEFAULT_SIZES['cuda']})")
+    p.add_argument("--classes-per-batch", type=int, metavar="P",
+                   help="P classes per batch (overrides --samples-per-class)")
+    p.add_argument("--samples-per-class", type=int, default=4, metavar="K",
+                   help="K samples per class, P = B / K (default 4)")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    p.add_argument("--repeats", type=int, help="timed calls per method (default cpu 10, cuda 50)")
+    p.add_argument("--warmup", type=int, help="untimed calls first (default cpu 2, cuda 5)")
+    p.add_argument("--max-seconds", type=float, default=20.0,
+                   help="stop a method's repeats after this long (at least 3 kept)")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
+                   help="directory for <op>_<device>_<dtype>.json/.png (default benchmarks/results)")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def progress(msg: str, end: str = "\n") -> None:
+    print(msg, end=end, file=sys.stderr, flush=True)
+
+
+def parse_sizes(text: str):
+    try:
+        sizes = [tuple(int(v) for v in item.lower().strip().split("x")) for item in text.split(",")]
+        if all(len(s) == 2 and min(s) > 0 for s in sizes):
+            return sizes
+    except ValueError:
+        pass
+    sys.exit(f"--sizes {text!r}: expected comma-separated BxD, e.g. 4096x128,1024x128")
+
+
+def _failure(r: dict, e: Exception) -> dict:
+    if not isinstance(e, Unavailable):  # unexpected: show where, but keep the run going
+        traceback.print_exc(limit=3, file=sys.stderr)
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    reason = msg if isinstance(e, Unavailable) else f"{type(e).__name__}: {msg}"
+    return {**r, "status": "n/a", "reason": reason[:300]}
+
+
+def prepare(m: Method, inp: Inputs, device, args):
+    """Set up, warm up (the first call compiles, for torch.compile) and measure peak
+    memory. Returns (result dict, step or None when the method is n/a)."""
+    r = {"status": "ok", "forward_only": m.forward_only, "reason": None}
+    try:
+        step = m.setup(inp)
+        r["first_call_s"], loss = timing.timed_call(step, device)
+        for _ in range(args.warmup - 1):
+            loss = step()
+        inp.x.grad = None  # freed now, not inside the measured call
+        r["peak_extra_mib"], r["memory_method"] = memory.peak_extra_mib(step, device)
+    except Exception as e:  # a baseline failing must not take the whole run down
+        return _failure(r, e), None
+    finally:
+        inp.x.grad = None
+    r["loss"] = None if loss is None else float(loss.float())
+    return r, step
+
+
+def run_size(methods, inp: Inputs, device, args, counter) -> dict:
+    B, D = inp.shape
+    s = {"B": B, "D": D, "classes": inp.num_classes,
+         "samples_per_class": inp.samples_per_class, "methods": {}}
+    steps = {}
+    for m in methods:
+        counter[0] += 1
+        progress(f"[{counter[0]}/{counter[1]}] {device.type} {args.dtype} B={B} D={D} "
+                 f"{m.name} ...", end="")
+        r, step = prepare(m, inp, device, args)
+        s["methods"][m.name] = r
+        if step is None:
+            progress(f" n/a ({r['reason']})")
+        else:
+            steps[m.name] = step
+            progress(f" warm ({r['first_call_s']:.2f} s first call), "
+                     f"{r['peak_extra_mib'] or 0:.1f} MiB")
+    progress(f"      timing {', '.join(steps)}: up to {args.repeats} interleaved rounds ...", end="")
+    try:
+        times = timing.time_interleaved(steps, device, args.repeats, args.max_seconds)
+    except Exception as e:
+        for name in steps:
+            s["methods"][name] = _failure(s["methods"][name], e)
+        times = {}
+    finally:
+        inp.x.grad = None
+    for name, ts in times.items():
+        r = s["methods"][name]
+        r["times_ms"] = [t * 1e3 for t in ts]
+        r["median_ms"] = timing.median(r["times_ms"])
+    progress(" " + ", ".join(f"{n} {s['methods'][n]['median_ms']:.3g} ms" for n in times))
+    return s
+
+
+def check_losses(op, size_result: dict, dtype) -> list:
+    """Every baseline must compute fastmine's loss; a mismatch means the timings compare
+    different work, so it is reported loudly and fails the run."""
+    rtol = 2e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-4
+    methods = size_result["methods"]
+    ref = methods.get(op.reference, {})
+    bad = []
+    for m in op.methods:
+        r = methods.get(m.name)
+        if not m.compare_loss or m.name == op.reference or not r or r["status"] != "ok":
+            continue
+        if ref.get("status") != "ok":
+            r["loss_check"] = "not checked (fastmine n/a)"
+            continue
+        a, b = torch.tensor(r["loss"], dtype=torch.float64), torch.tensor(ref["loss"], dtype=torch.float64)
+        if torch.allclose(a, b, rtol=rtol, atol=1e-6):
+            r["loss_check"] = "ok"
+        else:
+            r["loss_check"] = (f"MISMATCH: loss {r['loss']:.8g} vs fastmine {ref['loss']:.8g} "
+                               f"(rtol {rtol:g})")
+            bad.append(f"B={size_result['B']} D={size_result['D']} {m.name}: {r['loss_check']}")
+    return bad
+
+
+def ratios(op, size_result: dict) -> None:
+    methods = size_result["methods"]
+    ref = methods.get(op.reference, {})
+    size_result["speedup"], size_result["x_floor"] = {}, None
+    if ref.get("status") != "ok":
+        return
+    for m in op.methods:
+        r = methods.get(m.name)
+        if m.name == op.reference or not r or r["status"] != "ok":
+            continue
+        if m.is_floor:
+            size_result["x_floor"] = ref["median_ms"] / r["median_ms"]
+        else:
+            size_result["speedup"][m.name] = r["median_ms"] / ref["median_ms"]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch.cuda.is_available() is False")
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    args.repeats = args.repeats or (50 if on_gpu else 10)
+    args.warmup = max(1, args.warmup or (5 if on_gpu else 2))
+    dtype = DTYPES[args.dtype]
+    sizes = parse_sizes(args.sizes or DEFAULT_SIZES[device.type])
+
+    ops = load_ops()
+    if args.op not in ops:
+        sys.exit(f"--op {args.op}: unknown; known: {', '.join(sorted(ops))}")
+    op = ops[args.op]
+    methods = [m for m in op.methods if not (args.no_compile and m.name == "compile")]
+
+    busy = sysinfo.cpu_busy_percent()
+    if busy is not None and busy > 25:
+        progress(f"warning: other processes keep {busy:.0f}% of the CPUs busy; "
+                 "timings will be disturbed")
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load = sysinfo.OtherLoad()
+    results, mismatches = [], []
+    counter = [0, len(sizes) * len(methods)]
+    for B, D in sizes:
+        inp = pk_inputs(B, D, dtype, device, classes=args.classes_per_batch,
+                        samples_per_class=args.samples_per_class, seed=args.seed)
+        s = run_size(methods, inp, device, args, counter)
+        mismatches += check_losses(op, s, dtype)
+        ratios(op, s)
+        results.append(s)
+        del inp
+    elapsed = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+    busy_during = load.percent()
+
+    verdicts = report.evaluate_targets(op, device.type, args.dtype, results)
+    info = sysinfo.device_info(device)
+    print(f"\n## fastmine benchmark: {op.description}\n")
+    print(f"{info['device_name']} ({device.type}, {info['torch_threads']} torch threads), "
+          f"{args.dtype}, torch {torch.__version__}; median of up to {args.repeats} "
+          f"after {args.warmup} warm-up; labels {results[0]['classes']} classes × "
+          f"{results[0]['samples_per_class']:g} at B={results[0]['B']}.\n")
+    if busy_during is not None and busy_during > 10:
+        print(f"**Other processes used {busy_during:.0f}% of the CPUs during this run: "
+              "the timings are disturbed; rerun on a quiet machine.**\n")
+    print(report.markdown_table(op, results))
+    print()
+    print(report.target_lines(verdicts))
+
+    stem = os.path.join(args.out, f"{op.name}_{device.type}_{args.dtype}")
+    record = {
+        "op": op.name, "description": op.description, "timestamp": started.isoformat(),
+        "elapsed_s": round(elapsed, 1), "cpu_busy_before_pct": busy,
+        "cpu_busy_others_during_pct": busy_during, **info, "versions": sysinfo.versions(),
+        "dtype": args.dtype, "sizes": [[B, D] for B, D in sizes],
+        "config": {"repeats": args.repeats, "warmup": args.warmup,
+                   "max_seconds": args.max_seconds, "seed": args.seed,
+                   "classes_per_batch": args.classes_per_batch,
+                   "samples_per_class": args.samples_per_class, "compile": not args.no_compile},
+        "results": results, "targets": verdicts, "loss_mismatches": mismatches,
+    }
+    report.write_json(stem + ".json", record)
+    written = [stem + ".json"]
+    if not args.no_plot:
+        why_not = plot.plot(stem + ".png", f"{op.name} fwd+bwd, {info['device_name']}, "
+                            f"{args.dtype}", results)
+        if why_not:
+            progress(f"plot skipped: {why_not}")
+        else:
+            written.append(stem + ".png")
+    shown = [w if os.path.relpath(w).startswith("..") else os.path.relpath(w) for w in written]
+    progress(f"wrote {', '.join(shown)} ({elapsed:.0f} s)")
+
+    failed = mismatches[:]
+    if any(s["methods"].get(op.reference, {}).get("status") != "ok" for s in results):
+        failed.append("fastmine itself did not run (n/a above)")
+    if failed:
+        bar = "!" * 78
+        progress(f"\n{bar}\nBENCHMARK INVALID: baselines do not compute fastmine's loss, or "
+                 f"fastmine failed:\n  " + "\n  ".join(failed) + f"\n{bar}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per benchmarked op, each defining ``OP = OpBench(...)`` (benchmarks.registry)."""

@@ -1,0 +1,102 @@
+"""Turning measurements into the Markdown table, the target verdicts and the JSON file."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List
+
+from .registry import OpBench, Target
+
+DEVICE_TITLE = {"cpu": "CPU", "cuda": "GPU"}
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def markdown_table(op: OpBench, sizes: List[Dict]) -> str:
+    ref = op.reference
+    lines = [
+        "| B × D | method | fwd+bwd (ms) | speed-up vs fastmine | peak extra memory (MiB) |",
+        "|---|---|--:|--:|--:|",
+    ]
+    notes = []
+    for s in sizes:
+        size = f"{s['B']} × {s['D']}"
+        for name, r in s["methods"].items():
+            label = name + (" (fwd only)" if r["forward_only"] else "")
+            if r["status"] != "ok":
+                lines.append(f"| {size} | {label} | n/a | | |")
+                notes.append(f"{size} {name}: n/a: {r['reason']}")
+                continue
+            if r.get("loss_check", "").startswith("MISMATCH"):
+                label += " **LOSS MISMATCH**"
+                notes.append(f"{size} {name}: {r['loss_check']}")
+            if name == ref:
+                ratio = "1.00×" + (f" ({s['x_floor']:.2f}× floor)" if s["x_floor"] else "")
+            elif name in s["speedup"]:
+                ratio = f"{s['speedup'][name]:.2f}×"
+            else:
+                ratio = ""
+            mem = r["peak_extra_mib"]
+            lines.append(f"| {size} | {label} | {_fmt_ms(r['median_ms'])} | {ratio} | "
+                         f"{'n/a' if mem is None else f'{mem:.1f}'} |")
+    lines.append("")
+    lines.append("Speed-up vs fastmine = method time / fastmine time (medians): how much faster "
+                 "fastmine is. × floor = fastmine time / bare X·Xᵀ time.")
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def _verdict(t: Target, s: Dict) -> str:
+    if t.baseline == "floor":
+        v = s["x_floor"]
+        if v is None:
+            return f"× floor n/a (goal {t.describe()})"
+        head = f"fastmine = {v:.2f}× matmul floor (goal ≤ {t.bound:g}×)"
+        return head + (": met" if v <= t.bound else f": MISSED by {v / t.bound:.2f}×")
+    v = s["speedup"].get(t.baseline)
+    if v is None:
+        return f"speed-up vs {t.baseline} n/a (goal ≥ {t.bound:g}×)"
+    head = f"{v:.2f}× faster than {t.baseline} (goal ≥ {t.bound:g}×)"
+    return head + (": met" if v >= t.bound else
+                   f": MISSED by {t.bound / v:.2f}× (fastmine would need to be that much faster)")
+
+
+def evaluate_targets(op: OpBench, device: str, dtype: str, sizes: List[Dict]) -> List[Dict]:
+    """One verdict per target; targets for another device or a size/dtype this run did not
+    measure say so instead of passing or failing."""
+    out = []
+    for t in op.targets:
+        s = next((s for s in sizes if (s["B"], s["D"]) == (t.B, t.D)), None)
+        if t.device != device:
+            text, status = f"not measured (this run is on {device})", "not measured"
+        elif s is None or dtype != t.dtype:
+            text, status = "not measured (size/dtype not in this run)", "not measured"
+        else:
+            text = _verdict(t, s)
+            status = "met" if text.endswith(": met") else "missed" if "MISSED" in text else "n/a"
+        out.append(dict(device=t.device, B=t.B, D=t.D, dtype=t.dtype, baseline=t.baseline,
+                        bound=t.bound, goal=t.describe(), status=status, text=text))
+    return out
+
+
+def target_lines(verdicts: List[Dict]) -> str:
+    """One line per device, as the issue states its targets."""
+    lines = ["Targets (issue 2, batch-hard fwd+bwd):"]
+    for dev in dict.fromkeys(v["device"] for v in verdicts):
+        vs = [v for v in verdicts if v["device"] == dev]
+        if all(v["status"] == "not measured" for v in vs):
+            goals = "; ".join(f"B={v['B']} D={v['D']} {v['goal']}" for v in vs)
+            lines.append(f"- {DEVICE_TITLE.get(dev, dev)} ({goals}): {vs[0]['text']}")
+            continue
+        parts = [f"B={v['B']} D={v['D']} {v['dtype']}: {v['text']}" for v in vs]
+        lines.append(f"- {DEVICE_TITLE.get(dev, dev)}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def write_json(path: str, record: Dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")
