@@ -42,11 +42,13 @@ def pairwise_distance(
     metric_id = check.metric(metric)
     if y is None:
         xc = check.compute_dtype(x)
-        return ops.pairwise_distance(xc, xc, metric_id)
-    check.embeddings(y, "y")
-    check.same_device([("x", x), ("y", y)])
-    check.same_features(x, "x", y, "y")
-    return ops.pairwise_distance(check.compute_dtype(x), check.compute_dtype(y), metric_id)
+        dist = ops.pairwise_distance(xc, xc, metric_id)
+    else:
+        check.embeddings(y, "y")
+        check.same_device([("x", x), ("y", y)])
+        check.same_features(x, "x", y, "y")
+        dist = ops.pairwise_distance(check.compute_dtype(x), check.compute_dtype(y), metric_id)
+    return dist.to(x.dtype)  # a matrix, not a loss: the input dtype (CPU half is upcast inside)
 
 
 def _reference_set(embeddings, labels, ref_embeddings, ref_labels, self_offset):

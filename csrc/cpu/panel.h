@@ -66,12 +66,17 @@ struct Panels {
   //   gr[j] += (sum_i w bv) r_j + sum_i (w cross) x_i      (accumulated)
   // with (au, cross, bv) from distance_grad. dist holds the panel's distances; wbuf and bvbuf
   // are (nr, nc) scratch. Apply panels in a fixed order for bitwise determinism.
+  //
+  // That GEMM form subtracts two large terms when x_i ~ r_j, so near-duplicate pairs (the
+  // forward's needs_exact criterion; euclidean metrics, where cross = -au) leave the GEMM
+  // and are applied as w au (x_i - r_j) from direct differences, after it, in row order.
   template <typename WeightFn>
   void apply_weights(int64_t r0, int64_t c0, const at::Tensor& dist, at::Tensor& wbuf,
                      at::Tensor& bvbuf, const WeightFn& weight, at::Tensor& gx,
                      at::Tensor& gr) const {
     const int64_t nr = dist.size(0), nc = dist.size(1);
     std::vector<T> row_coef(nr);
+    std::vector<std::vector<std::pair<int64_t, double>>> near(nr);  // (column, w * au)
     const T* d = dist.data_ptr<T>();
     T* wp = wbuf.data_ptr<T>();
     T* bp = bvbuf.data_ptr<T>();
@@ -83,6 +88,12 @@ struct Panels {
           const int64_t k = r * nc + jj, j = c0 + jj;
           const T w = weight(i, j, d[k]);
           const DistGrad<T> q = distance_grad<T>(metric, d[k], nx2[i], nr2[j]);
+          const T d2 = metric == kEuclidean ? d[k] * d[k] : d[k];
+          if (metric != kCosine && w != T(0) && needs_exact(d2, nx2[i], nr2[j])) {
+            near[r].emplace_back(j, double(w) * double(q.au));
+            bp[k] = wp[k] = T(0);
+            continue;
+          }
           acc += w * q.au;
           bp[k] = w * q.bv;
           wp[k] = w * q.cross;
@@ -97,6 +108,20 @@ struct Panels {
     gxs.addmm_(wbuf, rs);
     grs.addcmul_(rs, bvbuf.sum(0).unsqueeze(1));
     grs.addmm_(wbuf.t(), xs);
+    const T* xp = x.data_ptr<T>();
+    const T* rp = ref.data_ptr<T>();
+    T* gxp = gx.data_ptr<T>();
+    T* grp = gr.data_ptr<T>();
+    for (int64_t r = 0; r < nr; ++r) {
+      const int64_t i = r0 + r;
+      for (const auto& [j, c] : near[r]) {
+        for (int64_t k = 0; k < dim; ++k) {
+          const double t = c * (double(xp[i * dim + k]) - double(rp[j * dim + k]));
+          gxp[i * dim + k] += T(t);
+          grp[j * dim + k] -= T(t);
+        }
+      }
+    }
   }
 
   // Scratch for one panel.
