@@ -1,0 +1,254 @@
+"""Pure-PyTorch oracle: what every fastmine op computes, written the plain way.
+
+Everything here follows SPEC.md (docs/semantics.md) literally. It materialises the full
+B x M distance matrix from direct differences (never the expanded |x|^2 + |y|^2 - 2xy
+form), is differentiable with autograd, runs on any device and in any floating dtype
+(tests feed it float64). It is slow on purpose: the kernels are tested against it.
+
+    >>> from fastmine import reference
+    >>> loss = reference.batch_hard_triplet_loss(x.double(), labels)
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from ._types import BatchHardInfo
+
+__all__ = [
+    "METRICS",
+    "REDUCTIONS_BATCH_HARD",
+    "COSINE_EPS",
+    "pairwise_distance",
+    "batch_hard_masks",
+    "batch_hard_select",
+    "batch_hard_from_indices",
+    "batch_hard_triplet_loss",
+]
+
+METRICS = ("euclidean", "sqeuclidean", "cosine")
+REDUCTIONS_BATCH_HARD = ("mean", "sum", "none", "mean_nonzero")
+COSINE_EPS = 1e-8
+
+# Rows of x per chunk when forming x[:, None, :] - y[None, :, :], to bound peak memory.
+_CHUNK_ELEMS = 1 << 22
+
+
+def _safe_sqrt(s: torch.Tensor) -> torch.Tensor:
+    """sqrt(s) for s >= 0 whose gradient is 0 (not inf/NaN) where s == 0. NaN stays NaN."""
+    zero = s == 0
+    return torch.where(zero, torch.zeros_like(s), torch.sqrt(torch.where(zero, torch.ones_like(s), s)))
+
+
+def _rows(x: torch.Tensor, m: int):
+    """Row chunks of x so that a (chunk, m, D) temporary stays around _CHUNK_ELEMS."""
+    step = max(1, _CHUNK_ELEMS // max(1, m * x.shape[1]))
+    return [x[i : i + step] for i in range(0, x.shape[0], step)]
+
+
+def _sq_diff(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B, M) matrix of ||x_i - y_j||^2 from direct differences."""
+    return torch.cat([((c[:, None, :] - y[None, :, :]) ** 2).sum(-1) for c in _rows(x, y.shape[0])], 0)
+
+
+def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B, M) matrix of <x_i, y_j> as elementwise products summed (no GEMM)."""
+    return torch.cat([(c[:, None, :] * y[None, :, :]).sum(-1) for c in _rows(x, y.shape[0])], 0)
+
+
+def pairwise_distance(
+    x: torch.Tensor, y: Optional[torch.Tensor] = None, *, metric: str = "euclidean"
+) -> torch.Tensor:
+    """(B, M) distances between the rows of x (B, D) and y (M, D); y=None means y = x.
+
+    euclidean: ||u - v|| (gradient 0 where it is 0); sqeuclidean: ||u - v||^2;
+    cosine: 1 - <u, v> / (max(||u||, 1e-8) * max(||v||, 1e-8)).
+    """
+    if y is None:
+        y = x
+    if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must be (B, D) and (M, D), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if metric == "sqeuclidean":
+        return _sq_diff(x, y)
+    if metric == "euclidean":
+        return _safe_sqrt(_sq_diff(x, y))
+    if metric == "cosine":
+        nx = _safe_sqrt((x * x).sum(-1)).clamp_min(COSINE_EPS)
+        ny = _safe_sqrt((y * y).sum(-1)).clamp_min(COSINE_EPS)
+        return 1 - _dot(x, y) / (nx[:, None] * ny[None, :])
+    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+
+
+def batch_hard_masks(
+    labels: torch.Tensor,
+    ref_labels: Optional[torch.Tensor] = None,
+    self_offset: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(positive mask, negative mask), both (B, M) bool, per SPEC "Notation".
+
+    Without ref_labels the reference set is the batch and (i, i) is not a positive; with
+    ref_labels every pair counts except (i, self_offset + i) when self_offset is given.
+    """
+    has_ref = ref_labels is not None
+    if not has_ref:
+        ref_labels = labels
+    same = labels[:, None] == ref_labels[None, :]
+    b, m = same.shape
+    excluded = torch.zeros_like(same)
+    rows = torch.arange(b, device=labels.device)
+    if not has_ref:
+        excluded[rows, rows] = True
+    elif self_offset is not None:
+        excluded[rows, rows + self_offset] = True
+    return same & ~excluded, ~same
+
+
+def _arg_extreme(d: torch.Tensor, mask: torch.Tensor, largest: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the index of the largest (smallest) d over mask, lowest index on exact ties.
+
+    A NaN candidate wins over every number (its lowest index), so a NaN among an anchor's
+    candidates can never be skipped. Returns (index, has_candidate); index is 0 where the
+    row has no candidate.
+    """
+    d = d.detach()
+    fill = float("-inf") if largest else float("inf")
+    masked = torch.where(mask, d, torch.full_like(d, fill))
+    nan = mask & torch.isnan(d)
+    has_nan = nan.any(1)
+    clean = torch.where(nan, torch.full_like(d, fill), masked)
+    best = clean.amax(1) if largest else clean.amin(1)
+    hit = mask & (d == best[:, None])
+    idx = torch.where(has_nan, nan.int().argmax(1), hit.int().argmax(1))
+    return idx, mask.any(1)
+
+
+def batch_hard_select(
+    dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pos_idx, neg_idx, valid) from a distance matrix and the masks: hardest positive
+    (largest d), hardest negative (smallest d), lowest index on exact ties; -1 where invalid."""
+    pos_idx, has_pos = _arg_extreme(dist, pos_mask, largest=True)
+    neg_idx, has_neg = _arg_extreme(dist, neg_mask, largest=False)
+    valid = has_pos & has_neg
+    minus = torch.full_like(pos_idx, -1)
+    return torch.where(valid, pos_idx, minus), torch.where(valid, neg_idx, minus), valid
+
+
+def _reduce(per_anchor: torch.Tensor, valid: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return per_anchor
+    total = per_anchor.sum()
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / valid.sum().clamp(min=1).to(per_anchor.dtype)
+    if reduction == "mean_nonzero":
+        return total / (per_anchor > 0).sum().clamp(min=1).to(per_anchor.dtype)
+    raise ValueError(f"reduction must be one of {REDUCTIONS_BATCH_HARD}, got {reduction!r}")
+
+
+def batch_hard_from_indices(
+    embeddings: torch.Tensor,
+    pos_idx: torch.Tensor,
+    neg_idx: torch.Tensor,
+    *,
+    margin: float = 0.3,
+    metric: str = "euclidean",
+    soft: bool = False,
+    reduction: str = "mean",
+    ref_embeddings: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The batch-hard loss for *given* mined indices (-1 = invalid anchor).
+
+    Returns (loss, per_anchor, pos_dist, neg_dist). Tests use it to check a kernel's loss and
+    gradients when a near-tie lets it pick a different (equally hard) candidate.
+    """
+    ref = embeddings if ref_embeddings is None else ref_embeddings
+    valid = pos_idx >= 0
+    pi, ni = pos_idx.clamp(min=0), neg_idx.clamp(min=0)
+    d_pos = pairwise_distance_rows(embeddings, ref[pi], metric)
+    d_neg = pairwise_distance_rows(embeddings, ref[ni], metric)
+    z = d_pos - d_neg + margin
+    term = F.softplus(z) if soft else torch.relu(z)
+    # An invalid anchor adds 0, but a non-finite anchor embedding still poisons the loss.
+    own_finite = torch.isfinite(embeddings).all(1)
+    invalid_value = torch.where(
+        own_finite, torch.zeros_like(term), torch.full_like(term, float("nan"))
+    )
+    per_anchor = torch.where(valid, term, invalid_value)
+    zero = torch.zeros_like(d_pos)
+    pos_dist = torch.where(valid, d_pos, zero)
+    neg_dist = torch.where(valid, d_neg, zero)
+    return _reduce(per_anchor, valid, reduction), per_anchor, pos_dist, neg_dist
+
+
+def pairwise_distance_rows(u: torch.Tensor, v: torch.Tensor, metric: str) -> torch.Tensor:
+    """d(u_i, v_i) for matching rows: (B, D), (B, D) -> (B,). Same formulas as pairwise_distance."""
+    if metric == "sqeuclidean":
+        return ((u - v) ** 2).sum(-1)
+    if metric == "euclidean":
+        return _safe_sqrt(((u - v) ** 2).sum(-1))
+    if metric == "cosine":
+        nu = _safe_sqrt((u * u).sum(-1)).clamp_min(COSINE_EPS)
+        nv = _safe_sqrt((v * v).sum(-1)).clamp_min(COSINE_EPS)
+        return 1 - (u * v).sum(-1) / (nu * nv)
+    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+
+
+def batch_hard_triplet_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float = 0.3,
+    metric: str = "euclidean",
+    soft: bool = False,
+    reduction: str = "mean",
+    ref_embeddings: Optional[torch.Tensor] = None,
+    ref_labels: Optional[torch.Tensor] = None,
+    self_offset: Optional[int] = None,
+    return_info: bool = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, BatchHardInfo]]:
+    """Batch-hard triplet loss exactly as SPEC.md "Batch-hard" defines it (see module doc)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if reduction not in REDUCTIONS_BATCH_HARD:
+        raise ValueError(f"reduction must be one of {REDUCTIONS_BATCH_HARD}, got {reduction!r}")
+    if (ref_embeddings is None) != (ref_labels is None):
+        raise ValueError("ref_embeddings and ref_labels must be given together")
+    if self_offset is not None and ref_embeddings is None:
+        raise ValueError("self_offset needs ref_embeddings")
+    ref = embeddings if ref_embeddings is None else ref_embeddings
+    dist = pairwise_distance(embeddings, ref, metric=metric)
+    pos_mask, neg_mask = batch_hard_masks(labels, ref_labels, self_offset)
+    pos_idx, neg_idx, valid = batch_hard_select(dist, pos_mask, neg_mask)
+
+    rows = torch.arange(embeddings.shape[0], device=embeddings.device)
+    d_pos = dist[rows, pos_idx.clamp(min=0)]
+    d_neg = dist[rows, neg_idx.clamp(min=0)]
+    z = d_pos - d_neg + margin
+    term = F.softplus(z) if soft else torch.relu(z)
+    own_finite = torch.isfinite(embeddings).all(1)
+    invalid_value = torch.where(
+        own_finite, torch.zeros_like(term), torch.full_like(term, float("nan"))
+    )
+    per_anchor = torch.where(valid, term, invalid_value)
+    loss = _reduce(per_anchor, valid, reduction)
+    if not return_info:
+        return loss
+    with torch.no_grad():
+        zero = torch.zeros_like(d_pos)
+        num_valid = valid.sum()
+        num_active = (valid & (per_anchor > 0)).sum()
+        info = BatchHardInfo(
+            pos_idx=pos_idx,
+            neg_idx=neg_idx,
+            pos_dist=torch.where(valid, d_pos, zero).detach(),
+            neg_dist=torch.where(valid, d_neg, zero).detach(),
+            valid=valid,
+            num_valid=num_valid,
+            num_active=num_active,
+            active_fraction=num_active.to(torch.float32) / num_valid.clamp(min=1).to(torch.float32),
+        )
+    return loss, info

@@ -1,0 +1,54 @@
+"""Shared pytest configuration: hypothesis profiles, the ``cuda`` marker, device fixtures.
+
+Hypothesis profiles (select with HYPOTHESIS_PROFILE=...):
+  default  modest example counts so the whole suite runs in a few minutes on 2 CPU cores
+  ci       the same counts, derandomized (reproducible CI runs)
+  thorough many more examples, for a long local soak
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+_COMMON = dict(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.register_profile("default", max_examples=40, **_COMMON)
+settings.register_profile("ci", max_examples=40, derandomize=True, **_COMMON)
+settings.register_profile("thorough", max_examples=500, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
+    config.addinivalue_line("markers", "slow: slow test (torch.compile, large shapes)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU available (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def cuda():
+    """The CUDA device; skips the test where there is none."""
+    if not HAS_CUDA:
+        pytest.skip("no CUDA GPU available")
+    return torch.device("cuda")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def device(request):
+    """Every device fastmine runs on here: cpu always, cuda where a GPU exists."""
+    return torch.device(request.param)
