@@ -29,7 +29,8 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto = cuda when available (default)")
-    p.add_argument("--op", default="batch_hard", help="which op (benchmarks/ops/*.py)")
+    p.add_argument("--op", default="all",
+                   help="which op (benchmarks/ops/*.py), or all (default) for every op")
     p.add_argument("--sizes", help="comma-separated BxD, e.g. 4096x128,1024x128 "
                    f"(default: cpu {DEFAULT_SIZES['cpu']}; cuda {DEFAULT_SIZES['cuda']})")
     p.add_argument("--classes-per-batch", type=int, metavar="P",
@@ -175,12 +176,26 @@ def main(argv=None) -> int:
     args.repeats = args.repeats or (50 if on_gpu else 10)
     args.warmup = max(1, args.warmup or (5 if on_gpu else 2))
     dtype = DTYPES[args.dtype]
-    sizes = parse_sizes(args.sizes or DEFAULT_SIZES[device.type])
 
     ops = load_ops()
-    if args.op not in ops:
-        sys.exit(f"--op {args.op}: unknown; known: {', '.join(sorted(ops))}")
-    op = ops[args.op]
+    if args.op != "all" and args.op not in ops:
+        sys.exit(f"--op {args.op}: unknown; known: all, {', '.join(sorted(ops))}")
+    chosen = sorted(ops.values(), key=lambda o: o.order) if args.op == "all" else [ops[args.op]]
+    failed = []
+    for op in chosen:
+        failed += run_op(op, args, device, dtype)
+    if failed:
+        bar = "!" * 78
+        progress(f"\n{bar}\nBENCHMARK INVALID: baselines do not compute fastmine's loss, or "
+                 f"fastmine failed:\n  " + "\n  ".join(failed) + f"\n{bar}")
+        return 1
+    return 0
+
+
+def run_op(op, args, device, dtype) -> list:
+    """Benchmarks one op at its sizes; prints its table, writes its JSON and plot. Returns
+    the reasons the run is invalid (empty when it is fine)."""
+    sizes = parse_sizes(args.sizes or op.default_sizes.get(device.type) or DEFAULT_SIZES[device.type])
     methods = [m for m in op.methods if not (args.no_compile and m.name == "compile")]
 
     busy = sysinfo.cpu_busy_percent()
@@ -214,7 +229,7 @@ def main(argv=None) -> int:
               "the timings are disturbed; rerun on a quiet machine.**\n")
     print(report.markdown_table(op, results))
     print()
-    print(report.target_lines(verdicts))
+    print(report.target_lines(op, verdicts))
 
     stem = os.path.join(args.out, f"{op.name}_{device.type}_{args.dtype}")
     record = {
@@ -240,15 +255,10 @@ def main(argv=None) -> int:
     shown = [w if os.path.relpath(w).startswith("..") else os.path.relpath(w) for w in written]
     progress(f"wrote {', '.join(shown)} ({elapsed:.0f} s)")
 
-    failed = mismatches[:]
+    failed = [f"{op.name}: {m}" for m in mismatches]
     if any(s["methods"].get(op.reference, {}).get("status") != "ok" for s in results):
-        failed.append("fastmine itself did not run (n/a above)")
-    if failed:
-        bar = "!" * 78
-        progress(f"\n{bar}\nBENCHMARK INVALID: baselines do not compute fastmine's loss, or "
-                 f"fastmine failed:\n  " + "\n  ".join(failed) + f"\n{bar}")
-        return 1
-    return 0
+        failed.append(f"{op.name}: fastmine itself did not run (n/a above)")
+    return failed
 
 
 if __name__ == "__main__":

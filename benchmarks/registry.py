@@ -55,13 +55,18 @@ class Target:
     device: str  # "cpu" or "cuda"
     B: int
     D: int
-    baseline: str  # a method name, or "floor"
-    bound: float  # speed-up >= bound for a baseline; fastmine/floor <= bound for "floor"
+    baseline: str  # a method name, "floor", or an absolute bound: "seconds" / "memory"
+    bound: float  # speed-up >= bound for a baseline; fastmine/floor <= bound for "floor";
+    #               fastmine's time (s) or peak extra memory (MiB) <= bound for the others
     dtype: str = "float32"
 
     def describe(self) -> str:
         if self.baseline == "floor":
             return f"≤ {self.bound:g}× matmul floor"
+        if self.baseline == "seconds":
+            return f"fastmine ≤ {self.bound:g} s"
+        if self.baseline == "memory":
+            return f"fastmine peak extra memory ≤ {self.bound:g} MiB"
         return f"≥ {self.bound:g}× faster than {self.baseline}"
 
 
@@ -72,6 +77,10 @@ class OpBench:
     methods: List[Method]
     targets: List[Target] = field(default_factory=list)
     reference: str = "fastmine"  # the method every ratio is taken against
+    # Default "BxD,..." per device type ("cpu", "cuda"); the harness's own otherwise.
+    default_sizes: Dict[str, str] = field(default_factory=dict)
+    order: int = 100  # position in `--op all` runs
+    issue: int = 2  # the issue whose targets these are
 
 
 def pk_inputs(B: int, D: int, dtype: torch.dtype, device: torch.device, *,

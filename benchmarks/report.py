@@ -49,6 +49,16 @@ def markdown_table(op: OpBench, sizes: List[Dict]) -> str:
 
 
 def _verdict(t: Target, s: Dict) -> str:
+    if t.baseline in ("seconds", "memory"):
+        r = s["methods"].get("fastmine", {})
+        if r.get("status") != "ok":
+            return f"fastmine n/a (goal {t.describe()})"
+        v = r["median_ms"] / 1e3 if t.baseline == "seconds" else r["peak_extra_mib"]
+        if v is None:
+            return f"not measurable here (goal {t.describe()})"
+        unit = "s" if t.baseline == "seconds" else "MiB"
+        head = f"fastmine {v:.3g} {unit} (goal ≤ {t.bound:g} {unit})"
+        return head + (": met" if v <= t.bound else f": MISSED by {v / t.bound:.2f}×")
     if t.baseline == "floor":
         v = s["x_floor"]
         if v is None:
@@ -81,9 +91,9 @@ def evaluate_targets(op: OpBench, device: str, dtype: str, sizes: List[Dict]) ->
     return out
 
 
-def target_lines(verdicts: List[Dict]) -> str:
+def target_lines(op: OpBench, verdicts: List[Dict]) -> str:
     """One line per device, as the issue states its targets."""
-    lines = ["Targets (issue 2, batch-hard fwd+bwd):"]
+    lines = [f"Targets (issue {op.issue}, {op.name} fwd+bwd):"]
     for dev in dict.fromkeys(v["device"] for v in verdicts):
         vs = [v for v in verdicts if v["device"] == dev]
         if all(v["status"] == "not measured" for v in vs):

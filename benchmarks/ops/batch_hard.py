@@ -48,6 +48,7 @@ def _pml(inp: Inputs):
 
 OP = OpBench(
     name="batch_hard",
+    order=0,
     description="batch-hard triplet loss, euclidean, margin 0.3, mean; forward + backward",
     methods=[
         Method("fastmine", _fastmine),
