@@ -19,6 +19,8 @@ namespace fastmine::cpu {
 
 template <typename T>
 struct Panels {
+  static constexpr int64_t kBlock = 64;  // columns per SIMD block of an epilogue
+
   at::Tensor x, ref;  // contiguous (B, D), (M, D)
   int64_t b, m, dim, metric, rows;
   std::vector<T> nx2, nr2;  // squared row norms
@@ -41,19 +43,22 @@ struct Panels {
         const int64_t i = r0 + r;
         const T xi2 = nx2[i];
         T* o = out.data_ptr<T>() + r * nc;
-        int flagged = 0;
-        // Branch-free so that it vectorises; the rare near-duplicates are fixed after.
+        // Branch-free blocks so that they vectorise; the rare near-duplicates (e.g. the
+        // anchor against itself) are fixed after, revisiting only the blocks that hold one.
+        for (int64_t b0 = 0; b0 < nc; b0 += kBlock) {
+          const int64_t b1 = std::min(nc, b0 + kBlock);
+          int flagged = 0;
 #pragma omp simd reduction(+ : flagged)
-        for (int64_t jj = 0; jj < nc; ++jj) {
-          const T g = o[jj];
-          flagged += needs_exact(xi2 + n2[jj] - T(2) * g, xi2, n2[jj]);
-          o[jj] = distance_from_dot(met, g, xi2, n2[jj]);
-        }
-        if (flagged == 0 || met == kCosine) continue;
-        for (int64_t jj = 0; jj < nc; ++jj) {
-          const T d2 = met == kEuclidean ? o[jj] * o[jj] : o[jj];
-          if (needs_exact(d2, xi2, n2[jj])) {
-            o[jj] = T(accumulate_pair(xp + i * dim, rp + (c0 + jj) * dim, dim).finalize(met));
+          for (int64_t jj = b0; jj < b1; ++jj) {
+            const T g = o[jj];
+            flagged += needs_exact(xi2 + n2[jj] - T(2) * g, xi2, n2[jj]);
+            o[jj] = distance_from_dot(met, g, xi2, n2[jj]);
+          }
+          if (flagged == 0 || met == kCosine) continue;
+          for (int64_t jj = b0; jj < b1; ++jj) {
+            if (near_duplicate(met, o[jj], xi2, n2[jj])) {
+              o[jj] = T(accumulate_pair(xp + i * dim, rp + (c0 + jj) * dim, dim).finalize(met));
+            }
           }
         }
       }
@@ -80,25 +85,43 @@ struct Panels {
     const T* d = dist.data_ptr<T>();
     T* wp = wbuf.data_ptr<T>();
     T* bp = bvbuf.data_ptr<T>();
+    const int64_t met = metric;
     at::parallel_for(0, nr, 4, [&](int64_t a, int64_t e) {
       for (int64_t r = a; r < e; ++r) {
         const int64_t i = r0 + r;
+        const T xi2 = nx2[i];
+        const T* n2 = nr2.data() + c0;
+        const T* dr = d + r * nc;
+        T* wr = wp + r * nc;
+        T* br = bp + r * nc;
         T acc = 0;
-        for (int64_t jj = 0; jj < nc; ++jj) {
-          const int64_t k = r * nc + jj, j = c0 + jj;
-          const T w = weight(i, j, d[k]);
-          const DistGrad<T> q = distance_grad<T>(metric, d[k], nx2[i], nr2[j]);
-          const T d2 = metric == kEuclidean ? d[k] * d[k] : d[k];
-          if (metric != kCosine && w != T(0) && needs_exact(d2, nx2[i], nr2[j])) {
-            near[r].emplace_back(j, double(w) * double(q.au));
-            bp[k] = wp[k] = T(0);
-            continue;
+        int64_t first_flagged = nc;
+        // Branch-free blocks (they vectorise); near-duplicates get weight 0 here and are
+        // collected below from the blocks that hold one.
+        for (int64_t b0 = 0; b0 < nc; b0 += kBlock) {
+          const int64_t b1 = std::min(nc, b0 + kBlock);
+          int flagged = 0;
+#pragma omp simd reduction(+ : acc, flagged)
+          for (int64_t jj = b0; jj < b1; ++jj) {
+            const T w = weight(i, c0 + jj, dr[jj]);
+            const DistGrad<T> q = distance_grad<T>(met, dr[jj], xi2, n2[jj]);
+            const bool is_near = near_duplicate(met, dr[jj], xi2, n2[jj]) && w != T(0);
+            flagged += is_near;
+            const T wk = is_near ? T(0) : w;
+            acc += wk * q.au;
+            br[jj] = wk * q.bv;
+            wr[jj] = wk * q.cross;
           }
-          acc += w * q.au;
-          bp[k] = w * q.bv;
-          wp[k] = w * q.cross;
+          if (flagged > 0 && first_flagged == nc) first_flagged = b0;
         }
         row_coef[r] = acc;
+        for (int64_t jj = first_flagged; jj < nc; ++jj) {
+          const T w = weight(i, c0 + jj, dr[jj]);
+          if (near_duplicate(met, dr[jj], xi2, n2[jj]) && w != T(0)) {
+            const DistGrad<T> q = distance_grad<T>(met, dr[jj], xi2, n2[jj]);
+            near[r].emplace_back(c0 + jj, double(w) * double(q.au));
+          }
+        }
       }
     });
     const at::Tensor xs = x.narrow(0, r0, nr), rs = ref.narrow(0, c0, nc);
@@ -122,6 +145,13 @@ struct Panels {
         }
       }
     }
+  }
+
+  // A pair whose gradient would cancel in the GEMM form (see apply_weights). Cosine has no
+  // (x_i - r_j) form and keeps the GEMM.
+  static bool near_duplicate(int64_t met, T dist, T nu2, T nv2) {
+    const T d2 = met == kEuclidean ? dist * dist : dist;
+    return met != kCosine && needs_exact(d2, nu2, nv2);
   }
 
   // Scratch for one panel.
