@@ -46,4 +46,12 @@ TORCH_LIBRARY(fastmine, m) {
       "contrastive_backward(Tensor grad_pos, Tensor grad_neg, Tensor x, Tensor labels,"
       " Tensor ref, Tensor ref_labels, float pos_margin, float neg_margin, float power,"
       " int metric, bool triangle, bool has_exclude, int exclude_offset) -> (Tensor, Tensor)");
+  // Contrastive loss and its gradient in one pass, for reductions whose upstream gradient is
+  // one scalar ("mean", "sum"): returns (total, num_pairs, grad_x, grad_ref) with total the
+  // sum of every pair's term and grad_* the gradient of total. The backward only scales
+  // them: the distance panels are never recomputed.
+  m.def(
+      "contrastive_with_grad(Tensor x, Tensor labels, Tensor ref, Tensor ref_labels,"
+      " float pos_margin, float neg_margin, float power, int metric, bool triangle,"
+      " bool has_exclude, int exclude_offset) -> (Tensor, Tensor, Tensor, Tensor)");
 }

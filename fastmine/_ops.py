@@ -191,3 +191,57 @@ def _register_all_pairs(name: str, layout: str):
 _register_all_pairs("batch_all_triplet", "fii")
 # (pos_sum, pos_nonzero, pos_pairs, neg_sum, neg_nonzero, neg_pairs) per anchor
 _register_all_pairs("contrastive", "fiifii")
+
+
+# ---- contrastive_with_grad: loss and gradient in one pass ---------------------------------
+
+
+@torch.library.register_fake("fastmine::contrastive_with_grad")
+def _contrastive_with_grad_fake(x, labels, ref, ref_labels, *args):
+    total = x.new_empty((), dtype=loss_dtype(x.dtype))
+    return total, x.new_empty((), dtype=torch.int64), _like(x), _like(ref)
+
+
+def _with_grad_setup(ctx, inputs, output):
+    x, _, ref, *_ = inputs
+    _, _, gx, gr = output
+    ctx.save_for_backward(gx, gr, x, ref)
+
+
+class _RefuseDoubleBackward(torch.autograd.Function):
+    """g * saved, attached to the op's input so that a gradient of it is asked of us (under
+    create_graph=True) and refused, instead of being silently zero."""
+
+    @staticmethod
+    def forward(ctx, g, saved, anchor):
+        return g * saved
+
+    @staticmethod
+    def backward(ctx, grad):
+        _no_double_backward("contrastive_loss")(ctx)
+
+
+def _with_grad_backward(ctx, g_total, *unused):
+    gx, gr, x, ref = ctx.saved_tensors
+    # The forward already holds the gradient of the total; the upstream gradient is a scalar.
+    g = g_total.to(gx.dtype)
+    if torch.is_grad_enabled():  # create_graph=True
+        return (_RefuseDoubleBackward.apply(g, gx, x), None, _RefuseDoubleBackward.apply(g, gr, ref),
+                None, None, None, None, None, None, None, None)
+    return g * gx, None, g * gr, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "fastmine::contrastive_with_grad", _with_grad_backward, setup_context=_with_grad_setup
+)
+
+
+def _kernel_devices(op: str) -> frozenset:
+    """Device types with a kernel for ``fastmine::op``, read once at import so that callers
+    test a constant (a dispatcher query inside torch.compile would break the graph)."""
+    keys = {"cpu": "CPU", "cuda": "CUDA"}
+    return frozenset(t for t, k in keys.items() if torch._C._dispatch_has_kernel_for_dispatch_key(f"fastmine::{op}", k))
+
+
+#: The fused contrastive loss+gradient kernel exists on these device types (CPU for now).
+CONTRASTIVE_WITH_GRAD_DEVICES = _kernel_devices("contrastive_with_grad")

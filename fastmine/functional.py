@@ -10,7 +10,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from . import _validate as check
-from ._ops import ops
+from ._ops import CONTRASTIVE_WITH_GRAD_DEVICES, ops
 from ._types import BatchAllInfo, BatchHardInfo
 
 __all__ = [
@@ -268,10 +268,14 @@ def contrastive_loss(
         embeddings, labels, ref_embeddings, ref_labels, self_offset
     )
     triangle = ref_embeddings is None  # the batch against itself: each pair once
-    pos_sum, pos_nz, pos_n, neg_sum, neg_nz, neg_n = ops.contrastive(
-        x, lab, ref, ref_lab, pos_margin, neg_margin, power, metric_id, triangle,
-        has_exclude and not triangle, offset,
-    )
+    args = (x, lab, ref, ref_lab, pos_margin, neg_margin, power, metric_id, triangle,
+            has_exclude and not triangle, offset)
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or ref.requires_grad)
+    if reduction != "mean_nonzero" and needs_grad and x.device.type in CONTRASTIVE_WITH_GRAD_DEVICES:
+        # One scalar scales the whole gradient: computed in the forward's pass, no recompute.
+        total, num_pairs, _, _ = ops.contrastive_with_grad(*args)
+        return total if reduction == "sum" else total / num_pairs.clamp(min=1).to(total.dtype)
+    pos_sum, pos_nz, pos_n, neg_sum, neg_nz, neg_n = ops.contrastive(*args)
     pos_total, neg_total = pos_sum.sum(), neg_sum.sum()
     if reduction == "sum":
         return pos_total + neg_total

@@ -4,6 +4,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <limits>
+
 #include "common/pair_losses.h"
 #include "cpu/checks.h"
 #include "cpu/panel.h"
@@ -17,9 +20,12 @@ struct ContrastiveArgs {
   int64_t exclude_offset;
 };
 
+// Per-anchor sums and counts into out[0..6). With gx/gr given (contrastive_with_grad), each
+// panel also applies the unit weights d(term)/dd while its distances are at hand.
 template <typename T>
 void contrastive_forward_impl(const Panels<T>& p, const int64_t* lab, const int64_t* rlab,
-                              const ContrastiveArgs& a, at::Tensor* out) {
+                              const ContrastiveArgs& a, at::Tensor* out,
+                              at::Tensor* gx = nullptr, at::Tensor* gr = nullptr) {
   T* pos_sum = out[0].data_ptr<T>();
   int64_t* pos_nz = out[1].data_ptr<int64_t>();
   int64_t* pos_n = out[2].data_ptr<int64_t>();
@@ -28,6 +34,12 @@ void contrastive_forward_impl(const Panels<T>& p, const int64_t* lab, const int6
   int64_t* neg_n = out[5].data_ptr<int64_t>();
   const T pm = T(a.pos_margin), nm = T(a.neg_margin), pw = T(a.power);
   at::Tensor buf = p.panel_buffer();
+  at::Tensor wbuf, bvbuf;
+  if (gx != nullptr) { wbuf = p.panel_buffer(); bvbuf = p.panel_buffer(); }
+  const auto unit_weight = [&](int64_t i, int64_t j, T dist) -> T {
+    const bool ok = pair_allowed(i, j, a.triangle, a.has_exclude, a.exclude_offset);
+    return ok ? contrastive_term_grad<T>(dist, rlab[j] == lab[i], pm, nm, pw) : T(0);
+  };
   for (int64_t r0 = 0; r0 < p.b; r0 += p.rows) {
     const int64_t nr = std::min(p.rows, p.b - r0);
     const int64_t c0 = a.triangle ? r0 : 0;  // pairs j > i >= r0 only: skip the lower blocks
@@ -57,31 +69,67 @@ void contrastive_forward_impl(const Panels<T>& p, const int64_t* lab, const int6
           pn += p_ok;
           nn += n_ok;
         }
+        if (!std::isfinite(double(p.nx2[i]))) {
+          // A non-finite anchor must not yield a finite loss, pairs or not (as batch-hard).
+          ps = ns = std::numeric_limits<double>::quiet_NaN();
+        }
         pos_sum[i] = T(ps); pos_nz[i] = pnz; pos_n[i] = pn;
         neg_sum[i] = T(ns); neg_nz[i] = nnz; neg_n[i] = nn;
       }
     });
+    if (gx != nullptr) {
+      at::Tensor w = panel_view(wbuf, nr, nc), bv = panel_view(bvbuf, nr, nc);
+      p.apply_weights(r0, c0, panel, w, bv, unit_weight, *gx, *gr);
+    }
   }
+}
+
+struct ContrastiveOutputs {
+  at::Tensor t[6];  // pos_sum, pos_nonzero, pos_pairs, neg_sum, neg_nonzero, neg_pairs
+};
+
+ContrastiveOutputs contrastive_run(const at::Tensor& x, const at::Tensor& labels,
+                                   const at::Tensor& ref, const at::Tensor& ref_labels,
+                                   double pos_margin, double neg_margin, double power,
+                                   int64_t metric, bool triangle, bool has_exclude,
+                                   int64_t exclude_offset, at::Tensor* gx, at::Tensor* gr) {
+  check_pair(x, ref);
+  check_labels(labels, x.size(0), "labels");
+  check_labels(ref_labels, ref.size(0), "ref_labels");
+  const int64_t b = x.size(0);
+  ContrastiveOutputs o{{at::empty({b}, x.options()), at::empty({b}, labels.options()),
+                        at::empty({b}, labels.options()), at::empty({b}, x.options()),
+                        at::empty({b}, labels.options()), at::empty({b}, labels.options())}};
+  const at::Tensor lab = labels.contiguous(), rlab = ref_labels.contiguous();
+  const ContrastiveArgs a{pos_margin, neg_margin, power, triangle, has_exclude, exclude_offset};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "contrastive_cpu", [&] {
+    contrastive_forward_impl(Panels<scalar_t>(x, ref, metric), lab.data_ptr<int64_t>(),
+                             rlab.data_ptr<int64_t>(), a, o.t, gx, gr);
+  });
+  return o;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_cpu(
     const at::Tensor& x, const at::Tensor& labels, const at::Tensor& ref,
     const at::Tensor& ref_labels, double pos_margin, double neg_margin, double power,
     int64_t metric, bool triangle, bool has_exclude, int64_t exclude_offset) {
-  check_pair(x, ref);
-  check_labels(labels, x.size(0), "labels");
-  check_labels(ref_labels, ref.size(0), "ref_labels");
-  const int64_t b = x.size(0);
-  at::Tensor out[6] = {at::empty({b}, x.options()), at::empty({b}, labels.options()),
-                       at::empty({b}, labels.options()), at::empty({b}, x.options()),
-                       at::empty({b}, labels.options()), at::empty({b}, labels.options())};
-  const at::Tensor lab = labels.contiguous(), rlab = ref_labels.contiguous();
-  const ContrastiveArgs a{pos_margin, neg_margin, power, triangle, has_exclude, exclude_offset};
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "contrastive_cpu", [&] {
-    contrastive_forward_impl(Panels<scalar_t>(x, ref, metric), lab.data_ptr<int64_t>(),
-                             rlab.data_ptr<int64_t>(), a, out);
-  });
-  return {out[0], out[1], out[2], out[3], out[4], out[5]};
+  const ContrastiveOutputs o = contrastive_run(x, labels, ref, ref_labels, pos_margin, neg_margin,
+                                               power, metric, triangle, has_exclude,
+                                               exclude_offset, nullptr, nullptr);
+  return {o.t[0], o.t[1], o.t[2], o.t[3], o.t[4], o.t[5]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_with_grad_cpu(
+    const at::Tensor& x, const at::Tensor& labels, const at::Tensor& ref,
+    const at::Tensor& ref_labels, double pos_margin, double neg_margin, double power,
+    int64_t metric, bool triangle, bool has_exclude, int64_t exclude_offset) {
+  at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor gr = at::zeros_like(ref, at::MemoryFormat::Contiguous);
+  const ContrastiveOutputs o = contrastive_run(x, labels, ref, ref_labels, pos_margin, neg_margin,
+                                               power, metric, triangle, has_exclude,
+                                               exclude_offset, &gx, &gr);
+  // Per-anchor sums reduced in a fixed order (at::sum is deterministic on the CPU).
+  return {o.t[0].sum() + o.t[3].sum(), o.t[2].sum() + o.t[5].sum(), gx, gr};
 }
 
 std::tuple<at::Tensor, at::Tensor> contrastive_backward_cpu(
@@ -126,6 +174,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_backward_cpu(
 TORCH_LIBRARY_IMPL(fastmine, CPU, m) {
   m.impl("contrastive", &contrastive_cpu);
   m.impl("contrastive_backward", &contrastive_backward_cpu);
+  m.impl("contrastive_with_grad", &contrastive_with_grad_cpu);
 }
 
 }  // namespace fastmine::cpu
