@@ -10,12 +10,13 @@ form), is differentiable with autograd, runs on any device and in any floating d
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-from ._types import BatchHardInfo
+from ._types import BatchAllInfo, BatchHardInfo
 
 __all__ = [
     "METRICS",
@@ -26,6 +27,14 @@ __all__ = [
     "batch_hard_select",
     "batch_hard_from_indices",
     "batch_hard_triplet_loss",
+    "REDUCTIONS_BATCH_ALL",
+    "batch_all_triplet_terms",
+    "batch_all_triplet_loss",
+    "REDUCTIONS_CONTRASTIVE",
+    "hinge_pow",
+    "contrastive_pair_mask",
+    "contrastive_terms",
+    "contrastive_loss",
 ]
 
 METRICS = ("euclidean", "sqeuclidean", "cosine")
@@ -252,3 +261,202 @@ def batch_hard_triplet_loss(
             active_fraction=num_active.to(torch.float32) / num_valid.clamp(min=1).to(torch.float32),
         )
     return loss, info
+
+
+# ---- batch-all triplet loss (SPEC "Batch-all") ---------------------------------------------
+
+REDUCTIONS_BATCH_ALL = ("mean_positive", "mean", "sum")
+
+# Anchors per chunk of the (chunk, M, M) triplet cube, to bound the temporaries' size.
+_CUBE_ELEMS = 1 << 24
+
+
+def _check_common(metric, reduction, reductions, ref_embeddings, ref_labels, self_offset):
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if reduction not in reductions:
+        raise ValueError(f"reduction must be one of {reductions}, got {reduction!r}")
+    if (ref_embeddings is None) != (ref_labels is None):
+        raise ValueError("ref_embeddings and ref_labels must be given together")
+    if self_offset is not None and ref_embeddings is None:
+        raise ValueError("self_offset needs ref_embeddings")
+
+
+def _nan_where_not_finite(per_anchor: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """The anchor's contribution is NaN where its own embedding is not finite."""
+    own_finite = torch.isfinite(embeddings).all(1)
+    return torch.where(own_finite, per_anchor, torch.full_like(per_anchor, float("nan")))
+
+
+def batch_all_triplet_terms(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float = 0.3,
+    metric: str = "euclidean",
+    soft: bool = False,
+    ref_embeddings: Optional[torch.Tensor] = None,
+    ref_labels: Optional[torch.Tensor] = None,
+    self_offset: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per anchor: (sum of the triplet terms, number of valid triplets, number of terms > 0).
+
+    The (B, M, M) cube z[i, p, n] = d_ip - d_in + margin is materialised (in anchor chunks)
+    and masked by valid[i, p, n] = p in P(i) and n in N(i). The sum is differentiable; the
+    counts are int64. A non-finite anchor embedding makes its sum NaN.
+    """
+    ref = embeddings if ref_embeddings is None else ref_embeddings
+    dist = pairwise_distance(embeddings, ref, metric=metric)  # (B, M)
+    pos_mask, neg_mask = batch_hard_masks(labels, ref_labels, self_offset)
+    m = dist.shape[1]
+    step = max(1, _CUBE_ELEMS // max(1, m * m))
+    sums, active = [], []
+    for i0 in range(0, dist.shape[0], step):
+        d = dist[i0 : i0 + step]
+        valid = pos_mask[i0 : i0 + step, :, None] & neg_mask[i0 : i0 + step, None, :]
+        z = d[:, :, None] - d[:, None, :] + margin  # z[i, p, n]
+        term = F.softplus(z) if soft else torch.relu(z)
+        term = torch.where(valid, term, torch.zeros_like(term))
+        sums.append(term.sum((1, 2)))
+        active.append((valid & (term > 0)).sum((1, 2)))
+    per_anchor = _nan_where_not_finite(torch.cat(sums), embeddings)
+    num_valid = pos_mask.sum(1) * neg_mask.sum(1)
+    return per_anchor, num_valid, torch.cat(active)
+
+
+def batch_all_triplet_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float = 0.3,
+    metric: str = "euclidean",
+    soft: bool = False,
+    reduction: str = "mean_positive",
+    ref_embeddings: Optional[torch.Tensor] = None,
+    ref_labels: Optional[torch.Tensor] = None,
+    self_offset: Optional[int] = None,
+    return_info: bool = False,
+) -> Union[torch.Tensor, Tuple[torch.Tensor, BatchAllInfo]]:
+    """Batch-all triplet loss exactly as SPEC.md "Batch-all" defines it.
+
+    Every valid triplet (i, p, n), p in P(i), n in N(i), costs max(d_ip - d_in + margin, 0)
+    (softplus with soft=True). reduction: "mean_positive" = sum / #{terms > 0}, "mean" =
+    sum / #valid triplets, "sum". No triplet (or no term > 0): 0.0, attached to the graph.
+    """
+    _check_common(metric, reduction, REDUCTIONS_BATCH_ALL, ref_embeddings, ref_labels, self_offset)
+    per_anchor, valid, active = batch_all_triplet_terms(
+        embeddings, labels, margin=margin, metric=metric, soft=soft,
+        ref_embeddings=ref_embeddings, ref_labels=ref_labels, self_offset=self_offset)
+    total = per_anchor.sum()
+    if reduction == "sum":
+        loss = total
+    else:
+        count = active.sum() if reduction == "mean_positive" else valid.sum()
+        loss = total / count.clamp(min=1).to(total.dtype)
+    if not return_info:
+        return loss
+    num_valid, num_active = valid.sum(), active.sum()
+    info = BatchAllInfo(
+        num_valid=num_valid,
+        num_active=num_active,
+        active_fraction=num_active.to(torch.float32) / num_valid.clamp(min=1).to(torch.float32),
+        valid_per_anchor=valid,
+        active_per_anchor=active,
+    )
+    return loss, info
+
+
+# ---- contrastive loss (SPEC "Contrastive") -------------------------------------------------
+
+REDUCTIONS_CONTRASTIVE = ("mean", "sum", "mean_nonzero")
+
+
+def hinge_pow(v: torch.Tensor, power: float) -> torch.Tensor:
+    """max(v, 0)^power; gradient 0 where v <= 0 (also at the kink, also for power < 1); NaN
+    stays NaN."""
+    pos = v > 0
+    safe = torch.where(pos, v, torch.ones_like(v))
+    out = torch.where(pos, safe**power, torch.zeros_like(v))
+    return torch.where(torch.isnan(v), v, out)
+
+
+def contrastive_pair_mask(
+    labels: torch.Tensor,
+    ref_labels: Optional[torch.Tensor] = None,
+    self_offset: Optional[int] = None,
+) -> torch.Tensor:
+    """(B, M) bool: the pairs (i, j) that count. Without ref_labels the unordered pairs
+    i < j of the batch; with them every (i, j) except j = self_offset + i."""
+    b = labels.shape[0]
+    if ref_labels is None:
+        return torch.ones(b, b, dtype=torch.bool, device=labels.device).triu(1)
+    allowed = torch.ones(b, ref_labels.shape[0], dtype=torch.bool, device=labels.device)
+    if self_offset is not None:
+        rows = torch.arange(b, device=labels.device)
+        allowed[rows, rows + self_offset] = False
+    return allowed
+
+
+def contrastive_terms(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    pos_margin: float = 0.0,
+    neg_margin: float = 1.0,
+    power: float = 2,
+    metric: str = "euclidean",
+    ref_embeddings: Optional[torch.Tensor] = None,
+    ref_labels: Optional[torch.Tensor] = None,
+    self_offset: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(term, allowed, same, own_finite): the (B, M) per-pair terms (0 outside `allowed`),
+    the pair mask, the same-label mask and the (B,) finiteness of each anchor's embedding."""
+    ref = embeddings if ref_embeddings is None else ref_embeddings
+    rl = labels if ref_labels is None else ref_labels
+    dist = pairwise_distance(embeddings, ref, metric=metric)
+    allowed = contrastive_pair_mask(labels, ref_labels, self_offset)
+    same = labels[:, None] == rl[None, :]
+    v = torch.where(same, dist - pos_margin, neg_margin - dist)
+    term = torch.where(allowed, hinge_pow(v, power), torch.zeros_like(v))
+    return term, allowed, same, torch.isfinite(embeddings).all(1)
+
+
+def contrastive_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    pos_margin: float = 0.0,
+    neg_margin: float = 1.0,
+    power: float = 2,
+    metric: str = "euclidean",
+    reduction: str = "mean",
+    ref_embeddings: Optional[torch.Tensor] = None,
+    ref_labels: Optional[torch.Tensor] = None,
+    self_offset: Optional[int] = None,
+) -> torch.Tensor:
+    """Contrastive loss exactly as SPEC.md "Contrastive" defines it.
+
+    Same-label pairs cost max(d - pos_margin, 0)^power, others max(neg_margin - d, 0)^power.
+    reduction: "mean" over all pairs, "sum", "mean_nonzero" = positive part / its #{terms > 0}
+    + negative part / its #{terms > 0}. No pair: 0.0, attached to the graph. A non-finite
+    anchor embedding makes its contribution (to both parts) NaN.
+    """
+    _check_common(metric, reduction, REDUCTIONS_CONTRASTIVE, ref_embeddings, ref_labels, self_offset)
+    if not (power > 0 and math.isfinite(power)):
+        raise ValueError(f"power must be positive and finite, got {power}")
+    term, allowed, same, own_finite = contrastive_terms(
+        embeddings, labels, pos_margin=pos_margin, neg_margin=neg_margin, power=power,
+        metric=metric, ref_embeddings=ref_embeddings, ref_labels=ref_labels,
+        self_offset=self_offset)
+    zero = torch.zeros_like(term)
+    pos = torch.where(same, term, zero)
+    neg = torch.where(same, zero, term)
+    pos_sum = _nan_where_not_finite(pos.sum(1), embeddings).sum()
+    neg_sum = _nan_where_not_finite(neg.sum(1), embeddings).sum()
+    if reduction == "sum":
+        return pos_sum + neg_sum
+    if reduction == "mean":
+        return (pos_sum + neg_sum) / allowed.sum().clamp(min=1).to(term.dtype)
+    pos_nz = (allowed & same & (term > 0)).sum().clamp(min=1).to(term.dtype)
+    neg_nz = (allowed & ~same & (term > 0)).sum().clamp(min=1).to(term.dtype)
+    return pos_sum / pos_nz + neg_sum / neg_nz

@@ -169,3 +169,12 @@ def matrices(draw, *, max_n: int = 40, max_d: int = 40, dtype=torch.float64):
     if draw(st.booleans()):
         x[0] = 0.0
     return x.to(dtype), (None if y is None else y.to(dtype))
+
+
+def examples(n: int) -> int:
+    """n hypothesis examples at the default profile's 40, scaled with the loaded profile
+    (HYPOTHESIS_PROFILE=thorough multiplies every count by 12.5): for tests whose own
+    @settings(max_examples=...) would otherwise pin the count."""
+    from hypothesis import settings
+
+    return max(1, round(n * settings.default.max_examples / 40))

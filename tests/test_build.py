@@ -29,14 +29,52 @@ def schema_ops():
     return names
 
 
-# Ops whose CUDA kernels must exist (the foundation: distances and batch-hard). Ops added to
-# csrc/ops.cpp later join this list when their CUDA kernels land.
-CUDA_OPS = ("pairwise_distance", "pairwise_distance_backward", "batch_hard_triplet",
-            "batch_hard_triplet_backward")
+# Ops whose CUDA kernels must exist: the foundation (distances and batch-hard), plus every op
+# for which a CUDA source registers a kernel (an `m.impl("op", ...)` in a CUDA
+# STABLE_TORCH_LIBRARY_IMPL block of csrc/cuda/*.cu). Ops of csrc/ops.cpp whose CUDA kernels
+# have not landed yet (no such source) are not required; once a source registers one, the
+# built module must carry it.
+FOUNDATION_CUDA_OPS = ("pairwise_distance", "pairwise_distance_backward", "batch_hard_triplet",
+                       "batch_hard_triplet_backward")
+ALL_PAIRS_OPS = ("batch_all_triplet", "batch_all_triplet_backward", "contrastive",
+                 "contrastive_backward")
+
+
+def cuda_source_ops():
+    """Op names given a CUDA kernel by some csrc/cuda/*.cu."""
+    names = set()
+    for path in glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")):
+        with open(path) as f:
+            src = f.read()
+        for block in re.findall(r"STABLE_TORCH_LIBRARY_IMPL\(\s*fastmine\s*,\s*CUDA\s*,\s*\w+\s*\)\s*\{(.*?)\n\}",
+                                src, flags=re.S):
+            names.update(re.findall(r'\.impl\(\s*"([A-Za-z0-9_]+)"', block))
+    return names
+
+
+CUDA_OPS = tuple(FOUNDATION_CUDA_OPS) + tuple(op for op in ALL_PAIRS_OPS if op in cuda_source_ops())
 
 
 def test_ops_cpp_defines_the_cuda_ops():
     assert set(schema_ops()) >= set(CUDA_OPS)
+    assert set(schema_ops()) >= set(ALL_PAIRS_OPS)
+
+
+def test_cuda_sources_register_only_defined_ops():
+    """A CUDA m.impl for a name that csrc/ops.cpp does not define fails only at load time."""
+    assert cuda_source_ops() <= set(schema_ops()), cuda_source_ops() - set(schema_ops())
+
+
+def test_cuda_sources_register_the_foundation_ops():
+    assert set(FOUNDATION_CUDA_OPS) <= cuda_source_ops()
+
+
+def test_all_pairs_ops_come_in_forward_backward_pairs():
+    """A CUDA forward without its CUDA backward fails at the first backward on a GPU: the
+    sources register both or neither."""
+    have = cuda_source_ops()
+    for op in ("batch_all_triplet", "contrastive"):
+        assert (op in have) == (op + "_backward" in have), (op, sorted(have))
 
 
 def test_cpu_module_exists_and_registers_cpu_kernels():

@@ -132,3 +132,156 @@ def test_compile_fullgraph_return_info_aot_eager():
     torch.testing.assert_close(compiled[0].detach().double(),
                                2 * R.batch_hard_triplet_loss(x.double(), lab, reduction="mean_nonzero"),
                                rtol=1e-5, atol=1e-6)
+
+
+# ---- batch_all_triplet, contrastive ----------------------------------------------------------
+# Arguments as fastmine/functional.py passes them (csrc/ops.cpp has the schemas):
+#   batch_all_triplet(x, labels, ref, ref_labels, margin, metric, soft, has_exclude, offset)
+#   contrastive(x, labels, ref, ref_labels, pos_margin, neg_margin, power, metric, triangle,
+#               has_exclude, offset)  -- triangle: the batch against itself, pairs j > i.
+
+
+def _pair_inputs(ref, dtype=F64, requires_grad=True):
+    x = _x(10, 4, dtype, 0, requires_grad)
+    lab = torch.arange(10) % 3
+    if ref == "none":
+        return x, lab, x, lab
+    return x, lab, _x(13, 4, dtype, 1, requires_grad), torch.arange(13) % 4
+
+
+def _ba_args(metric, soft, ref, dtype=F64, requires_grad=True):
+    x, lab, r, rl = _pair_inputs(ref, dtype, requires_grad)
+    excl, off = {"none": (True, 0), "ref": (False, 0), "self_offset": (True, 2)}[ref]
+    return (x, lab, r, rl, 0.5, METRIC_IDS[metric], soft, excl, off)
+
+
+def _ct_args(metric, power, ref, dtype=F64, requires_grad=True):
+    x, lab, r, rl = _pair_inputs(ref, dtype, requires_grad)
+    tri, excl, off = {"none": (True, False, 0), "ref": (False, False, 0), "self_offset": (False, True, 2)}[ref]
+    return (x, lab, r, rl, 0.2, 2.5, float(power), METRIC_IDS[metric], tri, excl, off)
+
+
+# Each metric, hinge and soft, each reference-set mode (not their full product: opcheck is slow).
+BA_COMBOS = [("euclidean", False, "none"), ("sqeuclidean", True, "none"), ("cosine", False, "ref"),
+             ("euclidean", True, "ref"), ("sqeuclidean", False, "self_offset"), ("cosine", True, "self_offset")]
+CT_COMBOS = [("euclidean", 2, "none"), ("sqeuclidean", 1, "none"), ("cosine", 1.5, "none"),
+             ("cosine", 2, "ref"), ("euclidean", 1.5, "ref"), ("sqeuclidean", 1, "self_offset"),
+             ("euclidean", 2, "self_offset")]
+
+
+@pytest.mark.parametrize("metric, soft, ref", BA_COMBOS)
+def test_opcheck_batch_all_triplet(metric, soft, ref):
+    torch.library.opcheck(ops.batch_all_triplet.default, _ba_args(metric, soft, ref))
+
+
+def test_opcheck_batch_all_triplet_float32():
+    torch.library.opcheck(ops.batch_all_triplet.default, _ba_args("euclidean", False, "ref", torch.float32))
+
+
+@pytest.mark.parametrize("metric, soft", [("euclidean", False), ("cosine", True)])
+def test_opcheck_batch_all_triplet_backward(metric, soft):
+    args = _ba_args(metric, soft, "self_offset", requires_grad=False)
+    grad = _x(10, 1, seed=5).flatten()
+    torch.library.opcheck(ops.batch_all_triplet_backward.default, (grad, *args))
+
+
+@pytest.mark.parametrize("metric, power, ref", CT_COMBOS)
+def test_opcheck_contrastive(metric, power, ref):
+    torch.library.opcheck(ops.contrastive.default, _ct_args(metric, power, ref))
+
+
+def test_opcheck_contrastive_float32():
+    torch.library.opcheck(ops.contrastive.default, _ct_args("cosine", 2, "ref", torch.float32))
+
+
+@pytest.mark.parametrize("metric, power", [("euclidean", 1), ("sqeuclidean", 2), ("cosine", 1.5)])
+def test_opcheck_contrastive_backward(metric, power):
+    args = _ct_args(metric, power, "ref", requires_grad=False)
+    gp, gn = _x(10, 1, seed=5).flatten(), _x(10, 1, seed=6).flatten()
+    torch.library.opcheck(ops.contrastive_backward.default, (gp, gn, *args))
+
+
+def test_low_level_all_pairs_op_outputs():
+    """Contract of the ops themselves (csrc/ops.cpp): per-anchor sums and counts."""
+    x = torch.tensor([[0.0], [1.0], [3.0], [6.0]], dtype=F64)
+    lab = torch.tensor([0, 0, 1, 1])
+    s, valid, active = ops.batch_all_triplet(x, lab, x, lab, 0.3, 0, False, True, 0)
+    assert valid.dtype == torch.int64 and active.dtype == torch.int64 and s.dtype == F64
+    assert valid.tolist() == [2, 2, 2, 2] and active.tolist() == [0, 0, 2, 0]
+    assert s.tolist() == pytest.approx([0, 0, 1.6, 0], abs=1e-14)
+    out = ops.contrastive(x, lab, x, lab, 0.0, 2.5, 2.0, 0, True, False, 0)
+    pos_sum, pos_nz, pos_n, neg_sum, neg_nz, neg_n = (t.tolist() for t in out)
+    # pairs j > i: (0,1) same d=1; (0,2), (0,3) different; (1,2) different d=2 (0.5^2);
+    # (1,3) different; (2,3) same d=3
+    assert pos_n == [1, 0, 1, 0] and neg_n == [2, 2, 0, 0]
+    assert pos_sum == pytest.approx([1, 0, 9, 0]) and pos_nz == [1, 0, 1, 0]
+    assert neg_sum == pytest.approx([0, 0.25, 0, 0]) and neg_nz == [0, 1, 0, 0]
+
+
+# ---- torch.compile: batch-all and contrastive --------------------------------------------------
+
+
+def _compile_data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(24, 8, generator=g)
+    lab = torch.arange(24) % 5
+    ref = torch.cat([torch.randn(3, 8, generator=g), x, torch.randn(5, 8, generator=g)])
+    ref_lab = torch.cat([torch.tensor([7, 8, 9]), lab, torch.arange(5)])
+    return x, lab, ref, ref_lab
+
+
+def _compare_compiled(fn, **compile_kw):
+    torch._dynamo.reset()
+    x, lab, ref, ref_lab = _compile_data()
+
+    def both(f):
+        xr, rr = x.clone().requires_grad_(True), ref.clone().requires_grad_(True)
+        out = f(xr, lab, rr, ref_lab)
+        gx, gr = torch.autograd.grad(out, [xr, rr])
+        return out.detach(), gx, gr
+
+    eager = both(fn)
+    compiled = both(torch.compile(fn, fullgraph=True, **compile_kw))
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    return eager
+
+
+def _batch_all_f(x, lab, ref, ref_lab):
+    loss = fastmine.batch_all_triplet_loss(x, lab, margin=0.5)
+    loss2, info = fastmine.batch_all_triplet_loss(x, lab, metric="cosine", soft=True, reduction="sum",
+                                                  ref_embeddings=ref, ref_labels=ref_lab,
+                                                  self_offset=3, return_info=True)
+    return loss + 0.01 * loss2 + 1e-3 * info.active_fraction
+
+
+def _contrastive_f(x, lab, ref, ref_lab):
+    loss = fastmine.contrastive_loss(x, lab, neg_margin=4.0)
+    loss2 = fastmine.contrastive_loss(x, lab, pos_margin=0.3, neg_margin=1.0, power=1,
+                                      metric="cosine", reduction="mean_nonzero",
+                                      ref_embeddings=ref, ref_labels=ref_lab, self_offset=3)
+    return loss + 0.1 * loss2
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_batch_all_matches_eager():
+    out, _, _ = _compare_compiled(_batch_all_f)
+    x, lab, ref, ref_lab = _compile_data()
+    x, ref = x.double(), ref.double()
+    loss2, info = R.batch_all_triplet_loss(x, lab, metric="cosine", soft=True, reduction="sum",
+                                           ref_embeddings=ref, ref_labels=ref_lab, self_offset=3,
+                                           return_info=True)
+    expected = R.batch_all_triplet_loss(x, lab, margin=0.5) + 0.01 * loss2 + 1e-3 * info.active_fraction
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compile_fullgraph_contrastive_matches_eager():
+    out, _, _ = _compare_compiled(_contrastive_f)
+    x, lab, ref, ref_lab = _compile_data()
+    expected = (R.contrastive_loss(x.double(), lab, neg_margin=4.0)
+                + 0.1 * R.contrastive_loss(x.double(), lab, pos_margin=0.3, neg_margin=1.0, power=1,
+                                           metric="cosine", reduction="mean_nonzero",
+                                           ref_embeddings=ref.double(), ref_labels=ref_lab,
+                                           self_offset=3))
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)

@@ -70,3 +70,70 @@ def test_thread_count_does_not_change_the_gradient():
     # loss and mined indices may legitimately depend on BLAS blocking only through near-ties;
     # this data has none, so everything must agree bitwise.
     assert_bitwise(one, many)
+
+
+# ---- batch-all and contrastive ---------------------------------------------------------------
+
+
+def run_all_pairs_once(name, x, lab, **kw):
+    """(loss, grads..., info...) of one fresh call: compare two of these bitwise."""
+    xr = x.clone().requires_grad_(True)
+    ref = kw.pop("ref_embeddings", None)
+    extra, inputs = {}, [xr]
+    if ref is not None:
+        ref = ref.clone().requires_grad_(True)
+        extra["ref_embeddings"] = ref
+        inputs.append(ref)
+    if name == "batch_all":
+        loss, info = fastmine.batch_all_triplet_loss(xr, lab, return_info=True, **kw, **extra)
+    else:
+        loss, info = fastmine.contrastive_loss(xr, lab, **kw, **extra), ()
+    return (loss.detach(), *torch.autograd.grad(loss, inputs), *info)
+
+
+ALL_PAIRS_KW = {
+    "batch_all": [dict(margin=30.0), dict(margin=1.0, soft=True, reduction="sum")],
+    "contrastive": [dict(neg_margin=20.0), dict(neg_margin=20.0, power=1, reduction="mean_nonzero"),
+                    dict(neg_margin=20.0, pos_margin=0.5, power=1.5, reduction="sum")],
+}
+
+
+@pytest.mark.parametrize("name", list(ALL_PAIRS_KW))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("metric", METRICS)
+def test_all_pairs_repeat_bitwise(name, dtype, metric):
+    """The hub (a point near everyone) receives ~B gradient contributions: their summation
+    order must be fixed."""
+    x, lab = hub_batch(b=300, dtype=dtype)
+    for kw in ALL_PAIRS_KW[name]:
+        first = run_all_pairs_once(name, x, lab, metric=metric, **kw)
+        assert_bitwise(first, run_all_pairs_once(name, x, lab, metric=metric, **kw))
+
+
+@pytest.mark.parametrize("name", list(ALL_PAIRS_KW))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_all_pairs_repeat_bitwise_ref_set(name, dtype):
+    x, lab = hub_batch(b=200, dtype=dtype)
+    g = torch.Generator().manual_seed(3)
+    ref = torch.cat([x, (torch.randn(500, x.shape[1], generator=g) * 10).to(dtype)])
+    ref_lab = torch.cat([lab, torch.randint(0, 17, (500,), generator=g)])
+    kw = dict(ref_embeddings=ref, ref_labels=ref_lab, self_offset=0)
+    kw.update(ALL_PAIRS_KW[name][-1])
+    first = run_all_pairs_once(name, x, lab, **kw)
+    assert_bitwise(first, run_all_pairs_once(name, x, lab, **kw))
+
+
+@pytest.mark.parametrize("name", list(ALL_PAIRS_KW))
+def test_all_pairs_thread_count_does_not_change_the_result(name):
+    """Panels are split across threads by rows; the reference-side gradient is accumulated
+    panel by panel in a fixed order: one thread and many agree bitwise."""
+    x, lab = hub_batch(b=700, dtype=torch.float32)
+    kw = ALL_PAIRS_KW[name][0]
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run_all_pairs_once(name, x, lab, **kw)
+    finally:
+        torch.set_num_threads(n)
+    many = run_all_pairs_once(name, x, lab, **kw)
+    assert_bitwise(one, many)
