@@ -245,3 +245,11 @@ def _kernel_devices(op: str) -> frozenset:
 
 #: The fused contrastive loss+gradient kernel exists on these device types (CPU for now).
 CONTRASTIVE_WITH_GRAD_DEVICES = _kernel_devices("contrastive_with_grad")
+
+
+def require_kernel(op: str, public_name: str, device: torch.device) -> None:
+    """A clear error, rather than the dispatcher's, for an op with no kernel on a device."""
+    if device.type == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastmine::{op}", "CUDA"):
+        raise NotImplementedError(
+            f"fastmine.{public_name} has no CUDA kernel in this build yet; compute it on the CPU"
+        )

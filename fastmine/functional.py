@@ -10,7 +10,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from . import _validate as check
-from ._ops import CONTRASTIVE_WITH_GRAD_DEVICES, ops
+from ._ops import CONTRASTIVE_WITH_GRAD_DEVICES, ops, require_kernel
 from ._types import BatchAllInfo, BatchHardInfo
 
 __all__ = [
@@ -202,6 +202,8 @@ def batch_all_triplet_loss(
     x, lab, ref, ref_lab, has_exclude, offset = _reference_set(
         embeddings, labels, ref_embeddings, ref_labels, self_offset
     )
+    if x.device.type == "cuda":
+        require_kernel("batch_all_triplet", "batch_all_triplet_loss", x.device)
     per_anchor, valid, active = ops.batch_all_triplet(
         x, lab, ref, ref_lab, margin, metric_id, bool(soft), has_exclude, offset
     )
@@ -267,6 +269,8 @@ def contrastive_loss(
     x, lab, ref, ref_lab, has_exclude, offset = _reference_set(
         embeddings, labels, ref_embeddings, ref_labels, self_offset
     )
+    if x.device.type == "cuda":
+        require_kernel("contrastive", "contrastive_loss", x.device)
     triangle = ref_embeddings is None  # the batch against itself: each pair once
     args = (x, lab, ref, ref_lab, pos_margin, neg_margin, power, metric_id, triangle,
             has_exclude and not triangle, offset)
