@@ -51,6 +51,13 @@ FM_HD void selection_coefs(int64_t metric, acc_t nv2, acc_t* col_a, acc_t* col_b
   }
 }
 
+// The selection score itself. A fused multiply-add on every backend, so that a vectorised
+// and a scalar evaluation of the same score agree bit for bit.
+template <typename acc_t>
+FM_HD acc_t selection_score(acc_t col_a, acc_t col_b, acc_t g) {
+  return fm_fma(col_b, g, col_a);
+}
+
 // Exact accumulation of one pair: feed (u_k, v_k) for every k, then finalize.
 template <typename acc_t>
 struct PairAcc {

@@ -20,11 +20,10 @@ namespace {
 
 constexpr int64_t kChunk = 256;  // columns per SIMD chunk of a row scan
 
-// Selection score of column j (see selection_coefs). fma on both the vector and the scalar
-// path so that the two compute bit-identical scores.
+// Selection score of column j (common/distance.h).
 template <typename T>
 inline T score(const T* ca, const T* cb, const T* g, int64_t j) {
-  return std::fma(cb[j], g[j], ca[j]);
+  return selection_score(ca[j], cb[j], g[j]);
 }
 
 // Scalar scan with full NaN/tie semantics (ArgBest). Used for rows holding a non-finite

@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
 #pragma unroll
       for (int i = 0; i < TM; ++i) {
         // Rows past B keep label 0 and collect junk candidates; they are never written.
-        const acc_t s = fm_fma(cb, acc[i][j], ca);  // fma, as the CPU's score()
+        const acc_t s = selection_score(ca, cb, acc[i][j]);  // common/distance.h, as the CPU
         if (rl == lab[i]) {
           if (col != excl[i]) best_pos[i].offer(s, col, /*is_max=*/true);
         } else {

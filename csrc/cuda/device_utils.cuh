@@ -48,9 +48,6 @@ __device__ __forceinline__ T from_acc(acc_t v) {
   }
 }
 
-__device__ __forceinline__ float fm_fma(float a, float b, float c) { return fmaf(a, b, c); }
-__device__ __forceinline__ double fm_fma(double a, double b, double c) { return fma(a, b, c); }
-
 template <typename acc_t>
 __device__ __forceinline__ acc_t quiet_nan();
 template <>
