@@ -49,6 +49,16 @@ static_assert(TileCfg::THREADS % TileCfg::BK == 0, "a thread keeps one k lane");
 static_assert(TileCfg::TX == 16, "row reductions assume 16 lanes (a half-warp) per row");
 static_assert(TileCfg::TM == 4 && TileCfg::TN == 4, "the vector shared loads read 4 values");
 
+// Sum over the TX = 16 threads that share a tile row (the 16 lanes of one half-warp): a
+// butterfly with offsets 8, 4, 2, 1, so every one of them ends with the same bits and the
+// order is fixed by the layout (deterministic). All 32 lanes of the warp must call it.
+template <typename V>
+__device__ __forceinline__ V tile_row_sum(V v) {
+#pragma unroll
+  for (int off = TileCfg::TX / 2; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
+  return v;
+}
+
 // Two stages (double buffering: the next slice is written while the current one is read,
 // one __syncthreads per step). Slices are stored k-major ([k][row]) so the compute loop
 // reads a row of each. 16-byte aligned: every row starts on a 16-byte boundary.

@@ -14,6 +14,7 @@
 // in float32 (float32/float16/bfloat16 inputs) or float64.
 #include "common/distance.h"
 #include "cuda/cuda_utils.cuh"
+#include "cuda/launchers.cuh"
 #include "cuda/pairwise_kernels.cuh"
 
 namespace fastmine::cuda {
@@ -21,15 +22,6 @@ namespace {
 
 constexpr const char* kFwd = "pairwise_distance";
 constexpr const char* kBwd = "pairwise_distance_backward";
-
-template <typename T, typename acc_t>
-void launch_row_sqnorm(const T* p, int64_t n, int64_t dim, acc_t* out, cudaStream_t stream) {
-  if (n == 0) return;
-  row_sqnorm_kernel<T, acc_t>
-      <<<grid_1d(ceil_div(n, kRowsPerBlock), "row_sqnorm"), kRowThreads, 0, stream>>>(
-          p, n, dim, out);
-  check_launch("row_sqnorm_kernel");
-}
 
 // ---- forward ---------------------------------------------------------------------------------
 
@@ -73,17 +65,6 @@ Tensor pairwise_distance_cuda(Tensor x_, Tensor y_, int64_t metric) {
 
 // ---- backward --------------------------------------------------------------------------------
 
-template <typename T, typename acc_t>
-void launch_combine(const Tensor& coef, const Tensor& v, const Tensor& prod, Tensor& out,
-                    cudaStream_t stream) {
-  const int64_t n = v.size(0), dim = v.size(1);
-  if (n * dim == 0) return;
-  const int64_t blocks = std::min<int64_t>(ceil_div(n * dim, kBwdThreads), int64_t(1) << 20);
-  combine_kernel<T, acc_t><<<grid_1d(blocks, kBwd), kBwdThreads, 0, stream>>>(
-      cptr<acc_t>(coef), cptr<T>(v), cptr<acc_t>(prod), n, dim, mptr<T>(out));
-  check_launch("combine_kernel");
-}
-
 // Rows per chunk of the column sums: at least 128 (enough serial work per thread to pay for
 // the partial's write), at most 64 chunks (bounded partial buffer); a function of B only.
 inline int64_t rows_per_chunk(int64_t b) {
@@ -118,9 +99,8 @@ void pairwise_backward(const Tensor& grad, const Tensor& x, const Tensor& y, con
       cptr<T>(grad), cptr<T>(dist), cptr<acc_t>(nx2), cptr<acc_t>(ny2), b, m, metric, rpc,
       mptr<acc_t>(partial));
   check_launch("pd_backward_cols_kernel");
-  sum_chunks_kernel<acc_t><<<grid_1d(ceil_div(m, kBwdThreads), kBwd), kBwdThreads, 0, stream>>>(
-      cptr<acc_t>(partial), n_chunks, m, mptr<acc_t>(c));
-  check_launch("sum_chunks_kernel");
+  launch_sum_chunks<acc_t>(cptr<acc_t>(partial), n_chunks, m, mptr<acc_t>(c),
+                           /*accumulate=*/false, stream);
 
   // The GEMMs: cuBLAS through the dispatcher, on the current stream, in acc_t.
   const Tensor x_acc = std::is_same_v<T, acc_t> ? x : torch::stable::to(x, acc_st);
@@ -132,8 +112,10 @@ void pairwise_backward(const Tensor& grad, const Tensor& x, const Tensor& y, con
                       wtx.scalar_type() == acc_st && wtx.size(0) == m && wtx.size(1) == dim,
                   "fastmine.", kBwd, ": unexpected matmul result");
 
-  launch_combine<T, acc_t>(a, x, wy, gx, stream);
-  launch_combine<T, acc_t>(c, y, wtx, gy, stream);
+  launch_combine<T, acc_t>(cptr<acc_t>(a), cptr<T>(x), cptr<acc_t>(wy), b, dim, mptr<T>(gx),
+                           stream);
+  launch_combine<T, acc_t>(cptr<acc_t>(c), cptr<T>(y), cptr<acc_t>(wtx), m, dim, mptr<T>(gy),
+                           stream);
 }
 
 std::tuple<Tensor, Tensor> pairwise_distance_backward_cuda(Tensor grad_, Tensor x_, Tensor y_,

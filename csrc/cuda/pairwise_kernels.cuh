@@ -6,21 +6,11 @@
 #include "common/distance.h"
 #include "cuda/device_utils.cuh"
 #include "cuda/dot_tile.cuh"
+#include "cuda/grad_kernels.cuh"
 #include "cuda/row_ops.cuh"
 
 namespace fastmine::cuda {
 namespace {
-
-// out[row] = |p[row]|^2 in acc_t, one warp per row.
-template <typename T, typename acc_t>
-__global__ void __launch_bounds__(kRowThreads)
-    row_sqnorm_kernel(const T* __restrict__ p, int64_t n, int64_t dim, acc_t* __restrict__ out) {
-  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  if (row >= n) return;  // warp-uniform: the shuffles below see full warps
-  const acc_t s = warp_row_sqnorm<acc_t>(p + row * dim, dim, lane);
-  if (lane == 0) out[row] = s;
-}
 
 // ---- forward ---------------------------------------------------------------------------------
 
@@ -47,23 +37,14 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
     for (int j = 0; j < TileCfg::TN; ++j) {
       const int64_t col = col0 + TileCfg::col_of(tx, j);
       if (col >= m) continue;
-      const acc_t g = acc[i][j];
-      const acc_t nyj = ny2[col];
-      acc_t d;
-      const acc_t d2 = nxi + nyj - acc_t(2) * g;
-      if (metric != kCosine && needs_exact(d2, nxi, nyj)) {
-        d = thread_pair_acc<acc_t>(x + row * dim, y + col * dim, dim).finalize(metric);
-      } else {
-        d = distance_from_dot(metric, g, nxi, nyj);
-      }
+      const acc_t d =
+          tile_distance(metric, acc[i][j], nxi, ny2[col], x + row * dim, y + col * dim, dim);
       out[row * m + col] = from_acc<T>(d);
     }
   }
 }
 
 // ---- backward --------------------------------------------------------------------------------
-
-constexpr int kBwdThreads = 256;
 
 // One block per row i: W[i, :] = G * q.cross (acc_t, the GEMM operand) and
 // a[i] = sum_j G_ij q.au. Thread t adds j = t, t + 256, ... in order; then a fixed tree.
@@ -118,30 +99,6 @@ __global__ void __launch_bounds__(kBwdThreads)
     s += g * q.bv;
   }
   partial[chunk * m + j] = s;
-}
-
-template <typename acc_t>
-__global__ void __launch_bounds__(kBwdThreads)
-    sum_chunks_kernel(const acc_t* __restrict__ partial, int64_t n_chunks, int64_t m,
-                      acc_t* __restrict__ c) {
-  const int64_t j = int64_t(blockIdx.x) * kBwdThreads + threadIdx.x;
-  if (j >= m) return;
-  acc_t s = acc_t(0);
-  for (int64_t ch = 0; ch < n_chunks; ++ch) s += partial[ch * m + j];
-  c[j] = s;
-}
-
-// out[i, k] = coef[i] * v[i, k] + prod[i, k]   (prod: the GEMM's (n, D) result in acc_t).
-template <typename T, typename acc_t>
-__global__ void __launch_bounds__(kBwdThreads)
-    combine_kernel(const acc_t* __restrict__ coef, const T* __restrict__ v,
-                   const acc_t* __restrict__ prod, int64_t n, int64_t dim, T* __restrict__ out) {
-  const int64_t total = n * dim;
-  const int64_t stride = int64_t(gridDim.x) * kBwdThreads;
-  for (int64_t e = int64_t(blockIdx.x) * kBwdThreads + threadIdx.x; e < total; e += stride) {
-    const int64_t i = e / dim;
-    out[e] = from_acc<T>(coef[i] * to_acc<acc_t>(v[e]) + prod[e]);
-  }
 }
 
 }  // namespace
