@@ -15,6 +15,7 @@
 #include <limits>
 #include <vector>
 
+#include "common/batch_all.h"
 #include "common/triplet.h"
 #include "cpu/checks.h"
 #include "cpu/panel.h"
@@ -31,6 +32,7 @@ struct BatchAllArgs {
 // One anchor's candidates: positives sorted by (distance, column) and their suffix sums.
 struct AnchorRow {
   std::vector<std::pair<double, int64_t>> pos;
+  std::vector<double> sorted;  // pos[q].first, contiguous for batch_all_first_active
   std::vector<double> suffix;  // suffix[k] = sum of pos[k..K).first
   int64_t num_neg = 0;
   bool nan = false;
@@ -51,14 +53,15 @@ struct AnchorRow {
     }
     if (nan) return;  // sorting NaNs is undefined; the anchor's loss is NaN anyway
     std::sort(pos.begin(), pos.end());
+    sorted.resize(pos.size());
+    for (size_t q = 0; q < pos.size(); ++q) sorted[q] = pos[q].first;
     suffix.assign(pos.size() + 1, 0.0);
     for (int64_t k = int64_t(pos.size()) - 1; k >= 0; --k) suffix[k] = suffix[k + 1] + pos[k].first;
   }
-  // Rank of the first positive with distance > t: positives [k, K) are active for a
-  // negative with d_n = t + margin.
-  int64_t first_active(double t) const {
-    return std::upper_bound(pos.begin(), pos.end(), std::make_pair(t, std::numeric_limits<int64_t>::max())) -
-           pos.begin();
+  // Rank of the first positive active against a negative at d_n (common/batch_all.h).
+  int64_t first_active(double d_n, double margin) const {
+    return batch_all_first_active(sorted.data(), int64_t(sorted.size()),
+                                  batch_all_threshold(d_n, margin));
   }
 };
 
@@ -92,8 +95,8 @@ void batch_all_forward_impl(const Panels<T>& p, const int64_t* lab, const int64_
               act += t > 0;
             }
           } else {
-            const int64_t first = row.first_active(dn - a.margin);
-            sum += row.suffix[first] + double(k - first) * (a.margin - dn);
+            const int64_t first = row.first_active(dn, a.margin);
+            sum += batch_all_hinge_sum(row.suffix[first], k - first, a.margin, dn);
             act += k - first;
           }
         }
@@ -180,7 +183,7 @@ std::tuple<at::Tensor, at::Tensor> batch_all_triplet_backward_cpu(
               }
               wi[j] = T(-gi * wn);
             } else {
-              const int64_t first = row.first_active(dn - margin);
+              const int64_t first = row.first_active(dn, margin);
               wi[j] = T(-gi * double(k - first));
               count[first] += 1;  // difference array: ranks >= first gain one negative
             }
