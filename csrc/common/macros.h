@@ -23,6 +23,8 @@ FM_HD float fm_sqrt(float v) { return sqrtf(v); }
 FM_HD double fm_sqrt(double v) { return sqrt(v); }
 FM_HD float fm_exp(float v) { return expf(v); }
 FM_HD double fm_exp(double v) { return exp(v); }
+FM_HD float fm_log(float v) { return logf(v); }
+FM_HD double fm_log(double v) { return log(v); }
 FM_HD float fm_fma(float a, float b, float c) { return fmaf(a, b, c); }
 FM_HD double fm_fma(double a, double b, double c) { return fma(a, b, c); }
 FM_HD float fm_log1p(float v) { return log1pf(v); }

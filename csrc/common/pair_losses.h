@@ -6,14 +6,15 @@
 namespace fastmine {
 
 // max(v, 0)^power and its derivative, for power 1 or 2 (the common choices) and any other
-// positive power through exp/log. NaN propagates.
+// positive power through exp/log. NaN propagates. With power a compile-time constant 1 or 2
+// (cpu/dispatch.h) the exp/log branch folds away and the callers' loops vectorise.
 template <typename acc_t>
 FM_HD acc_t hinge_pow(acc_t v, acc_t power) {
   if (fm_isnan(v)) return v;
   if (!(v > acc_t(0))) return acc_t(0);
   if (power == acc_t(1)) return v;
   if (power == acc_t(2)) return v * v;
-  return fm_exp(power * log(v));
+  return fm_exp(power * fm_log(v));
 }
 
 template <typename acc_t>
@@ -22,7 +23,7 @@ FM_HD acc_t hinge_pow_grad(acc_t v, acc_t power) {
   if (!(v > acc_t(0))) return acc_t(0);
   if (power == acc_t(1)) return acc_t(1);
   if (power == acc_t(2)) return acc_t(2) * v;
-  return power * fm_exp((power - acc_t(1)) * log(v));
+  return power * fm_exp((power - acc_t(1)) * fm_log(v));
 }
 
 // Contrastive (Hadsell, Chopra & LeCun 2006): same-label pairs are pulled within pos_margin,

@@ -144,7 +144,6 @@ std::tuple<at::Tensor, at::Tensor> batch_all_triplet_backward_cpu(
     const int64_t* lr = rlab.data_ptr<int64_t>();
     const T* g = grad.data_ptr<T>();
     at::Tensor buf = p.panel_buffer(), pbuf = p.panel_buffer();
-    at::Tensor wbuf = p.panel_buffer(), bvbuf = p.panel_buffer();
     for (int64_t r0 = 0; r0 < p.b; r0 += p.rows) {
       const int64_t nr = std::min(p.rows, p.b - r0);
       at::Tensor panel = panel_view(buf, nr, p.m), w = panel_view(pbuf, nr, p.m);
@@ -196,10 +195,9 @@ std::tuple<at::Tensor, at::Tensor> batch_all_triplet_backward_cpu(
         }
       });
       // The weights need a whole row (sorted positives), so they are computed above, per
-      // row, and read back here.
+      // row, and read back here. The GEMM weights overwrite the distances, which are done.
       const auto weight = [&](int64_t i, int64_t j, T) { return wp[(i - r0) * p.m + j]; };
-      at::Tensor wv = panel_view(wbuf, nr, p.m), bv = panel_view(bvbuf, nr, p.m);
-      p.apply_weights(r0, 0, panel, wv, bv, weight, gx, gr);
+      p.apply_weights(r0, 0, panel, panel, weight, gx, gr);
     }
   });
   return {gx, gr};

@@ -9,6 +9,7 @@
 
 #include "common/pair_losses.h"
 #include "cpu/checks.h"
+#include "cpu/dispatch.h"
 #include "cpu/panel.h"
 
 namespace fastmine::cpu {
@@ -21,7 +22,9 @@ struct ContrastiveArgs {
 };
 
 // Per-anchor sums and counts into out[0..6). With gx/gr given (contrastive_with_grad), each
-// panel also applies the unit weights d(term)/dd while its distances are at hand.
+// panel also applies the unit weights d(term)/dd while its distances are at hand: the sums
+// are taken row by row inside the weight pass (its row hook), so a panel is swept once, and
+// the weights overwrite the distances in the same buffer.
 template <typename T>
 void contrastive_forward_impl(const Panels<T>& p, const int64_t* lab, const int64_t* rlab,
                               const ContrastiveArgs& a, at::Tensor* out,
@@ -32,26 +35,26 @@ void contrastive_forward_impl(const Panels<T>& p, const int64_t* lab, const int6
   T* neg_sum = out[3].data_ptr<T>();
   int64_t* neg_nz = out[4].data_ptr<int64_t>();
   int64_t* neg_n = out[5].data_ptr<int64_t>();
-  const T pm = T(a.pos_margin), nm = T(a.neg_margin), pw = T(a.power);
+  const T pm = T(a.pos_margin), nm = T(a.neg_margin);
   at::Tensor buf = p.panel_buffer();
-  at::Tensor wbuf, bvbuf;
-  if (gx != nullptr) { wbuf = p.panel_buffer(); bvbuf = p.panel_buffer(); }
-  const auto unit_weight = [&](int64_t i, int64_t j, T dist) -> T {
-    const bool ok = pair_allowed(i, j, a.triangle, a.has_exclude, a.exclude_offset);
-    return ok ? contrastive_term_grad<T>(dist, rlab[j] == lab[i], pm, nm, pw) : T(0);
-  };
-  for (int64_t r0 = 0; r0 < p.b; r0 += p.rows) {
-    const int64_t nr = std::min(p.rows, p.b - r0);
-    const int64_t c0 = a.triangle ? r0 : 0;  // pairs j > i >= r0 only: skip the lower blocks
-    at::Tensor panel = panel_view(buf, nr, p.m - c0);
-    p.distances(r0, c0, panel);
-    const T* d = panel.data_ptr<T>();
-    const int64_t nc = panel.size(1);
-    at::parallel_for(0, nr, 4, [&](int64_t r_begin, int64_t r_end) {
-      for (int64_t r = r_begin; r < r_end; ++r) {
-        const int64_t i = r0 + r;
+  with_power(a.power, [&](auto power_const) {
+    // The power is read from power_const's *type* inside each lambda: a constant for 1 and 2
+    // even where the lambda is called from a function that is not inlined (apply_weights).
+    const auto unit_weight = [&, power_const](int64_t i, int64_t j, T dist) -> T {
+      const T pw = power_value<T>(power_const);
+      const bool ok = pair_allowed(i, j, a.triangle, a.has_exclude, a.exclude_offset);
+      return ok ? contrastive_term_grad<T>(dist, rlab[j] == lab[i], pm, nm, pw) : T(0);
+    };
+    for (int64_t r0 = 0; r0 < p.b; r0 += p.rows) {
+      const int64_t nr = std::min(p.rows, p.b - r0);
+      const int64_t c0 = a.triangle ? r0 : 0;  // pairs j > i >= r0 only: skip the lower blocks
+      at::Tensor panel = panel_view(buf, nr, p.m - c0);
+      p.distances(r0, c0, panel);
+      const int64_t nc = panel.size(1);
+      // The sums of anchor i = r0 + r over its row of distances dr.
+      const auto row_sums = [&, power_const](int64_t r, int64_t i, const T* dr) {
+        const T pw = power_value<T>(power_const);
         const int64_t li = lab[i];
-        const T* dr = d + r * nc;
         double ps = 0, ns = 0;
         int64_t pnz = 0, nnz = 0, pn = 0, nn = 0;
         // Branch-free so that it vectorises: terms in T, sums in double.
@@ -75,13 +78,17 @@ void contrastive_forward_impl(const Panels<T>& p, const int64_t* lab, const int6
         }
         pos_sum[i] = T(ps); pos_nz[i] = pnz; pos_n[i] = pn;
         neg_sum[i] = T(ns); neg_nz[i] = nnz; neg_n[i] = nn;
+      };
+      if (gx != nullptr) {
+        p.apply_weights(r0, c0, panel, panel, unit_weight, *gx, *gr, row_sums);
+      } else {
+        const T* d = panel.data_ptr<T>();
+        at::parallel_for(0, nr, 4, [&](int64_t r_begin, int64_t r_end) {
+          for (int64_t r = r_begin; r < r_end; ++r) row_sums(r, r0 + r, d + r * nc);
+        });
       }
-    });
-    if (gx != nullptr) {
-      at::Tensor w = panel_view(wbuf, nr, nc), bv = panel_view(bvbuf, nr, nc);
-      p.apply_weights(r0, c0, panel, w, bv, unit_weight, *gx, *gr);
     }
-  }
+  });
 }
 
 struct ContrastiveOutputs {
@@ -149,22 +156,24 @@ std::tuple<at::Tensor, at::Tensor> contrastive_backward_cpu(
     const int64_t* lr = rlab.data_ptr<int64_t>();
     const T* gp = grad_pos.data_ptr<T>();
     const T* gn = grad_neg.data_ptr<T>();
-    at::Tensor buf = p.panel_buffer(), wbuf = p.panel_buffer(), bvbuf = p.panel_buffer();
-    const T pm = T(pos_margin), nm = T(neg_margin), pw = T(power);
-    const auto weight = [&](int64_t i, int64_t j, T dist) -> T {
-      const bool ok = pair_allowed(i, j, triangle, has_exclude, exclude_offset);
-      const bool same = lr[j] == li[i];
-      const T g = same ? gp[i] : gn[i];
-      return ok ? g * contrastive_term_grad<T>(dist, same, pm, nm, pw) : T(0);
-    };
-    for (int64_t r0 = 0; r0 < p.b; r0 += p.rows) {
-      const int64_t nr = std::min(p.rows, p.b - r0);
-      const int64_t c0 = triangle ? r0 : 0;
-      at::Tensor panel = panel_view(buf, nr, p.m - c0);
-      at::Tensor w = panel_view(wbuf, nr, p.m - c0), bv = panel_view(bvbuf, nr, p.m - c0);
-      p.distances(r0, c0, panel);
-      p.apply_weights(r0, c0, panel, w, bv, weight, gx, gr);
-    }
+    at::Tensor buf = p.panel_buffer();
+    const T pm = T(pos_margin), nm = T(neg_margin);
+    with_power(power, [&](auto power_const) {
+      const auto weight = [&, power_const](int64_t i, int64_t j, T dist) -> T {
+        const T pw = power_value<T>(power_const);  // constant from the type (see the forward)
+        const bool ok = pair_allowed(i, j, triangle, has_exclude, exclude_offset);
+        const bool same = lr[j] == li[i];
+        const T g = same ? gp[i] : gn[i];
+        return ok ? g * contrastive_term_grad<T>(dist, same, pm, nm, pw) : T(0);
+      };
+      for (int64_t r0 = 0; r0 < p.b; r0 += p.rows) {
+        const int64_t nr = std::min(p.rows, p.b - r0);
+        const int64_t c0 = triangle ? r0 : 0;
+        at::Tensor panel = panel_view(buf, nr, p.m - c0);
+        p.distances(r0, c0, panel);
+        p.apply_weights(r0, c0, panel, panel, weight, gx, gr);  // weights overwrite distances
+      }
+    });
   });
   return {gx, gr};
 }

@@ -32,12 +32,12 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
     const Panels<T> p(x, y, metric);
     const at::Tensor g = grad.contiguous();
     const T* gp = g.data_ptr<T>();
-    at::Tensor wbuf = p.panel_buffer(), bvbuf = p.panel_buffer();
+    at::Tensor wbuf = p.panel_buffer();
     for (int64_t r0 = 0; r0 < p.b; r0 += p.rows) {
       const int64_t nr = std::min(p.rows, p.b - r0);
-      at::Tensor w = panel_view(wbuf, nr, p.m), bv = panel_view(bvbuf, nr, p.m);
+      at::Tensor w = panel_view(wbuf, nr, p.m);
       const auto weight = [&](int64_t i, int64_t j, T) { return gp[i * p.m + j]; };
-      p.apply_weights(r0, 0, dist.narrow(0, r0, nr), w, bv, weight, gx, gy);
+      p.apply_weights(r0, 0, dist.narrow(0, r0, nr), w, weight, gx, gy);
     }
   });
   return {gx, gy};
