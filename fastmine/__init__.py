@@ -23,3 +23,6 @@ __all__ = [
     "batch_hard_triplet_loss",
     "pairwise_distance",
 ]
+
+# Ecosystem layer (issue 6): loss modules, cross-batch memory, torch.distributed mining.
+from . import nn  # noqa: E402  (the submodule fastmine.nn.*)
