@@ -26,3 +26,6 @@ __all__ = [
 
 # Ecosystem layer (issue 6): loss modules, cross-batch memory, torch.distributed mining.
 from . import nn  # noqa: E402  (the submodule fastmine.nn.*)
+from .xbm import CrossBatchMemory  # noqa: E402
+
+__all__ += ["CrossBatchMemory"]
