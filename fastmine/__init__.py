@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 # Ecosystem layer (issue 6): loss modules, cross-batch memory, torch.distributed mining.
-from . import nn  # noqa: E402  (the submodule fastmine.nn.*)
+from . import distributed, nn  # noqa: E402  (submodules: fastmine.nn.*, fastmine.distributed.*)
 from .xbm import CrossBatchMemory  # noqa: E402
 
 __all__ += ["CrossBatchMemory"]
