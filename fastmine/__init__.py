@@ -23,3 +23,9 @@ __all__ = [
     "batch_hard_triplet_loss",
     "pairwise_distance",
 ]
+
+# Ecosystem layer (issue 6): loss modules, cross-batch memory, torch.distributed mining.
+from . import distributed, nn  # noqa: E402  (submodules: fastmine.nn.*, fastmine.distributed.*)
+from .xbm import CrossBatchMemory  # noqa: E402
+
+__all__ += ["CrossBatchMemory"]
