@@ -54,4 +54,28 @@ TORCH_LIBRARY(fastmine, m) {
       "contrastive_with_grad(Tensor x, Tensor labels, Tensor ref, Tensor ref_labels,"
       " float pos_margin, float neg_margin, float power, int metric, bool triangle,"
       " bool has_exclude, int exclude_offset) -> (Tensor, Tensor, Tensor, Tensor)");
+  // ---- focal-loss family (SPEC.md "Focal loss"); formulas in csrc/common/focal.h ----------
+  // Each returns (loss, grad): loss per element (or per row for softmax), or its 0-d sum when
+  // `reduce`; grad = d loss_term / d logits from the same pass when `with_grad`, else an empty
+  // (0,) tensor. The backward multiplies grad by the upstream gradient: no second pass.
+  // alpha < 0 disables the alpha_t weighting of sigmoid_focal.
+  m.def(
+      "sigmoid_focal(Tensor logits, Tensor targets, float alpha, float gamma, bool reduce,"
+      " bool with_grad) -> (Tensor, Tensor)");
+  // FL*: targets > 0 are y = +1, targets <= 0 are y = -1.
+  m.def(
+      "focal_star(Tensor logits, Tensor targets, float gamma, float beta, bool reduce,"
+      " bool with_grad) -> (Tensor, Tensor)");
+  // logits (N, C), target (N,) int64 in [0, C), alpha (C,) per-class weights.
+  m.def(
+      "softmax_focal(Tensor logits, Tensor target, Tensor alpha, float gamma, bool with_grad)"
+      " -> (Tensor, Tensor)");
+  // ---- centroid triplet bound (SPEC.md "Centroid triplet bound"; csrc/common/centroid.h) ---
+  // x (B, D), labels (B,) int64 in [0, C), centroids (C, D), C >= 2. Returns (loss[B],
+  // dist[B, C]); dist is what the backward needs.
+  m.def("centroid_triplet(Tensor x, Tensor labels, Tensor centroids) -> (Tensor, Tensor)");
+  // (grad_x, grad_centroids); grad_centroids is an empty (0,) tensor unless asked for.
+  m.def(
+      "centroid_triplet_backward(Tensor grad, Tensor x, Tensor labels, Tensor centroids,"
+      " Tensor dist, bool need_centroid_grad) -> (Tensor, Tensor)");
 }

@@ -23,3 +23,11 @@ __all__ = [
     "batch_hard_triplet_loss",
     "pairwise_distance",
 ]
+
+# The focal-loss family and the centroid triplet bound (issue 4).
+from .focal import focal_star_loss, sigmoid_focal_loss, softmax_focal_loss  # noqa: E402
+
+__all__ += ["focal_star_loss", "sigmoid_focal_loss", "softmax_focal_loss"]
+from .centroid import centroid_triplet_loss, onehot_centroids  # noqa: E402
+
+__all__ += ["centroid_triplet_loss", "onehot_centroids"]

@@ -253,3 +253,106 @@ def require_kernel(op: str, public_name: str, device: torch.device) -> None:
         raise NotImplementedError(
             f"fastmine.{public_name} has no CUDA kernel in this build yet; compute it on the CPU"
         )
+
+
+# ---- focal-loss family and the centroid bound: loss and gradient in one pass -------------------
+# The forward op returns (loss, grad) with grad = d loss_term / d logits (empty when the
+# caller needs no gradient); the backward multiplies it by the upstream gradient.
+
+
+class _ScaleSavedGrad(torch.autograd.Function):
+    """g * saved, attached to the op's input so that, under create_graph=True, a gradient of
+    it is asked of us and refused (rather than silently zero)."""
+
+    @staticmethod
+    def forward(ctx, g, saved, anchor, public_name):
+        ctx.public_name = public_name
+        return g * saved
+
+    @staticmethod
+    def backward(ctx, grad):
+        _no_double_backward(ctx.public_name)(ctx)
+
+
+def _register_loss_with_grad(name: str, public_name: str, n_args: int):
+    """Fake kernel and autograd for an op ``name(logits, ...) -> (loss, grad)`` whose grad
+    output has the logits' shape (when computed) and loss either a 0-d sum or one value per
+    leading index of logits."""
+
+    def setup(ctx, inputs, output):
+        logits = inputs[0]
+        ctx.save_for_backward(output[1], logits)
+
+    def backward(ctx, g_loss, g_grad):
+        grad, logits = ctx.saved_tensors
+        if grad.numel() != logits.numel():
+            raise RuntimeError(f"fastmine.{public_name}: the forward was run without its gradient "
+                               "(with_grad=False); call the public function instead")
+        g = g_loss.reshape(g_loss.shape + (1,) * (grad.dim() - g_loss.dim()))
+        if torch.is_grad_enabled():  # create_graph=True
+            gl = _ScaleSavedGrad.apply(g, grad, logits, public_name)
+        else:
+            gl = g * grad
+        return (gl.to(logits.dtype),) + (None,) * (n_args - 1)
+
+    torch.library.register_autograd(f"fastmine::{name}", backward, setup_context=setup)
+
+
+@torch.library.register_fake("fastmine::sigmoid_focal")
+def _sigmoid_focal_fake(logits, targets, alpha, gamma, reduce, with_grad):
+    loss = logits.new_empty(() if reduce else logits.shape, dtype=loss_dtype(logits.dtype))
+    return loss, logits.new_empty(logits.shape if with_grad else (0,))
+
+
+@torch.library.register_fake("fastmine::focal_star")
+def _focal_star_fake(logits, targets, gamma, beta, reduce, with_grad):
+    loss = logits.new_empty(() if reduce else logits.shape, dtype=loss_dtype(logits.dtype))
+    return loss, logits.new_empty(logits.shape if with_grad else (0,))
+
+
+@torch.library.register_fake("fastmine::softmax_focal")
+def _softmax_focal_fake(logits, target, alpha, gamma, with_grad):
+    loss = logits.new_empty((logits.shape[0],), dtype=loss_dtype(logits.dtype))
+    return loss, logits.new_empty(logits.shape if with_grad else (0,))
+
+
+_register_loss_with_grad("sigmoid_focal", "sigmoid_focal_loss", 6)
+_register_loss_with_grad("focal_star", "focal_star_loss", 6)
+_register_loss_with_grad("softmax_focal", "softmax_focal_loss", 5)
+
+
+# ---- centroid_triplet: the (B, C) distances of the forward feed the backward --------------------
+
+
+@torch.library.register_fake("fastmine::centroid_triplet")
+def _centroid_triplet_fake(x, labels, centroids):
+    dt = loss_dtype(x.dtype)
+    return x.new_empty((x.shape[0],), dtype=dt), x.new_empty((x.shape[0], centroids.shape[0]), dtype=dt)
+
+
+@torch.library.register_fake("fastmine::centroid_triplet_backward")
+def _centroid_triplet_backward_fake(grad, x, labels, centroids, dist, need_centroid_grad):
+    return _like(x), centroids.new_empty(centroids.shape if need_centroid_grad else (0,))
+
+
+def _centroid_setup(ctx, inputs, output):
+    x, labels, centroids = inputs
+    ctx.save_for_backward(x, labels, centroids, output[1])
+
+
+def _centroid_backward(ctx, g_loss, g_dist):
+    # The distances are an internal output (what the backward needs); the public function
+    # never exposes them, so their gradient (zeros or None) is ignored.
+    x, labels, centroids, dist = ctx.saved_tensors
+    need_c = ctx.needs_input_grad[2]
+    gx, gc = ops.centroid_triplet_backward(g_loss.to(dist.dtype).contiguous(), x, labels, centroids, dist,
+                                           need_c)
+    return gx, None, gc if need_c else None
+
+
+torch.library.register_autograd("fastmine::centroid_triplet", _centroid_backward, setup_context=_centroid_setup)
+torch.library.register_autograd(
+    "fastmine::centroid_triplet_backward",
+    _no_double_backward("centroid_triplet_loss"),
+    setup_context=lambda ctx, inputs, output: None,
+)
