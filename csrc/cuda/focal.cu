@@ -1,0 +1,173 @@
+// The focal-loss family on the GPU (stable ABI): sigmoid focal, FL*, softmax focal. Each is
+// one kernel that writes the loss terms (or per-block partial sums of them) and, when asked,
+// d loss / d logits; a reduced loss then takes one more one-block launch over the partials.
+// Kernels: cuda/focal_kernels.cuh; formulas: common/focal.h.
+#include <cmath>
+#include <type_traits>
+
+#include "cuda/cuda_utils.cuh"
+#include "cuda/focal_kernels.cuh"
+
+namespace fastmine::cuda {
+namespace {
+
+template <typename F>
+void dispatch_gamma(double gamma, F&& f) {
+  switch (focal_gamma_kind(gamma)) {
+    case kGamma0: return f(std::integral_constant<int, kGamma0>{});
+    case kGamma1: return f(std::integral_constant<int, kGamma1>{});
+    case kGamma2: return f(std::integral_constant<int, kGamma2>{});
+    default: return f(std::integral_constant<int, kGammaPow>{});
+  }
+}
+
+template <typename F>
+void dispatch_bool(bool b, F&& f) {
+  if (b) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+void check_elementwise(const Tensor& x, const Tensor& t, const char* op) {
+  check_cuda(x, op, "logits");
+  check_same_device(t, x, op, "targets");
+  STD_TORCH_CHECK(t.scalar_type() == x.scalar_type(), "fastmine.", op,
+                  ": targets must have the dtype of logits");
+  STD_TORCH_CHECK(t.dim() == x.dim(), "fastmine.", op, ": targets must have the shape of logits");
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    STD_TORCH_CHECK(t.size(d) == x.size(d), "fastmine.", op,
+                    ": targets must have the shape of logits");
+  }
+}
+
+std::vector<int64_t> sizes_of(const Tensor& t) {
+  std::vector<int64_t> s(t.dim());
+  for (int64_t d = 0; d < t.dim(); ++d) s[d] = t.size(d);
+  return s;
+}
+
+// Shared host body of the elementwise ops: outputs, dtype dispatch, launches. make_term(T
+// tag, kGrad) returns the term functor for acc_of_t<T>.
+template <typename MakeLaunch>
+std::tuple<Tensor, Tensor> run_elementwise(Tensor x_, Tensor t_, bool reduce, bool with_grad,
+                                           const char* op, const MakeLaunch& launch) {
+  const int32_t dev = x_.get_device_index();
+  torch::stable::accelerator::DeviceGuard guard(dev);
+  const Tensor x = torch::stable::contiguous(x_), t = torch::stable::contiguous(t_);
+  const bool is_double = x.scalar_type() == ScalarType::Double;
+  const ScalarType loss_st = is_double ? ScalarType::Double : ScalarType::Float;
+  const std::vector<int64_t> shape = sizes_of(x);
+  Tensor loss = reduce ? torch::stable::new_empty(x, {}, loss_st)
+                       : torch::stable::new_empty(x, shape, loss_st);
+  Tensor grad = with_grad ? torch::stable::new_empty(x, shape)
+                          : torch::stable::new_empty(x, {0});
+  const int64_t n = x.numel();
+  if (n == 0) {
+    if (reduce) torch::stable::zero_(loss);
+    return {loss, grad};
+  }
+  const cudaStream_t stream = current_stream(dev);
+  const int64_t blocks = focal_blocks(n);
+  Tensor partial = torch::stable::new_empty(x, {reduce ? blocks : 1}, loss_st);
+  dispatch_floating(x.scalar_type(), op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using acc_t = acc_of_t<T>;
+    launch(tag, [&](auto term) {
+      acc_t* lp = reduce ? nullptr : mptr<acc_t>(loss);
+      T* gp = with_grad ? mptr<T>(grad) : nullptr;
+      if (reduce) {
+        focal_elementwise_kernel<T, acc_t, true><<<grid_1d(blocks, op), kFocalThreads, 0, stream>>>(
+            cptr<T>(x), cptr<T>(t), n, term, lp, gp, mptr<acc_t>(partial));
+        check_launch("focal_elementwise_kernel");
+        focal_sum_partials_kernel<acc_t><<<1, kFocalThreads, 0, stream>>>(
+            cptr<acc_t>(partial), blocks, mptr<acc_t>(loss));
+        check_launch("focal_sum_partials_kernel");
+      } else {
+        focal_elementwise_kernel<T, acc_t, false><<<grid_1d(blocks, op), kFocalThreads, 0, stream>>>(
+            cptr<T>(x), cptr<T>(t), n, term, lp, gp, mptr<acc_t>(partial));
+        check_launch("focal_elementwise_kernel");
+      }
+    });
+  });
+  return {loss, grad};
+}
+
+std::tuple<Tensor, Tensor> sigmoid_focal_cuda(Tensor logits, Tensor targets, double alpha,
+                                              double gamma, bool reduce, bool with_grad) {
+  constexpr const char* kOp = "sigmoid_focal_loss";
+  check_elementwise(logits, targets, kOp);
+  return run_elementwise(logits, targets, reduce, with_grad, kOp, [&](auto tag, auto&& go) {
+    using acc_t = acc_of_t<typename decltype(tag)::type>;
+    const acc_t a1 = static_cast<acc_t>(alpha >= 0 ? alpha : 1.0);
+    const acc_t a0 = static_cast<acc_t>(alpha >= 0 ? 1.0 - alpha : 1.0);
+    dispatch_gamma(gamma, [&](auto kg) {
+      dispatch_bool(with_grad, [&](auto kgrad) {
+        go(SigmoidFocalTerm<decltype(kg)::value, decltype(kgrad)::value, acc_t>{
+            a1, a0, static_cast<acc_t>(gamma)});
+      });
+    });
+  });
+}
+
+std::tuple<Tensor, Tensor> focal_star_cuda(Tensor logits, Tensor targets, double gamma,
+                                           double beta, bool reduce, bool with_grad) {
+  constexpr const char* kOp = "focal_star_loss";
+  check_elementwise(logits, targets, kOp);
+  STD_TORCH_CHECK(gamma > 0, "fastmine.focal_star_loss: gamma must be > 0");
+  return run_elementwise(logits, targets, reduce, with_grad, kOp, [&](auto tag, auto&& go) {
+    using acc_t = acc_of_t<typename decltype(tag)::type>;
+    dispatch_bool(with_grad, [&](auto kgrad) {
+      go(FocalStarTerm<decltype(kgrad)::value, acc_t>{static_cast<acc_t>(gamma),
+                                                      static_cast<acc_t>(1.0 / gamma),
+                                                      static_cast<acc_t>(beta)});
+    });
+  });
+}
+
+std::tuple<Tensor, Tensor> softmax_focal_cuda(Tensor logits_, Tensor target_, Tensor alpha_,
+                                              double gamma, bool with_grad) {
+  constexpr const char* kOp = "softmax_focal_loss";
+  check_cuda(logits_, kOp, "logits");
+  STD_TORCH_CHECK(logits_.dim() == 2, "fastmine.", kOp, ": logits must be (N, C)");
+  const int64_t n = logits_.size(0), c = logits_.size(1);
+  check_vector(target_, logits_, n, ScalarType::Long, kOp, "target");
+  check_vector(alpha_, logits_, c, logits_.scalar_type(), kOp, "alpha");
+  const int32_t dev = logits_.get_device_index();
+  torch::stable::accelerator::DeviceGuard guard(dev);
+  const Tensor x = torch::stable::contiguous(logits_);
+  const Tensor target = torch::stable::contiguous(target_), alpha = torch::stable::contiguous(alpha_);
+  const ScalarType loss_st =
+      x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+  Tensor loss = torch::stable::new_empty(x, {n}, loss_st);
+  Tensor grad = with_grad ? torch::stable::new_empty(x, {n, c}) : torch::stable::new_empty(x, {0});
+  if (n == 0) return {loss, grad};
+  STD_TORCH_CHECK(c > 0, "fastmine.", kOp, ": logits has C = 0 classes");
+  const cudaStream_t stream = current_stream(dev);
+  const int64_t blocks = std::min<int64_t>(ceil_div(n, kFocalWarps), int64_t(1) << 16);
+  dispatch_floating(x.scalar_type(), kOp, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using acc_t = acc_of_t<T>;
+    dispatch_gamma(gamma, [&](auto kg) {
+      dispatch_bool(with_grad, [&](auto kgrad) {
+        softmax_focal_kernel<decltype(kg)::value, decltype(kgrad)::value, T, acc_t>
+            <<<grid_1d(blocks, kOp), kFocalThreads, 0, stream>>>(
+                cptr<T>(x), cptr<int64_t>(target), cptr<T>(alpha), n, c,
+                static_cast<acc_t>(gamma), mptr<acc_t>(loss),
+                with_grad ? mptr<T>(grad) : nullptr);
+        check_launch("softmax_focal_kernel");
+      });
+    });
+  });
+  return {loss, grad};
+}
+
+}  // namespace
+}  // namespace fastmine::cuda
+
+STABLE_TORCH_LIBRARY_IMPL(fastmine, CUDA, m) {
+  m.impl("sigmoid_focal", TORCH_BOX(&fastmine::cuda::sigmoid_focal_cuda));
+  m.impl("focal_star", TORCH_BOX(&fastmine::cuda::focal_star_cuda));
+  m.impl("softmax_focal", TORCH_BOX(&fastmine::cuda::softmax_focal_cuda));
+}
