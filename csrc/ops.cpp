@@ -55,17 +55,25 @@ TORCH_LIBRARY(fastmine, m) {
       " float pos_margin, float neg_margin, float power, int metric, bool triangle,"
       " bool has_exclude, int exclude_offset) -> (Tensor, Tensor, Tensor, Tensor)");
   // ---- focal-loss family (SPEC.md "Focal loss"); formulas in csrc/common/focal.h ----------
-  // Each returns (loss, grad): loss per element (or per row for softmax), or its 0-d sum when
-  // `reduce`; grad = d loss_term / d logits from the same pass when `with_grad`, else an empty
-  // (0,) tensor. The backward multiplies grad by the upstream gradient: no second pass.
+  // Elementwise (sigmoid focal, FL*): the forward returns the loss per element, or its 0-d
+  // sum when `reduce`, and saves nothing; the backward recomputes the terms and writes
+  // grad * d loss / d logits in one pass (grad: 0-d for a reduced loss, else per element).
   // alpha < 0 disables the alpha_t weighting of sigmoid_focal.
   m.def(
-      "sigmoid_focal(Tensor logits, Tensor targets, float alpha, float gamma, bool reduce,"
-      " bool with_grad) -> (Tensor, Tensor)");
+      "sigmoid_focal(Tensor logits, Tensor targets, float alpha, float gamma, bool reduce)"
+      " -> Tensor");
+  m.def(
+      "sigmoid_focal_backward(Tensor grad, Tensor logits, Tensor targets, float alpha,"
+      " float gamma) -> Tensor");
   // FL*: targets > 0 are y = +1, targets <= 0 are y = -1.
   m.def(
-      "focal_star(Tensor logits, Tensor targets, float gamma, float beta, bool reduce,"
-      " bool with_grad) -> (Tensor, Tensor)");
+      "focal_star(Tensor logits, Tensor targets, float gamma, float beta, bool reduce)"
+      " -> Tensor");
+  m.def(
+      "focal_star_backward(Tensor grad, Tensor logits, Tensor targets, float gamma, float beta)"
+      " -> Tensor");
+  // Softmax focal returns (loss, grad): loss per row, grad = d loss_row / d logits from the
+  // same pass when `with_grad` (else an empty (0,) tensor); the backward scales its rows.
   // logits (N, C), target (N,) int64 in [0, C), alpha (C,) per-class weights.
   m.def(
       "softmax_focal(Tensor logits, Tensor target, Tensor alpha, float gamma, bool with_grad)"

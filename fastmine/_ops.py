@@ -255,9 +255,41 @@ def require_kernel(op: str, public_name: str, device: torch.device) -> None:
         )
 
 
-# ---- focal-loss family and the centroid bound: loss and gradient in one pass -------------------
-# The forward op returns (loss, grad) with grad = d loss_term / d logits (empty when the
-# caller needs no gradient); the backward multiplies it by the upstream gradient.
+# ---- focal-loss family ----------------------------------------------------------------------
+# Elementwise ops (sigmoid focal, FL*): the forward saves nothing beyond its inputs; the
+# backward op recomputes the terms and writes upstream * d loss / d logits in one pass.
+# softmax_focal returns (loss, grad) with grad = d loss_row / d logits from the forward's pass;
+# its backward scales the rows.
+
+
+def _register_elementwise_focal(name: str, public_name: str):
+    @torch.library.register_fake(f"fastmine::{name}")
+    def _fake(logits, targets, p1, p2, reduce):
+        return logits.new_empty(() if reduce else logits.shape, dtype=loss_dtype(logits.dtype))
+
+    @torch.library.register_fake(f"fastmine::{name}_backward")
+    def _fake_backward(grad, logits, targets, p1, p2):
+        return _like(logits)
+
+    def setup(ctx, inputs, output):
+        logits, targets, p1, p2, _ = inputs
+        ctx.save_for_backward(logits, targets)
+        ctx.params = (p1, p2)
+
+    def backward(ctx, grad):
+        logits, targets = ctx.saved_tensors
+        gx = getattr(ops, f"{name}_backward")(grad.contiguous(), logits, targets, *ctx.params)
+        return gx, None, None, None, None
+
+    torch.library.register_autograd(f"fastmine::{name}", backward, setup_context=setup)
+    torch.library.register_autograd(
+        f"fastmine::{name}_backward", _no_double_backward(public_name),
+        setup_context=lambda ctx, inputs, output: None,
+    )
+
+
+_register_elementwise_focal("sigmoid_focal", "sigmoid_focal_loss")
+_register_elementwise_focal("focal_star", "focal_star_loss")
 
 
 class _ScaleSavedGrad(torch.autograd.Function):
@@ -274,51 +306,31 @@ class _ScaleSavedGrad(torch.autograd.Function):
         _no_double_backward(ctx.public_name)(ctx)
 
 
-def _register_loss_with_grad(name: str, public_name: str, n_args: int):
-    """Fake kernel and autograd for an op ``name(logits, ...) -> (loss, grad)`` whose grad
-    output has the logits' shape (when computed) and loss either a 0-d sum or one value per
-    leading index of logits."""
-
-    def setup(ctx, inputs, output):
-        logits = inputs[0]
-        ctx.save_for_backward(output[1], logits)
-
-    def backward(ctx, g_loss, g_grad):
-        grad, logits = ctx.saved_tensors
-        if grad.numel() != logits.numel():
-            raise RuntimeError(f"fastmine.{public_name}: the forward was run without its gradient "
-                               "(with_grad=False); call the public function instead")
-        g = g_loss.reshape(g_loss.shape + (1,) * (grad.dim() - g_loss.dim()))
-        if torch.is_grad_enabled():  # create_graph=True
-            gl = _ScaleSavedGrad.apply(g, grad, logits, public_name)
-        else:
-            gl = g * grad
-        return (gl.to(logits.dtype),) + (None,) * (n_args - 1)
-
-    torch.library.register_autograd(f"fastmine::{name}", backward, setup_context=setup)
-
-
-@torch.library.register_fake("fastmine::sigmoid_focal")
-def _sigmoid_focal_fake(logits, targets, alpha, gamma, reduce, with_grad):
-    loss = logits.new_empty(() if reduce else logits.shape, dtype=loss_dtype(logits.dtype))
-    return loss, logits.new_empty(logits.shape if with_grad else (0,))
-
-
-@torch.library.register_fake("fastmine::focal_star")
-def _focal_star_fake(logits, targets, gamma, beta, reduce, with_grad):
-    loss = logits.new_empty(() if reduce else logits.shape, dtype=loss_dtype(logits.dtype))
-    return loss, logits.new_empty(logits.shape if with_grad else (0,))
-
-
 @torch.library.register_fake("fastmine::softmax_focal")
 def _softmax_focal_fake(logits, target, alpha, gamma, with_grad):
     loss = logits.new_empty((logits.shape[0],), dtype=loss_dtype(logits.dtype))
     return loss, logits.new_empty(logits.shape if with_grad else (0,))
 
 
-_register_loss_with_grad("sigmoid_focal", "sigmoid_focal_loss", 6)
-_register_loss_with_grad("focal_star", "focal_star_loss", 6)
-_register_loss_with_grad("softmax_focal", "softmax_focal_loss", 5)
+def _softmax_focal_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1], inputs[0])
+
+
+def _softmax_focal_backward(ctx, g_loss, g_grad):
+    grad, logits = ctx.saved_tensors
+    if grad.numel() != logits.numel():
+        raise RuntimeError("fastmine.softmax_focal_loss: the forward was run without its gradient "
+                           "(with_grad=False); call the public function instead")
+    g = g_loss.unsqueeze(-1)
+    if torch.is_grad_enabled():  # create_graph=True
+        gl = _ScaleSavedGrad.apply(g, grad, logits, "softmax_focal_loss")
+    else:
+        gl = g * grad
+    return gl.to(logits.dtype), None, None, None, None
+
+
+torch.library.register_autograd("fastmine::softmax_focal", _softmax_focal_backward,
+                                setup_context=_softmax_focal_setup)
 
 
 # ---- centroid_triplet: the (B, C) distances of the forward feed the backward --------------------

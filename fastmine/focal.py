@@ -1,8 +1,9 @@
 """The focal-loss family: sigmoid (RetinaNet), softmax (multi-class) and FL*.
 
-Each is one fused kernel: the forward computes the loss terms and, when the logits need a
-gradient, d loss / d logits in the same pass; the backward only multiplies by the upstream
-gradient. Formulas: SPEC.md "Focal loss" (docs/semantics.md), csrc/common/focal.h.
+Each is one fused kernel per direction. Sigmoid focal and FL* (elementwise): the forward
+computes the loss (or its sum) and keeps nothing; the backward recomputes the terms and
+writes upstream * d loss / d logits in one pass. Softmax focal: the forward's pass over each
+row also gives d loss / d logits, which the backward scales. Formulas: SPEC.md "Focal loss" (docs/semantics.md), csrc/common/focal.h.
 """
 from __future__ import annotations
 
@@ -105,8 +106,7 @@ def sigmoid_focal_loss(
     require_kernel("sigmoid_focal", "sigmoid_focal_loss", logits.device)
     x = check.compute_dtype(logits).contiguous()
     t = targets.to(x.dtype).contiguous()
-    with_grad = torch.is_grad_enabled() and logits.requires_grad
-    loss, _ = ops.sigmoid_focal(x, t, alpha, gamma, reduction != "none", with_grad)
+    loss = ops.sigmoid_focal(x, t, alpha, gamma, reduction != "none")
     return _finish(loss, reduction, logits.numel())
 
 
@@ -145,8 +145,7 @@ def focal_star_loss(
     require_kernel("focal_star", "focal_star_loss", logits.device)
     x = check.compute_dtype(logits).contiguous()
     t = targets.to(x.dtype).contiguous()
-    with_grad = torch.is_grad_enabled() and logits.requires_grad
-    loss, _ = ops.focal_star(x, t, gamma, beta, reduction != "none", with_grad)
+    loss = ops.focal_star(x, t, gamma, beta, reduction != "none")
     return _finish(loss, reduction, logits.numel())
 
 

@@ -133,7 +133,8 @@ def test_cuda_module_built_and_registers_cuda_kernels():
 
 # The focal-loss family and the centroid bound (issue 4): their CUDA sources must register
 # every one of these ops (forward and backward together), and the built module carry them.
-FOCAL_CENTROID_CUDA_OPS = ("sigmoid_focal", "focal_star", "softmax_focal", "centroid_triplet",
+FOCAL_CENTROID_CUDA_OPS = ("sigmoid_focal", "sigmoid_focal_backward", "focal_star",
+                           "focal_star_backward", "softmax_focal", "centroid_triplet",
                            "centroid_triplet_backward")
 
 

@@ -366,9 +366,12 @@ def test_element_result_does_not_depend_on_position():
     g = _gen(11)
     x = torch.randn(1000, generator=g) * 6
     t = torch.rand(1000, generator=g)
-    whole, gw = ops.sigmoid_focal(x, t, 0.25, 2.0, False, True)
+    up = torch.rand(1000, generator=g)
+    whole = ops.sigmoid_focal(x, t, 0.25, 2.0, False)
+    gw = ops.sigmoid_focal_backward(up, x, t, 0.25, 2.0)
     for shift in (1, 3, 7, 995):
-        part, gp = ops.sigmoid_focal(x[shift:].contiguous(), t[shift:].contiguous(), 0.25, 2.0, False, True)
+        xs, ts, us = (v[shift:].contiguous() for v in (x, t, up))
+        part, gp = ops.sigmoid_focal(xs, ts, 0.25, 2.0, False), ops.sigmoid_focal_backward(us, xs, ts, 0.25, 2.0)
         assert torch.equal(part, whole[shift:]) and torch.equal(gp, gw[shift:])
 
 
@@ -415,9 +418,12 @@ def test_opcheck(dtype):
     a = torch.rand(5, generator=g, dtype=dtype)
     for reduce in (False, True):
         for gamma in (2.0, 0.7):
-            torch.library.opcheck(ops.sigmoid_focal.default, (x, t, 0.25, gamma, reduce, True))
-            torch.library.opcheck(ops.focal_star.default, (x, t * 2 - 1, gamma, 0.5, reduce, True))
-        torch.library.opcheck(ops.sigmoid_focal.default, (x.detach(), t, -1.0, 2.0, reduce, False))
+            torch.library.opcheck(ops.sigmoid_focal.default, (x, t, 0.25, gamma, reduce))
+            torch.library.opcheck(ops.focal_star.default, (x, t * 2 - 1, gamma, 0.5, reduce))
+        torch.library.opcheck(ops.sigmoid_focal.default, (x.detach(), t, -1.0, 2.0, reduce))
+    for up in (torch.rand(6, 5, generator=g, dtype=dtype), torch.tensor(0.3, dtype=dtype)):
+        torch.library.opcheck(ops.sigmoid_focal_backward.default, (up, x.detach(), t, 0.25, 0.7))
+        torch.library.opcheck(ops.focal_star_backward.default, (up, x.detach(), t, 2.0, 0.5))
     torch.library.opcheck(ops.softmax_focal.default, (x, y, a, 2.0, True))
     torch.library.opcheck(ops.softmax_focal.default, (x.detach(), y, a, 1.5, False))
 
@@ -457,9 +463,20 @@ def test_double_backward_raises():
 
 def test_no_grad_skips_the_gradient():
     x = torch.randn(5, 3, requires_grad=True)
-    t = torch.rand(5, 3)
+    y = torch.randint(0, 3, (5,))
     with torch.no_grad():
-        loss = fastmine.sigmoid_focal_loss(x, t)
-    assert loss.grad_fn is None
-    _, grad = ops.sigmoid_focal(x.detach(), t, 0.25, 2.0, False, False)
+        assert fastmine.sigmoid_focal_loss(x, torch.rand(5, 3)).grad_fn is None
+        assert fastmine.softmax_focal_loss(x, y).grad_fn is None
+    _, grad = ops.softmax_focal(x.detach(), y, torch.ones(3), 2.0, False)
     assert grad.shape == (0,)
+
+
+def test_backward_twice_with_retain_graph():
+    """Nothing is consumed by a backward: a second one gives the same gradient."""
+    x = torch.randn(10, 3, requires_grad=True)
+    t, y = torch.rand(10, 3), torch.randint(0, 3, (10,))
+    for loss in (fastmine.sigmoid_focal_loss(x, t, reduction="mean"), fastmine.focal_star_loss(x, t),
+                 fastmine.softmax_focal_loss(x, y)):
+        (g1,) = torch.autograd.grad(loss, x, retain_graph=True)
+        (g2,) = torch.autograd.grad(loss, x)
+        assert torch.equal(g1, g2)

@@ -1,7 +1,12 @@
 // The focal-loss family on the CPU: sigmoid focal, FL* (elementwise) and softmax focal
-// (row-wise). Each is one fused pass that computes the loss terms and, when the caller needs
-// the gradient, d loss / d logits from the same intermediates (exp, log1p, the modulator):
-// the backward is then a single multiply by the upstream gradient (fastmine/_ops.py).
+// (row-wise), each one fused pass.
+//  * Elementwise: the forward computes the loss terms (or their sum) and saves nothing; the
+//    backward recomputes the terms and writes upstream * d loss / d logits in one pass.
+//    Recomputing (a few vector exp/log1p per element) is cheaper than keeping an N-element
+//    gradient from the forward: that costs a second N-element allocation and pass in the
+//    backward, and at 10^7 logits fresh allocations (page faults) dominate.
+//  * Softmax: one pass per row gives the loss and, when asked, d loss_row / d logits (the
+//    row's max and sum of exponentials are needed by both).
 //
 // The formulas are csrc/common/focal.h's, run on ATen SIMD vectors (cpu/vec_math.h): every
 // element, tails included (partial loads), goes through the same vector code, so the result
@@ -49,10 +54,11 @@ void dispatch_bool(bool b, F&& f) {
 }
 
 // Runs term(x_vec, t_vec) -> LossGrad over n elements. Writes the per-element loss (when
-// !reduce) and gradient (when grad != nullptr); returns the loss sum (when reduce).
+// !reduce and loss != nullptr) and upstream * gradient (when grad != nullptr; upstream per
+// element, or the scalar up0 when upstream == nullptr); returns the loss sum (when reduce).
 template <typename T, typename Term>
 double elementwise(const T* x, const T* t, int64_t n, bool reduce, T* loss, T* grad,
-                   const Term& term) {
+                   const T* upstream, T up0, const Term& term) {
   using V = at::vec::Vectorized<T>;
   constexpr int64_t kW = V::size();
   const int64_t n_chunks = (n + kChunk - 1) / kChunk;
@@ -67,9 +73,12 @@ double elementwise(const T* x, const T* t, int64_t n, bool reduce, T* loss, T* g
         const int64_t cnt = std::min<int64_t>(kW, end - i);
         const V xv = V::loadu(x + i, cnt), tv = V::loadu(t + i, cnt);
         const LossGrad<V> r = term(xv, tv);
-        if (grad != nullptr) r.grad.store(grad + i, cnt);
+        if (grad != nullptr) {
+          const V up = upstream == nullptr ? V(up0) : V::loadu(upstream + i, cnt);
+          (r.grad * up).store(grad + i, cnt);
+        }
         if (!reduce) {
-          r.loss.store(loss + i, cnt);
+          if (loss != nullptr) r.loss.store(loss + i, cnt);
           continue;
         }
         // Padding lanes of a partial vector hold the term of x = t = 0: keep them out.
@@ -101,32 +110,48 @@ void check_elementwise(const at::Tensor& logits, const at::Tensor& targets, cons
               ": targets must have the dtype of logits");
 }
 
-// Shared body of the two elementwise ops: outputs, dtype dispatch, reduction.
+// Shared body of the elementwise ops. launch(zero, x, t, n, loss, grad, upstream, up0)
+// runs the op's term with the gradient exactly when grad != nullptr.
 template <typename Launch>
-std::tuple<at::Tensor, at::Tensor> run_elementwise(const at::Tensor& logits_,
-                                                   const at::Tensor& targets_, bool reduce,
-                                                   bool with_grad, const Launch& launch) {
+at::Tensor run_forward(const at::Tensor& logits_, const at::Tensor& targets_, bool reduce,
+                       const Launch& launch) {
   const at::Tensor x = logits_.contiguous(), t = targets_.contiguous();
   at::Tensor loss = reduce ? at::empty({}, x.options()) : at::empty(x.sizes(), x.options());
-  at::Tensor grad = with_grad ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastmine_focal_cpu", [&] {
     using T = scalar_t;
     T* lp = reduce ? nullptr : loss.data_ptr<T>();
-    T* gp = with_grad ? grad.data_ptr<T>() : nullptr;
-    const double total = launch(T(0), x.data_ptr<T>(), t.data_ptr<T>(), x.numel(), lp, gp);
+    const double total = launch(T(0), x.data_ptr<T>(), t.data_ptr<T>(), x.numel(), reduce, lp,
+                                static_cast<T*>(nullptr), static_cast<const T*>(nullptr), T(0));
     if (reduce) loss.fill_(total);
   });
-  return {loss, grad};
+  return loss;
 }
 
-std::tuple<at::Tensor, at::Tensor> sigmoid_focal_cpu(const at::Tensor& logits,
-                                                     const at::Tensor& targets, double alpha,
-                                                     double gamma, bool reduce, bool with_grad) {
-  check_elementwise(logits, targets, "sigmoid_focal_loss");
-  return run_elementwise(logits, targets, reduce, with_grad, [&](auto zero, const auto* x,
-                                                                 const auto* t, int64_t n,
-                                                                 auto* lp, auto* gp) {
-    using T = decltype(zero);
+template <typename Launch>
+at::Tensor run_backward(const at::Tensor& grad_, const at::Tensor& logits_,
+                        const at::Tensor& targets_, const char* op, const Launch& launch) {
+  const at::Tensor x = logits_.contiguous(), t = targets_.contiguous(), g = grad_.contiguous();
+  TORCH_CHECK(g.scalar_type() == x.scalar_type(), "fastmine.", op,
+              ": grad must have the dtype of logits");
+  TORCH_CHECK(g.dim() == 0 || g.sizes() == x.sizes(), "fastmine.", op,
+              ": grad must be 0-d (a reduced loss) or have the shape of logits");
+  at::Tensor gx = at::empty(x.sizes(), x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastmine_focal_backward_cpu", [&] {
+    using T = scalar_t;
+    const bool scalar = g.dim() == 0;
+    launch(T(0), x.data_ptr<T>(), t.data_ptr<T>(), x.numel(), false, static_cast<T*>(nullptr),
+           gx.data_ptr<T>(), scalar ? nullptr : g.data_ptr<T>(),
+           scalar ? g.item<T>() : T(0));
+  });
+  return gx;
+}
+
+// The sigmoid focal term's launcher (gradient iff grad != nullptr).
+struct SigmoidFocalLaunch {
+  double alpha, gamma;
+  template <typename T>
+  double operator()(T, const T* x, const T* t, int64_t n, bool reduce, T* lp, T* gp,
+                    const T* up, T up0) const {
     using V = at::vec::Vectorized<T>;
     // alpha < 0 disables the class weighting: a_t = 1 for every target.
     const V a1(T(alpha >= 0 ? alpha : 1.0)), a0(T(alpha >= 0 ? 1.0 - alpha : 1.0));
@@ -134,36 +159,60 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_focal_cpu(const at::Tensor& logits,
     double total = 0.0;
     dispatch_gamma(gamma, [&](auto kg) {
       dispatch_bool(gp != nullptr, [&](auto kgrad) {
-        total = elementwise<T>(x, t, n, lp == nullptr, lp, gp, [&](const V& xv, const V& tv) {
+        total = elementwise<T>(x, t, n, reduce, lp, gp, up, up0, [&](const V& xv, const V& tv) {
           return sigmoid_focal_term<decltype(kg)::value, decltype(kgrad)::value, VecMath<T>>(
               xv, tv, a1, a0, g);
         });
       });
     });
     return total;
-  });
-}
+  }
+};
 
-std::tuple<at::Tensor, at::Tensor> focal_star_cpu(const at::Tensor& logits,
-                                                  const at::Tensor& targets, double gamma,
-                                                  double beta, bool reduce, bool with_grad) {
-  check_elementwise(logits, targets, "focal_star_loss");
-  TORCH_CHECK_VALUE(gamma > 0, "fastmine.focal_star_loss: gamma must be > 0, got ", gamma);
-  return run_elementwise(logits, targets, reduce, with_grad, [&](auto zero, const auto* x,
-                                                                 const auto* t, int64_t n,
-                                                                 auto* lp, auto* gp) {
-    using T = decltype(zero);
+struct FocalStarLaunch {
+  double gamma, beta;
+  template <typename T>
+  double operator()(T, const T* x, const T* t, int64_t n, bool reduce, T* lp, T* gp,
+                    const T* up, T up0) const {
     using V = at::vec::Vectorized<T>;
-    const V g(static_cast<T>(gamma)), inv_g(static_cast<T>(1.0 / gamma)), b(static_cast<T>(beta));
+    const V g(static_cast<T>(gamma)), inv_g(static_cast<T>(1.0 / gamma)),
+        b(static_cast<T>(beta));
     double total = 0.0;
     dispatch_bool(gp != nullptr, [&](auto kgrad) {
-      total = elementwise<T>(x, t, n, lp == nullptr, lp, gp, [&](const V& xv, const V& tv) {
+      total = elementwise<T>(x, t, n, reduce, lp, gp, up, up0, [&](const V& xv, const V& tv) {
         const V y = focal_star_sign<VecMath<T>>(tv);
         return focal_star_term<decltype(kgrad)::value, VecMath<T>>(xv, y, g, inv_g, b);
       });
     });
     return total;
-  });
+  }
+};
+
+at::Tensor sigmoid_focal_cpu(const at::Tensor& logits, const at::Tensor& targets, double alpha,
+                             double gamma, bool reduce) {
+  check_elementwise(logits, targets, "sigmoid_focal_loss");
+  return run_forward(logits, targets, reduce, SigmoidFocalLaunch{alpha, gamma});
+}
+
+at::Tensor sigmoid_focal_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
+                                      const at::Tensor& targets, double alpha, double gamma) {
+  check_elementwise(logits, targets, "sigmoid_focal_loss");
+  return run_backward(grad, logits, targets, "sigmoid_focal_loss",
+                      SigmoidFocalLaunch{alpha, gamma});
+}
+
+at::Tensor focal_star_cpu(const at::Tensor& logits, const at::Tensor& targets, double gamma,
+                          double beta, bool reduce) {
+  check_elementwise(logits, targets, "focal_star_loss");
+  TORCH_CHECK_VALUE(gamma > 0, "fastmine.focal_star_loss: gamma must be > 0, got ", gamma);
+  return run_forward(logits, targets, reduce, FocalStarLaunch{gamma, beta});
+}
+
+at::Tensor focal_star_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
+                                   const at::Tensor& targets, double gamma, double beta) {
+  check_elementwise(logits, targets, "focal_star_loss");
+  TORCH_CHECK_VALUE(gamma > 0, "fastmine.focal_star_loss: gamma must be > 0, got ", gamma);
+  return run_backward(grad, logits, targets, "focal_star_loss", FocalStarLaunch{gamma, beta});
 }
 
 // ---- softmax focal: one row of C logits per sample ---------------------------------------------
@@ -247,7 +296,9 @@ std::tuple<at::Tensor, at::Tensor> softmax_focal_cpu(const at::Tensor& logits_,
 
 TORCH_LIBRARY_IMPL(fastmine, CPU, m) {
   m.impl("sigmoid_focal", &sigmoid_focal_cpu);
+  m.impl("sigmoid_focal_backward", &sigmoid_focal_backward_cpu);
   m.impl("focal_star", &focal_star_cpu);
+  m.impl("focal_star_backward", &focal_star_backward_cpu);
   m.impl("softmax_focal", &softmax_focal_cpu);
 }
 

@@ -1,6 +1,8 @@
-// The focal-loss family on the GPU (stable ABI): sigmoid focal, FL*, softmax focal. Each is
-// one kernel that writes the loss terms (or per-block partial sums of them) and, when asked,
-// d loss / d logits; a reduced loss then takes one more one-block launch over the partials.
+// The focal-loss family on the GPU (stable ABI): sigmoid focal, FL*, softmax focal.
+// Elementwise ops: the forward is one kernel writing the loss terms (or per-block partial
+// sums, then one one-block launch adds them); the backward one kernel recomputing the terms
+// and writing upstream * d loss / d logits. Softmax: one kernel, loss and (when asked) the
+// row gradient.
 // Kernels: cuda/focal_kernels.cuh; formulas: common/focal.h.
 #include <cmath>
 #include <type_traits>
@@ -48,58 +50,69 @@ std::vector<int64_t> sizes_of(const Tensor& t) {
   return s;
 }
 
-// Shared host body of the elementwise ops: outputs, dtype dispatch, launches. make_term(T
-// tag, kGrad) returns the term functor for acc_of_t<T>.
-template <typename MakeLaunch>
-std::tuple<Tensor, Tensor> run_elementwise(Tensor x_, Tensor t_, bool reduce, bool with_grad,
-                                           const char* op, const MakeLaunch& launch) {
+// Shared host body of the elementwise ops, forward (grad_out == nullptr: loss only) and
+// backward (grad_out: upstream * gradient, no loss). launch(tag, with_grad, go) calls
+// go(term) with the op's term functor for acc_of_t<T>.
+template <typename Launch>
+Tensor run_elementwise(const Tensor& x_, const Tensor& t_, bool reduce, const Tensor* upstream_,
+                       const char* op, const Launch& launch) {
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   const Tensor x = torch::stable::contiguous(x_), t = torch::stable::contiguous(t_);
-  const bool is_double = x.scalar_type() == ScalarType::Double;
-  const ScalarType loss_st = is_double ? ScalarType::Double : ScalarType::Float;
+  const bool backward = upstream_ != nullptr;
+  const ScalarType loss_st =
+      x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
   const std::vector<int64_t> shape = sizes_of(x);
-  Tensor loss = reduce ? torch::stable::new_empty(x, {}, loss_st)
-                       : torch::stable::new_empty(x, shape, loss_st);
-  Tensor grad = with_grad ? torch::stable::new_empty(x, shape)
-                          : torch::stable::new_empty(x, {0});
+  Tensor out = backward ? torch::stable::new_empty(x, shape)
+                        : (reduce ? torch::stable::new_empty(x, {}, loss_st)
+                                  : torch::stable::new_empty(x, shape, loss_st));
+  Tensor upstream = backward ? torch::stable::contiguous(*upstream_) : out;
+  if (backward) {
+    check_same_device(upstream, x, op, "grad");
+    STD_TORCH_CHECK(upstream.scalar_type() == loss_st, "fastmine.", op,
+                    ": grad must have the loss dtype");
+    STD_TORCH_CHECK(upstream.dim() == 0 || upstream.numel() == x.numel(), "fastmine.", op,
+                    ": grad must be 0-d or have the shape of logits");
+  }
   const int64_t n = x.numel();
   if (n == 0) {
-    if (reduce) torch::stable::zero_(loss);
-    return {loss, grad};
+    if (reduce && !backward) torch::stable::zero_(out);
+    return out;
   }
+  const bool up_scalar = backward && upstream.dim() == 0;
   const cudaStream_t stream = current_stream(dev);
   const int64_t blocks = focal_blocks(n);
-  Tensor partial = torch::stable::new_empty(x, {reduce ? blocks : 1}, loss_st);
+  Tensor partial = torch::stable::new_empty(x, {reduce && !backward ? blocks : 1}, loss_st);
   dispatch_floating(x.scalar_type(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using acc_t = acc_of_t<T>;
-    launch(tag, [&](auto term) {
-      acc_t* lp = reduce ? nullptr : mptr<acc_t>(loss);
-      T* gp = with_grad ? mptr<T>(grad) : nullptr;
-      if (reduce) {
+    launch(tag, backward, [&](auto term) {
+      const acc_t* up = backward ? cptr<acc_t>(upstream) : nullptr;
+      if (reduce && !backward) {
         focal_elementwise_kernel<T, acc_t, true><<<grid_1d(blocks, op), kFocalThreads, 0, stream>>>(
-            cptr<T>(x), cptr<T>(t), n, term, lp, gp, mptr<acc_t>(partial));
+            cptr<T>(x), cptr<T>(t), n, term, nullptr, nullptr, nullptr, false,
+            mptr<acc_t>(partial));
         check_launch("focal_elementwise_kernel");
         focal_sum_partials_kernel<acc_t><<<1, kFocalThreads, 0, stream>>>(
-            cptr<acc_t>(partial), blocks, mptr<acc_t>(loss));
+            cptr<acc_t>(partial), blocks, mptr<acc_t>(out));
         check_launch("focal_sum_partials_kernel");
       } else {
         focal_elementwise_kernel<T, acc_t, false><<<grid_1d(blocks, op), kFocalThreads, 0, stream>>>(
-            cptr<T>(x), cptr<T>(t), n, term, lp, gp, mptr<acc_t>(partial));
+            cptr<T>(x), cptr<T>(t), n, term, backward ? nullptr : mptr<acc_t>(out),
+            backward ? mptr<T>(out) : nullptr, up, up_scalar, mptr<acc_t>(partial));
         check_launch("focal_elementwise_kernel");
       }
     });
   });
-  return {loss, grad};
+  return out;
 }
 
-std::tuple<Tensor, Tensor> sigmoid_focal_cuda(Tensor logits, Tensor targets, double alpha,
-                                              double gamma, bool reduce, bool with_grad) {
-  constexpr const char* kOp = "sigmoid_focal_loss";
-  check_elementwise(logits, targets, kOp);
-  return run_elementwise(logits, targets, reduce, with_grad, kOp, [&](auto tag, auto&& go) {
-    using acc_t = acc_of_t<typename decltype(tag)::type>;
+// The launchers: the term functor of each op, with or without its gradient.
+struct SigmoidFocalLaunch {
+  double alpha, gamma;
+  template <typename Tag, typename Go>
+  void operator()(Tag, bool with_grad, Go&& go) const {
+    using acc_t = acc_of_t<typename Tag::type>;
     const acc_t a1 = static_cast<acc_t>(alpha >= 0 ? alpha : 1.0);
     const acc_t a0 = static_cast<acc_t>(alpha >= 0 ? 1.0 - alpha : 1.0);
     dispatch_gamma(gamma, [&](auto kg) {
@@ -108,22 +121,50 @@ std::tuple<Tensor, Tensor> sigmoid_focal_cuda(Tensor logits, Tensor targets, dou
             a1, a0, static_cast<acc_t>(gamma)});
       });
     });
-  });
-}
+  }
+};
 
-std::tuple<Tensor, Tensor> focal_star_cuda(Tensor logits, Tensor targets, double gamma,
-                                           double beta, bool reduce, bool with_grad) {
-  constexpr const char* kOp = "focal_star_loss";
-  check_elementwise(logits, targets, kOp);
-  STD_TORCH_CHECK(gamma > 0, "fastmine.focal_star_loss: gamma must be > 0");
-  return run_elementwise(logits, targets, reduce, with_grad, kOp, [&](auto tag, auto&& go) {
-    using acc_t = acc_of_t<typename decltype(tag)::type>;
+struct FocalStarLaunch {
+  double gamma, beta;
+  template <typename Tag, typename Go>
+  void operator()(Tag, bool with_grad, Go&& go) const {
+    using acc_t = acc_of_t<typename Tag::type>;
     dispatch_bool(with_grad, [&](auto kgrad) {
       go(FocalStarTerm<decltype(kgrad)::value, acc_t>{static_cast<acc_t>(gamma),
                                                       static_cast<acc_t>(1.0 / gamma),
                                                       static_cast<acc_t>(beta)});
     });
-  });
+  }
+};
+
+constexpr const char* kSigmoid = "sigmoid_focal_loss";
+constexpr const char* kStar = "focal_star_loss";
+
+Tensor sigmoid_focal_cuda(Tensor logits, Tensor targets, double alpha, double gamma,
+                          bool reduce) {
+  check_elementwise(logits, targets, kSigmoid);
+  return run_elementwise(logits, targets, reduce, nullptr, kSigmoid,
+                         SigmoidFocalLaunch{alpha, gamma});
+}
+
+Tensor sigmoid_focal_backward_cuda(Tensor grad, Tensor logits, Tensor targets, double alpha,
+                                   double gamma) {
+  check_elementwise(logits, targets, kSigmoid);
+  return run_elementwise(logits, targets, false, &grad, kSigmoid,
+                         SigmoidFocalLaunch{alpha, gamma});
+}
+
+Tensor focal_star_cuda(Tensor logits, Tensor targets, double gamma, double beta, bool reduce) {
+  check_elementwise(logits, targets, kStar);
+  STD_TORCH_CHECK(gamma > 0, "fastmine.focal_star_loss: gamma must be > 0");
+  return run_elementwise(logits, targets, reduce, nullptr, kStar, FocalStarLaunch{gamma, beta});
+}
+
+Tensor focal_star_backward_cuda(Tensor grad, Tensor logits, Tensor targets, double gamma,
+                                double beta) {
+  check_elementwise(logits, targets, kStar);
+  STD_TORCH_CHECK(gamma > 0, "fastmine.focal_star_loss: gamma must be > 0");
+  return run_elementwise(logits, targets, false, &grad, kStar, FocalStarLaunch{gamma, beta});
 }
 
 std::tuple<Tensor, Tensor> softmax_focal_cuda(Tensor logits_, Tensor target_, Tensor alpha_,
@@ -168,6 +209,8 @@ std::tuple<Tensor, Tensor> softmax_focal_cuda(Tensor logits_, Tensor target_, Te
 
 STABLE_TORCH_LIBRARY_IMPL(fastmine, CUDA, m) {
   m.impl("sigmoid_focal", TORCH_BOX(&fastmine::cuda::sigmoid_focal_cuda));
+  m.impl("sigmoid_focal_backward", TORCH_BOX(&fastmine::cuda::sigmoid_focal_backward_cuda));
   m.impl("focal_star", TORCH_BOX(&fastmine::cuda::focal_star_cuda));
+  m.impl("focal_star_backward", TORCH_BOX(&fastmine::cuda::focal_star_backward_cuda));
   m.impl("softmax_focal", TORCH_BOX(&fastmine::cuda::softmax_focal_cuda));
 }

@@ -2,7 +2,8 @@
 // Device code only (see device_utils.cuh): compiled by nvcc for csrc/cuda/focal.cu and by a
 // host compiler against the CUDA emulator for testing.
 //
-// Elementwise ops (sigmoid focal, FL*): grid-stride over groups of kVec contiguous elements,
+// Elementwise ops (sigmoid focal, FL*; the forward writes the loss, the backward recomputes
+// the terms and writes upstream * gradient): grid-stride over groups of kVec contiguous elements,
 // loaded with one 8- or 16-byte load where the group is whole and aligned. A reduced loss is
 // summed per thread in element order, per block by a fixed tree (warp butterflies, then the
 // warps in order), and the per-block partials by a single block in a fixed order. The grid
@@ -78,13 +79,16 @@ __device__ __forceinline__ acc_t block_sum(acc_t v) {
   return s;
 }
 
-// Term(x, t) -> LossGrad<acc_t>. loss: per element (acc_t) when !kReduce; partial[blockIdx.x]
-// gets the block's sum when kReduce. grad (nullptr: none) in T.
+// Term(x, t) -> LossGrad<acc_t>. loss: per element (acc_t; nullptr: none) when !kReduce;
+// partial[blockIdx.x] gets the block's sum when kReduce. grad (nullptr: none) in T gets
+// upstream * d loss / d x, upstream per element, or upstream[0] for all when up_scalar.
 template <typename T, typename acc_t, bool kReduce, typename Term>
 __global__ void __launch_bounds__(kFocalThreads)
     focal_elementwise_kernel(const T* __restrict__ x, const T* __restrict__ t, int64_t n,
                              Term term, acc_t* __restrict__ loss, T* __restrict__ grad,
+                             const acc_t* __restrict__ upstream, bool up_scalar,
                              acc_t* __restrict__ partial) {
+  const acc_t up0 = (grad != nullptr && up_scalar) ? upstream[0] : acc_t(0);
   acc_t sum = acc_t(0);
   const int64_t stride = int64_t(gridDim.x) * kFocalThreads * kVec;
   for (int64_t i = (int64_t(blockIdx.x) * kFocalThreads + threadIdx.x) * kVec; i < n;
@@ -104,11 +108,13 @@ __global__ void __launch_bounds__(kFocalThreads)
     for (int k = 0; k < kVec; ++k) {
       if (k < cnt) {
         const LossGrad<acc_t> r = term(to_acc<acc_t>(xv[k]), to_acc<acc_t>(tv[k]));
-        if (grad != nullptr) grad[i + k] = from_acc<T>(r.grad);
+        if (grad != nullptr) {
+          grad[i + k] = from_acc<T>(r.grad * (up_scalar ? up0 : upstream[i + k]));
+        }
         if constexpr (kReduce) {
           sum += r.loss;
         } else {
-          loss[i + k] = r.loss;
+          if (loss != nullptr) loss[i + k] = r.loss;
         }
       }
     }
