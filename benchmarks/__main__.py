@@ -207,7 +207,7 @@ def run_op(op, args, device, dtype) -> list:
     results, mismatches = [], []
     counter = [0, len(sizes) * len(methods)]
     for B, D in sizes:
-        inp = pk_inputs(B, D, dtype, device, classes=args.classes_per_batch,
+        inp = (op.make_inputs or pk_inputs)(B, D, dtype, device, classes=args.classes_per_batch,
                         samples_per_class=args.samples_per_class, seed=args.seed)
         s = run_size(methods, inp, device, args, counter)
         mismatches += check_losses(op, s, dtype)

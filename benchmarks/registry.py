@@ -81,6 +81,10 @@ class OpBench:
     default_sizes: Dict[str, str] = field(default_factory=dict)
     order: int = 100  # position in `--op all` runs
     issue: int = 2  # the issue whose targets these are
+    # Builds the inputs of one "BxD" size (same signature as pk_inputs); None: pk_inputs.
+    # Ops on other inputs than embeddings + labels (e.g. focal losses on logits + targets)
+    # put their tensors in Inputs.x (the leaf that gets the gradient) and Inputs.labels.
+    make_inputs: Optional[Callable[..., Inputs]] = None
 
 
 def pk_inputs(B: int, D: int, dtype: torch.dtype, device: torch.device, *,

@@ -54,4 +54,36 @@ TORCH_LIBRARY(fastmine, m) {
       "contrastive_with_grad(Tensor x, Tensor labels, Tensor ref, Tensor ref_labels,"
       " float pos_margin, float neg_margin, float power, int metric, bool triangle,"
       " bool has_exclude, int exclude_offset) -> (Tensor, Tensor, Tensor, Tensor)");
+  // ---- focal-loss family (SPEC.md "Focal loss"); formulas in csrc/common/focal.h ----------
+  // Elementwise (sigmoid focal, FL*): the forward returns the loss per element, or its 0-d
+  // sum when `reduce`, and saves nothing; the backward recomputes the terms and writes
+  // grad * d loss / d logits in one pass (grad: 0-d for a reduced loss, else per element).
+  // alpha < 0 disables the alpha_t weighting of sigmoid_focal.
+  m.def(
+      "sigmoid_focal(Tensor logits, Tensor targets, float alpha, float gamma, bool reduce)"
+      " -> Tensor");
+  m.def(
+      "sigmoid_focal_backward(Tensor grad, Tensor logits, Tensor targets, float alpha,"
+      " float gamma) -> Tensor");
+  // FL*: targets > 0 are y = +1, targets <= 0 are y = -1.
+  m.def(
+      "focal_star(Tensor logits, Tensor targets, float gamma, float beta, bool reduce)"
+      " -> Tensor");
+  m.def(
+      "focal_star_backward(Tensor grad, Tensor logits, Tensor targets, float gamma, float beta)"
+      " -> Tensor");
+  // Softmax focal returns (loss, grad): loss per row, grad = d loss_row / d logits from the
+  // same pass when `with_grad` (else an empty (0,) tensor); the backward scales its rows.
+  // logits (N, C), target (N,) int64 in [0, C), alpha (C,) per-class weights.
+  m.def(
+      "softmax_focal(Tensor logits, Tensor target, Tensor alpha, float gamma, bool with_grad)"
+      " -> (Tensor, Tensor)");
+  // ---- centroid triplet bound (SPEC.md "Centroid triplet bound"; csrc/common/centroid.h) ---
+  // x (B, D), labels (B,) int64 in [0, C), centroids (C, D), C >= 2. Returns (loss[B],
+  // dist[B, C]); dist is what the backward needs.
+  m.def("centroid_triplet(Tensor x, Tensor labels, Tensor centroids) -> (Tensor, Tensor)");
+  // (grad_x, grad_centroids); grad_centroids is an empty (0,) tensor unless asked for.
+  m.def(
+      "centroid_triplet_backward(Tensor grad, Tensor x, Tensor labels, Tensor centroids,"
+      " Tensor dist, bool need_centroid_grad) -> (Tensor, Tensor)");
 }

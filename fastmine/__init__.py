@@ -29,3 +29,11 @@ from . import distributed, nn  # noqa: E402  (submodules: fastmine.nn.*, fastmin
 from .xbm import CrossBatchMemory  # noqa: E402
 
 __all__ += ["CrossBatchMemory"]
+
+# The focal-loss family and the centroid triplet bound (issue 4).
+from .focal import focal_star_loss, sigmoid_focal_loss, softmax_focal_loss  # noqa: E402
+
+__all__ += ["focal_star_loss", "sigmoid_focal_loss", "softmax_focal_loss"]
+from .centroid import centroid_triplet_loss, onehot_centroids  # noqa: E402
+
+__all__ += ["centroid_triplet_loss", "onehot_centroids"]

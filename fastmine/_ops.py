@@ -253,3 +253,118 @@ def require_kernel(op: str, public_name: str, device: torch.device) -> None:
         raise NotImplementedError(
             f"fastmine.{public_name} has no CUDA kernel in this build yet; compute it on the CPU"
         )
+
+
+# ---- focal-loss family ----------------------------------------------------------------------
+# Elementwise ops (sigmoid focal, FL*): the forward saves nothing beyond its inputs; the
+# backward op recomputes the terms and writes upstream * d loss / d logits in one pass.
+# softmax_focal returns (loss, grad) with grad = d loss_row / d logits from the forward's pass;
+# its backward scales the rows.
+
+
+def _register_elementwise_focal(name: str, public_name: str):
+    @torch.library.register_fake(f"fastmine::{name}")
+    def _fake(logits, targets, p1, p2, reduce):
+        return logits.new_empty(() if reduce else logits.shape, dtype=loss_dtype(logits.dtype))
+
+    @torch.library.register_fake(f"fastmine::{name}_backward")
+    def _fake_backward(grad, logits, targets, p1, p2):
+        return _like(logits)
+
+    def setup(ctx, inputs, output):
+        logits, targets, p1, p2, _ = inputs
+        ctx.save_for_backward(logits, targets)
+        ctx.params = (p1, p2)
+
+    def backward(ctx, grad):
+        logits, targets = ctx.saved_tensors
+        gx = getattr(ops, f"{name}_backward")(grad.contiguous(), logits, targets, *ctx.params)
+        return gx, None, None, None, None
+
+    torch.library.register_autograd(f"fastmine::{name}", backward, setup_context=setup)
+    torch.library.register_autograd(
+        f"fastmine::{name}_backward", _no_double_backward(public_name),
+        setup_context=lambda ctx, inputs, output: None,
+    )
+
+
+_register_elementwise_focal("sigmoid_focal", "sigmoid_focal_loss")
+_register_elementwise_focal("focal_star", "focal_star_loss")
+
+
+class _ScaleSavedGrad(torch.autograd.Function):
+    """g * saved, attached to the op's input so that, under create_graph=True, a gradient of
+    it is asked of us and refused (rather than silently zero)."""
+
+    @staticmethod
+    def forward(ctx, g, saved, anchor, public_name):
+        ctx.public_name = public_name
+        return g * saved
+
+    @staticmethod
+    def backward(ctx, grad):
+        _no_double_backward(ctx.public_name)(ctx)
+
+
+@torch.library.register_fake("fastmine::softmax_focal")
+def _softmax_focal_fake(logits, target, alpha, gamma, with_grad):
+    loss = logits.new_empty((logits.shape[0],), dtype=loss_dtype(logits.dtype))
+    return loss, logits.new_empty(logits.shape if with_grad else (0,))
+
+
+def _softmax_focal_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1], inputs[0])
+
+
+def _softmax_focal_backward(ctx, g_loss, g_grad):
+    grad, logits = ctx.saved_tensors
+    if grad.numel() != logits.numel():
+        raise RuntimeError("fastmine.softmax_focal_loss: the forward was run without its gradient "
+                           "(with_grad=False); call the public function instead")
+    g = g_loss.unsqueeze(-1)
+    if torch.is_grad_enabled():  # create_graph=True
+        gl = _ScaleSavedGrad.apply(g, grad, logits, "softmax_focal_loss")
+    else:
+        gl = g * grad
+    return gl.to(logits.dtype), None, None, None, None
+
+
+torch.library.register_autograd("fastmine::softmax_focal", _softmax_focal_backward,
+                                setup_context=_softmax_focal_setup)
+
+
+# ---- centroid_triplet: the (B, C) distances of the forward feed the backward --------------------
+
+
+@torch.library.register_fake("fastmine::centroid_triplet")
+def _centroid_triplet_fake(x, labels, centroids):
+    dt = loss_dtype(x.dtype)
+    return x.new_empty((x.shape[0],), dtype=dt), x.new_empty((x.shape[0], centroids.shape[0]), dtype=dt)
+
+
+@torch.library.register_fake("fastmine::centroid_triplet_backward")
+def _centroid_triplet_backward_fake(grad, x, labels, centroids, dist, need_centroid_grad):
+    return _like(x), centroids.new_empty(centroids.shape if need_centroid_grad else (0,))
+
+
+def _centroid_setup(ctx, inputs, output):
+    x, labels, centroids = inputs
+    ctx.save_for_backward(x, labels, centroids, output[1])
+
+
+def _centroid_backward(ctx, g_loss, g_dist):
+    # The distances are an internal output (what the backward needs); the public function
+    # never exposes them, so their gradient (zeros or None) is ignored.
+    x, labels, centroids, dist = ctx.saved_tensors
+    need_c = ctx.needs_input_grad[2]
+    gx, gc = ops.centroid_triplet_backward(g_loss.to(dist.dtype).contiguous(), x, labels, centroids, dist,
+                                           need_c)
+    return gx, None, gc if need_c else None
+
+
+torch.library.register_autograd("fastmine::centroid_triplet", _centroid_backward, setup_context=_centroid_setup)
+torch.library.register_autograd(
+    "fastmine::centroid_triplet_backward",
+    _no_double_backward("centroid_triplet_loss"),
+    setup_context=lambda ctx, inputs, output: None,
+)

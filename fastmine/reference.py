@@ -460,3 +460,82 @@ def contrastive_loss(
     pos_nz = (allowed & same & (term > 0)).sum().clamp(min=1).to(term.dtype)
     neg_nz = (allowed & ~same & (term > 0)).sum().clamp(min=1).to(term.dtype)
     return pos_sum / pos_nz + neg_sum / neg_nz
+
+
+# ---- centroid triplet bound (SPEC "Centroid triplet bound") ------------------------------------
+
+REDUCTIONS_CENTROID = ("mean", "sum", "none")
+
+
+def centroid_triplet_loss(
+    embeddings: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor, *, reduction: str = "mean"
+) -> torch.Tensor:
+    """Do et al.'s upper bound on the triplet loss with fixed class centroids:
+    per sample ||x_i - c_{y_i}|| - 1/(3(C-1)) * sum_{m != y_i} ||x_i - c_m||.
+
+    Distances by direct differences; autograd's norm gives the subgradient 0 at distance 0.
+    """
+    c = centroids.shape[0]
+    d = torch.linalg.vector_norm(embeddings[:, None, :] - centroids[None, :, :], dim=-1)  # (B, C)
+    own = F.one_hot(labels.long(), c).bool()
+    per_sample = (d * own).sum(1) - (d * ~own).sum(1) / (3 * (c - 1))
+    return _reduce_elementwise(per_sample, reduction)
+
+
+def onehot_centroids(num_classes: int, dim: int, *, scale: float = 1.0, dtype=None, device=None) -> torch.Tensor:
+    """Centroid m = scale * e_m (the first num_classes unit vectors of R^dim)."""
+    return scale * torch.eye(num_classes, dim, dtype=dtype, device=device)
+
+
+# ---- focal-loss family (SPEC "Focal loss") --------------------------------------------------------
+
+
+def _reduce_elementwise(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.mean()  # an empty mean is NaN, as torch.mean and torchvision
+
+
+def sigmoid_focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, *, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none"
+) -> torch.Tensor:
+    """torchvision.ops.sigmoid_focal_loss, line for line (stable in float64 at |x| = 1000:
+    sigmoid and BCE-with-logits are computed stably by torch)."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+        loss = alpha_t * loss
+    return _reduce_elementwise(loss, reduction)
+
+
+def softmax_focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, *, alpha=None, gamma: float = 2.0, reduction: str = "mean"
+) -> torch.Tensor:
+    """-alpha_y (1 - p_y)^gamma log p_y per sample; logits (N, C) or (N, C, d1, ...) with the
+    class dimension second, as F.cross_entropy. ``alpha``: None, a float, or a (C,) tensor.
+    "mean" averages over samples (not over the alpha weights)."""
+    logp = F.log_softmax(logits, dim=1)
+    logp_y = logp.gather(1, target.long().unsqueeze(1)).squeeze(1)
+    p_y = logp_y.exp()
+    loss = -((1 - p_y) ** gamma) * logp_y
+    if isinstance(alpha, torch.Tensor):
+        loss = alpha.to(loss.dtype)[target.long()] * loss
+    elif alpha is not None:
+        loss = alpha * loss
+    return _reduce_elementwise(loss, reduction)
+
+
+def focal_star_loss(
+    logits: torch.Tensor, targets: torch.Tensor, *, gamma: float = 2.0, beta: float = 0.0, reduction: str = "mean"
+) -> torch.Tensor:
+    """FL* (Lin et al., appendix A): y = +1 where targets > 0, -1 elsewhere; x_t = y x,
+    p*_t = sigmoid(gamma x_t + beta), loss = -log(p*_t) / gamma."""
+    y = torch.where(targets > 0, 1.0, -1.0).to(logits.dtype)
+    y = torch.where(torch.isnan(targets), torch.nan, y)
+    loss = -F.logsigmoid(gamma * y * logits + beta) / gamma
+    return _reduce_elementwise(loss, reduction)

@@ -129,3 +129,26 @@ def test_cuda_module_built_and_registers_cuda_kernels():
     assert line, proc.stdout + proc.stderr
     missing = [m for m in line[-1][len("MISSING:"):].split(",") if m]
     assert not missing, f"{os.path.basename(cuda[0])} registers no CUDA kernel for: {missing}"
+
+
+# The focal-loss family and the centroid bound (issue 4): their CUDA sources must register
+# every one of these ops (forward and backward together), and the built module carry them.
+FOCAL_CENTROID_CUDA_OPS = ("sigmoid_focal", "sigmoid_focal_backward", "focal_star",
+                           "focal_star_backward", "softmax_focal", "centroid_triplet",
+                           "centroid_triplet_backward")
+
+
+def test_focal_centroid_cuda_sources_register_their_ops():
+    assert set(FOCAL_CENTROID_CUDA_OPS) <= cuda_source_ops()
+    assert set(FOCAL_CENTROID_CUDA_OPS) <= set(schema_ops())
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on PATH: the CUDA module is not built")
+def test_cuda_module_registers_focal_centroid_kernels():
+    cuda = glob.glob(os.path.join(PKG, "_C_cuda*.so"))
+    assert cuda, "fastmine/_C_cuda*.so was not built"
+    proc = subprocess.run([sys.executable, "-c", _CHECK, cuda[0], *FOCAL_CENTROID_CUDA_OPS],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("MISSING:")]
+    assert line and line[-1] == "MISSING:", proc.stdout + proc.stderr

@@ -1,0 +1,116 @@
+// The centroid triplet bound on the GPU (stable ABI). Kernels: cuda/centroid_kernels.cuh.
+// Forward: distances (B, C) in acc_t, then the per-sample loss; the distances are returned
+// for the backward. Backward: grad x directly; grad centroids as fixed chunks of samples
+// whose partials are added in chunk order (launch_sum_chunks), then cast to the input dtype.
+#include <algorithm>
+
+#include "cuda/centroid_kernels.cuh"
+#include "cuda/cuda_utils.cuh"
+#include "cuda/launchers.cuh"
+
+namespace fastmine::cuda {
+namespace {
+
+constexpr const char* kOp = "centroid_triplet_loss";
+
+void check_inputs(const Tensor& x, const Tensor& labels, const Tensor& c) {
+  check_embeddings(x, kOp, "embeddings");
+  check_embeddings(c, kOp, "centroids");
+  check_same_device(c, x, kOp, "centroids");
+  STD_TORCH_CHECK(c.scalar_type() == x.scalar_type(), "fastmine.", kOp,
+                  ": centroids must have the dtype of embeddings");
+  STD_TORCH_CHECK(c.size(1) == x.size(1), "fastmine.", kOp, ": centroids must have D = ",
+                  x.size(1), " features");
+  STD_TORCH_CHECK(c.size(0) >= 2, "fastmine.", kOp, ": centroids must hold C >= 2 classes");
+  check_vector(labels, x, x.size(0), ScalarType::Long, kOp, "labels");
+}
+
+// Samples per chunk of the centroid gradient: at least 64 per thread's loop, at most 64
+// chunks; a function of B only.
+inline int64_t rows_per_chunk(int64_t b) { return std::max<int64_t>(64, ceil_div(b, 64)); }
+
+std::tuple<Tensor, Tensor> centroid_triplet_cuda(Tensor x_, Tensor labels_, Tensor c_) {
+  check_inputs(x_, labels_, c_);
+  const int32_t dev = x_.get_device_index();
+  torch::stable::accelerator::DeviceGuard guard(dev);
+  const Tensor x = torch::stable::contiguous(x_), c = torch::stable::contiguous(c_);
+  const Tensor labels = torch::stable::contiguous(labels_);
+  const int64_t b = x.size(0), nc = c.size(0), dim = x.size(1);
+  const ScalarType acc_st =
+      x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+  Tensor loss = torch::stable::new_empty(x, {b}, acc_st);
+  Tensor dist = torch::stable::new_empty(x, {b, nc}, acc_st);
+  if (b == 0) return {loss, dist};
+  const cudaStream_t stream = current_stream(dev);
+  dispatch_floating(x.scalar_type(), kOp, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using acc_t = acc_of_t<T>;
+    const int64_t blocks = std::min<int64_t>(ceil_div(b * nc, kCentroidWarps), kMaxStrideBlocks);
+    centroid_dist_kernel<T, acc_t><<<grid_1d(blocks, kOp), kCentroidThreads, 0, stream>>>(
+        cptr<T>(x), cptr<T>(c), b, nc, dim, mptr<acc_t>(dist));
+    check_launch("centroid_dist_kernel");
+    centroid_loss_kernel<acc_t><<<grid_1d(ceil_div(b, kCentroidThreads), kOp), kCentroidThreads,
+                                  0, stream>>>(cptr<acc_t>(dist), cptr<int64_t>(labels), b, nc,
+                                               mptr<acc_t>(loss));
+    check_launch("centroid_loss_kernel");
+  });
+  return {loss, dist};
+}
+
+std::tuple<Tensor, Tensor> centroid_triplet_backward_cuda(Tensor grad_, Tensor x_,
+                                                          Tensor labels_, Tensor c_,
+                                                          Tensor dist_, bool need_c) {
+  check_inputs(x_, labels_, c_);
+  const int64_t b = x_.size(0), nc = c_.size(0), dim = x_.size(1);
+  const ScalarType acc_st =
+      x_.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+  check_vector(grad_, x_, b, acc_st, kOp, "grad");
+  check_matrix(dist_, x_, b, nc, acc_st, kOp, "dist");
+  const int32_t dev = x_.get_device_index();
+  torch::stable::accelerator::DeviceGuard guard(dev);
+  const Tensor x = torch::stable::contiguous(x_), c = torch::stable::contiguous(c_);
+  const Tensor labels = torch::stable::contiguous(labels_);
+  const Tensor grad = torch::stable::contiguous(grad_), dist = torch::stable::contiguous(dist_);
+  Tensor gx = torch::stable::new_empty(x, {b, dim});
+  Tensor gc = need_c ? torch::stable::new_empty(c, {nc, dim}) : torch::stable::new_empty(c, {0});
+  if (b == 0) {
+    if (need_c) torch::stable::zero_(gc);
+    return {gx, gc};
+  }
+  const cudaStream_t stream = current_stream(dev);
+  dispatch_floating(x.scalar_type(), kOp, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using acc_t = acc_of_t<T>;
+    const int64_t xblocks = std::min<int64_t>(ceil_div(b * dim, kCentroidThreads), kMaxStrideBlocks);
+    centroid_grad_x_kernel<T, acc_t><<<grid_1d(xblocks, kOp), kCentroidThreads, 0, stream>>>(
+        cptr<acc_t>(grad), cptr<T>(x), cptr<int64_t>(labels), cptr<T>(c), cptr<acc_t>(dist), b,
+        nc, dim, mptr<T>(gx));
+    check_launch("centroid_grad_x_kernel");
+    if (!need_c) return;
+    const int64_t rpc = rows_per_chunk(b), n_chunks = ceil_div(b, rpc);
+    Tensor partial = torch::stable::new_empty(x, {n_chunks, nc * dim}, acc_st);
+    Tensor gc_acc = torch::stable::new_empty(x, {nc * dim}, acc_st);
+    const dim3 grid(grid_1d(std::min<int64_t>(ceil_div(nc * dim, kCentroidThreads), 65535), kOp),
+                    static_cast<unsigned>(n_chunks));
+    centroid_grad_c_kernel<T, acc_t><<<grid, kCentroidThreads, 0, stream>>>(
+        cptr<acc_t>(grad), cptr<T>(x), cptr<int64_t>(labels), cptr<T>(c), cptr<acc_t>(dist), b,
+        nc, dim, rpc, mptr<acc_t>(partial));
+    check_launch("centroid_grad_c_kernel");
+    launch_sum_chunks<acc_t>(cptr<acc_t>(partial), n_chunks, nc * dim, mptr<acc_t>(gc_acc),
+                             /*accumulate=*/false, stream);
+    if constexpr (std::is_same_v<T, acc_t>) {
+      gc = torch::stable::reshape(gc_acc, {nc, dim});
+    } else {
+      gc = torch::stable::to(torch::stable::reshape(gc_acc, {nc, dim}), c.scalar_type());
+    }
+  });
+  return {gx, gc};
+}
+
+}  // namespace
+}  // namespace fastmine::cuda
+
+STABLE_TORCH_LIBRARY_IMPL(fastmine, CUDA, m) {
+  m.impl("centroid_triplet", TORCH_BOX(&fastmine::cuda::centroid_triplet_cuda));
+  m.impl("centroid_triplet_backward", TORCH_BOX(&fastmine::cuda::centroid_triplet_backward_cuda));
+}

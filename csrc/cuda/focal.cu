@@ -1,0 +1,216 @@
+// The focal-loss family on the GPU (stable ABI): sigmoid focal, FL*, softmax focal.
+// Elementwise ops: the forward is one kernel writing the loss terms (or per-block partial
+// sums, then one one-block launch adds them); the backward one kernel recomputing the terms
+// and writing upstream * d loss / d logits. Softmax: one kernel, loss and (when asked) the
+// row gradient.
+// Kernels: cuda/focal_kernels.cuh; formulas: common/focal.h.
+#include <cmath>
+#include <type_traits>
+
+#include "cuda/cuda_utils.cuh"
+#include "cuda/focal_kernels.cuh"
+
+namespace fastmine::cuda {
+namespace {
+
+template <typename F>
+void dispatch_gamma(double gamma, F&& f) {
+  switch (focal_gamma_kind(gamma)) {
+    case kGamma0: return f(std::integral_constant<int, kGamma0>{});
+    case kGamma1: return f(std::integral_constant<int, kGamma1>{});
+    case kGamma2: return f(std::integral_constant<int, kGamma2>{});
+    default: return f(std::integral_constant<int, kGammaPow>{});
+  }
+}
+
+template <typename F>
+void dispatch_bool(bool b, F&& f) {
+  if (b) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
+void check_elementwise(const Tensor& x, const Tensor& t, const char* op) {
+  check_cuda(x, op, "logits");
+  check_same_device(t, x, op, "targets");
+  STD_TORCH_CHECK(t.scalar_type() == x.scalar_type(), "fastmine.", op,
+                  ": targets must have the dtype of logits");
+  STD_TORCH_CHECK(t.dim() == x.dim(), "fastmine.", op, ": targets must have the shape of logits");
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    STD_TORCH_CHECK(t.size(d) == x.size(d), "fastmine.", op,
+                    ": targets must have the shape of logits");
+  }
+}
+
+std::vector<int64_t> sizes_of(const Tensor& t) {
+  std::vector<int64_t> s(t.dim());
+  for (int64_t d = 0; d < t.dim(); ++d) s[d] = t.size(d);
+  return s;
+}
+
+// Shared host body of the elementwise ops, forward (grad_out == nullptr: loss only) and
+// backward (grad_out: upstream * gradient, no loss). launch(tag, with_grad, go) calls
+// go(term) with the op's term functor for acc_of_t<T>.
+template <typename Launch>
+Tensor run_elementwise(const Tensor& x_, const Tensor& t_, bool reduce, const Tensor* upstream_,
+                       const char* op, const Launch& launch) {
+  const int32_t dev = x_.get_device_index();
+  torch::stable::accelerator::DeviceGuard guard(dev);
+  const Tensor x = torch::stable::contiguous(x_), t = torch::stable::contiguous(t_);
+  const bool backward = upstream_ != nullptr;
+  const ScalarType loss_st =
+      x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+  const std::vector<int64_t> shape = sizes_of(x);
+  Tensor out = backward ? torch::stable::new_empty(x, shape)
+                        : (reduce ? torch::stable::new_empty(x, {}, loss_st)
+                                  : torch::stable::new_empty(x, shape, loss_st));
+  Tensor upstream = backward ? torch::stable::contiguous(*upstream_) : out;
+  if (backward) {
+    check_same_device(upstream, x, op, "grad");
+    STD_TORCH_CHECK(upstream.scalar_type() == loss_st, "fastmine.", op,
+                    ": grad must have the loss dtype");
+    STD_TORCH_CHECK(upstream.dim() == 0 || upstream.numel() == x.numel(), "fastmine.", op,
+                    ": grad must be 0-d or have the shape of logits");
+  }
+  const int64_t n = x.numel();
+  if (n == 0) {
+    if (reduce && !backward) torch::stable::zero_(out);
+    return out;
+  }
+  const bool up_scalar = backward && upstream.dim() == 0;
+  const cudaStream_t stream = current_stream(dev);
+  const int64_t blocks = focal_blocks(n);
+  Tensor partial = torch::stable::new_empty(x, {reduce && !backward ? blocks : 1}, loss_st);
+  dispatch_floating(x.scalar_type(), op, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using acc_t = acc_of_t<T>;
+    launch(tag, backward, [&](auto term) {
+      const acc_t* up = backward ? cptr<acc_t>(upstream) : nullptr;
+      if (reduce && !backward) {
+        focal_elementwise_kernel<T, acc_t, true><<<grid_1d(blocks, op), kFocalThreads, 0, stream>>>(
+            cptr<T>(x), cptr<T>(t), n, term, nullptr, nullptr, nullptr, false,
+            mptr<acc_t>(partial));
+        check_launch("focal_elementwise_kernel");
+        focal_sum_partials_kernel<acc_t><<<1, kFocalThreads, 0, stream>>>(
+            cptr<acc_t>(partial), blocks, mptr<acc_t>(out));
+        check_launch("focal_sum_partials_kernel");
+      } else {
+        focal_elementwise_kernel<T, acc_t, false><<<grid_1d(blocks, op), kFocalThreads, 0, stream>>>(
+            cptr<T>(x), cptr<T>(t), n, term, backward ? nullptr : mptr<acc_t>(out),
+            backward ? mptr<T>(out) : nullptr, up, up_scalar, mptr<acc_t>(partial));
+        check_launch("focal_elementwise_kernel");
+      }
+    });
+  });
+  return out;
+}
+
+// The launchers: the term functor of each op, with or without its gradient.
+struct SigmoidFocalLaunch {
+  double alpha, gamma;
+  template <typename Tag, typename Go>
+  void operator()(Tag, bool with_grad, Go&& go) const {
+    using acc_t = acc_of_t<typename Tag::type>;
+    const acc_t a1 = static_cast<acc_t>(alpha >= 0 ? alpha : 1.0);
+    const acc_t a0 = static_cast<acc_t>(alpha >= 0 ? 1.0 - alpha : 1.0);
+    dispatch_gamma(gamma, [&](auto kg) {
+      dispatch_bool(with_grad, [&](auto kgrad) {
+        go(SigmoidFocalTerm<decltype(kg)::value, decltype(kgrad)::value, acc_t>{
+            a1, a0, static_cast<acc_t>(gamma)});
+      });
+    });
+  }
+};
+
+struct FocalStarLaunch {
+  double gamma, beta;
+  template <typename Tag, typename Go>
+  void operator()(Tag, bool with_grad, Go&& go) const {
+    using acc_t = acc_of_t<typename Tag::type>;
+    dispatch_bool(with_grad, [&](auto kgrad) {
+      go(FocalStarTerm<decltype(kgrad)::value, acc_t>{static_cast<acc_t>(gamma),
+                                                      static_cast<acc_t>(1.0 / gamma),
+                                                      static_cast<acc_t>(beta)});
+    });
+  }
+};
+
+constexpr const char* kSigmoid = "sigmoid_focal_loss";
+constexpr const char* kStar = "focal_star_loss";
+
+Tensor sigmoid_focal_cuda(Tensor logits, Tensor targets, double alpha, double gamma,
+                          bool reduce) {
+  check_elementwise(logits, targets, kSigmoid);
+  return run_elementwise(logits, targets, reduce, nullptr, kSigmoid,
+                         SigmoidFocalLaunch{alpha, gamma});
+}
+
+Tensor sigmoid_focal_backward_cuda(Tensor grad, Tensor logits, Tensor targets, double alpha,
+                                   double gamma) {
+  check_elementwise(logits, targets, kSigmoid);
+  return run_elementwise(logits, targets, false, &grad, kSigmoid,
+                         SigmoidFocalLaunch{alpha, gamma});
+}
+
+Tensor focal_star_cuda(Tensor logits, Tensor targets, double gamma, double beta, bool reduce) {
+  check_elementwise(logits, targets, kStar);
+  STD_TORCH_CHECK(gamma > 0, "fastmine.focal_star_loss: gamma must be > 0");
+  return run_elementwise(logits, targets, reduce, nullptr, kStar, FocalStarLaunch{gamma, beta});
+}
+
+Tensor focal_star_backward_cuda(Tensor grad, Tensor logits, Tensor targets, double gamma,
+                                double beta) {
+  check_elementwise(logits, targets, kStar);
+  STD_TORCH_CHECK(gamma > 0, "fastmine.focal_star_loss: gamma must be > 0");
+  return run_elementwise(logits, targets, false, &grad, kStar, FocalStarLaunch{gamma, beta});
+}
+
+std::tuple<Tensor, Tensor> softmax_focal_cuda(Tensor logits_, Tensor target_, Tensor alpha_,
+                                              double gamma, bool with_grad) {
+  constexpr const char* kOp = "softmax_focal_loss";
+  check_cuda(logits_, kOp, "logits");
+  STD_TORCH_CHECK(logits_.dim() == 2, "fastmine.", kOp, ": logits must be (N, C)");
+  const int64_t n = logits_.size(0), c = logits_.size(1);
+  check_vector(target_, logits_, n, ScalarType::Long, kOp, "target");
+  check_vector(alpha_, logits_, c, logits_.scalar_type(), kOp, "alpha");
+  const int32_t dev = logits_.get_device_index();
+  torch::stable::accelerator::DeviceGuard guard(dev);
+  const Tensor x = torch::stable::contiguous(logits_);
+  const Tensor target = torch::stable::contiguous(target_), alpha = torch::stable::contiguous(alpha_);
+  const ScalarType loss_st =
+      x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+  Tensor loss = torch::stable::new_empty(x, {n}, loss_st);
+  Tensor grad = with_grad ? torch::stable::new_empty(x, {n, c}) : torch::stable::new_empty(x, {0});
+  if (n == 0) return {loss, grad};
+  STD_TORCH_CHECK(c > 0, "fastmine.", kOp, ": logits has C = 0 classes");
+  const cudaStream_t stream = current_stream(dev);
+  const int64_t blocks = std::min<int64_t>(ceil_div(n, kFocalWarps), int64_t(1) << 16);
+  dispatch_floating(x.scalar_type(), kOp, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using acc_t = acc_of_t<T>;
+    dispatch_gamma(gamma, [&](auto kg) {
+      dispatch_bool(with_grad, [&](auto kgrad) {
+        softmax_focal_kernel<decltype(kg)::value, decltype(kgrad)::value, T, acc_t>
+            <<<grid_1d(blocks, kOp), kFocalThreads, 0, stream>>>(
+                cptr<T>(x), cptr<int64_t>(target), cptr<T>(alpha), n, c,
+                static_cast<acc_t>(gamma), mptr<acc_t>(loss),
+                with_grad ? mptr<T>(grad) : nullptr);
+        check_launch("softmax_focal_kernel");
+      });
+    });
+  });
+  return {loss, grad};
+}
+
+}  // namespace
+}  // namespace fastmine::cuda
+
+STABLE_TORCH_LIBRARY_IMPL(fastmine, CUDA, m) {
+  m.impl("sigmoid_focal", TORCH_BOX(&fastmine::cuda::sigmoid_focal_cuda));
+  m.impl("sigmoid_focal_backward", TORCH_BOX(&fastmine::cuda::sigmoid_focal_backward_cuda));
+  m.impl("focal_star", TORCH_BOX(&fastmine::cuda::focal_star_cuda));
+  m.impl("focal_star_backward", TORCH_BOX(&fastmine::cuda::focal_star_backward_cuda));
+  m.impl("softmax_focal", TORCH_BOX(&fastmine::cuda::softmax_focal_cuda));
+}
