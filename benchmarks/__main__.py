@@ -22,6 +22,14 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64,
 # CPU: the issue's target size, plus a smaller batch; both fit the ~5 min budget on 2 cores.
 # CUDA: the issue's two GPU targets.
 DEFAULT_SIZES = {"cpu": "4096x128,1024x128", "cuda": "4096x128,4096x512"}
+# --full (issue 5's report): B in {1K, 4K, 16K, 64K} x D in {128, 512, 2048} x {fp32, bf16}
+# on CUDA. On the CPU the grid stops at B = 4K, D = 512 (B = 16K takes minutes per method on
+# a few cores, 64K needs 16 GiB for one B x B float32 matrix of the eager baseline).
+FULL_SIZES = {
+    "cuda": ",".join(f"{b}x{d}" for b in (1024, 4096, 16384, 65536) for d in (128, 512, 2048)),
+    "cpu": ",".join(f"{b}x{d}" for b in (1024, 4096) for d in (128, 512)),
+}
+FULL_DTYPES = "float32,bfloat16"
 
 
 def parse_args(argv=None):
@@ -37,7 +45,12 @@ def parse_args(argv=None):
                    help="P classes per batch (overrides --samples-per-class)")
     p.add_argument("--samples-per-class", type=int, default=4, metavar="K",
                    help="K samples per class, P = B / K (default 4)")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    p.add_argument("--dtype", default="float32",
+                   help=f"one of {', '.join(DTYPES)}, or a comma-separated list (default float32)")
+    p.add_argument("--full", action="store_true",
+                   help="issue 5's report grid: every op at B in 1K..64K x D in 128..2048 x "
+                   f"{{float32, bfloat16}} on CUDA (CPU: {FULL_SIZES['cpu']}); --sizes and "
+                   "--dtype still override")
     p.add_argument("--repeats", type=int, help="timed calls per method (default cpu 10, cuda 50)")
     p.add_argument("--warmup", type=int, help="untimed calls first (default cpu 2, cuda 5)")
     p.add_argument("--max-seconds", type=float, default=20.0,
@@ -64,7 +77,21 @@ def parse_sizes(text: str):
     sys.exit(f"--sizes {text!r}: expected comma-separated BxD, e.g. 4096x128,1024x128")
 
 
+def is_oom(e: Exception) -> bool:
+    """Out of memory (CUDA's OutOfMemoryError, or a CPU allocation failure): a result of the
+    size, recorded as such, not a crash of the run."""
+    if isinstance(e, getattr(torch, "OutOfMemoryError", ())) or isinstance(e, MemoryError):
+        return True
+    msg = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg
+                                            or "not enough memory" in msg)
+
+
 def _failure(r: dict, e: Exception) -> dict:
+    if is_oom(e):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # what the failed call cached must not crowd the next
+        return {**r, "status": "oom", "reason": "out of memory"}
     if not isinstance(e, Unavailable):  # unexpected: show where, but keep the run going
         traceback.print_exc(limit=3, file=sys.stderr)
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -84,6 +111,7 @@ def prepare(m: Method, inp: Inputs, device, args):
         inp.x.grad = None  # freed now, not inside the measured call
         r["peak_extra_mib"], r["memory_method"] = memory.peak_extra_mib(step, device)
     except Exception as e:  # a baseline failing must not take the whole run down
+        step = loss = None  # drop what the failed call holds before the next method
         return _failure(r, e), None
     finally:
         inp.x.grad = None
@@ -175,15 +203,23 @@ def main(argv=None) -> int:
     on_gpu = device.type == "cuda"
     args.repeats = args.repeats or (50 if on_gpu else 10)
     args.warmup = max(1, args.warmup or (5 if on_gpu else 2))
-    dtype = DTYPES[args.dtype]
+    if args.full:
+        args.sizes = args.sizes or FULL_SIZES[device.type]
+        args.dtype = FULL_DTYPES if args.dtype == "float32" else args.dtype
+    dtype_names = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    unknown = [d for d in dtype_names if d not in DTYPES]
+    if unknown or not dtype_names:
+        sys.exit(f"--dtype {args.dtype}: expected some of {', '.join(DTYPES)}")
 
     ops = load_ops()
     if args.op != "all" and args.op not in ops:
         sys.exit(f"--op {args.op}: unknown; known: all, {', '.join(sorted(ops))}")
     chosen = sorted(ops.values(), key=lambda o: o.order) if args.op == "all" else [ops[args.op]]
     failed = []
-    for op in chosen:
-        failed += run_op(op, args, device, dtype)
+    for name in dtype_names:
+        args.dtype = name
+        for op in chosen:
+            failed += run_op(op, args, device, DTYPES[name])
     if failed:
         bar = "!" * 78
         progress(f"\n{bar}\nBENCHMARK INVALID: baselines do not compute fastmine's loss, or "

@@ -25,6 +25,9 @@ def markdown_table(op: OpBench, sizes: List[Dict]) -> str:
         size = f"{s['B']} × {s['D']}"
         for name, r in s["methods"].items():
             label = name + (" (fwd only)" if r["forward_only"] else "")
+            if r["status"] == "oom":  # a result: this method cannot run this size here
+                lines.append(f"| {size} | {label} | out of memory | | |")
+                continue
             if r["status"] != "ok":
                 lines.append(f"| {size} | {label} | n/a | | |")
                 notes.append(f"{size} {name}: n/a: {r['reason']}")

@@ -4,8 +4,12 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(fastmine, m) {
+  // `allow_tf32` (every op whose CUDA kernels run the X.R^T tile mainloop): float32 tiles
+  // may use TF32 tensor cores, as torch.backends.cuda.matmul.allow_tf32 lets cuBLAS do;
+  // fastmine.functional passes that flag. Default False: full fp32 accuracy. Ignored on the
+  // CPU and for other dtypes.
   // (B, D) x (M, D) -> (B, M) distance matrix.
-  m.def("pairwise_distance(Tensor x, Tensor y, int metric) -> Tensor");
+  m.def("pairwise_distance(Tensor x, Tensor y, int metric, bool allow_tf32=False) -> Tensor");
   // Gradients of pairwise_distance with respect to x and y, given the forward's output.
   m.def(
       "pairwise_distance_backward(Tensor grad, Tensor x, Tensor y, Tensor dist, int metric)"
@@ -16,7 +20,7 @@ TORCH_LIBRARY(fastmine, m) {
   // when has_exclude (the anchor itself).
   m.def(
       "batch_hard_triplet(Tensor x, Tensor labels, Tensor ref, Tensor ref_labels, float margin,"
-      " int metric, bool soft, bool has_exclude, int exclude_offset)"
+      " int metric, bool soft, bool has_exclude, int exclude_offset, bool allow_tf32=False)"
       " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // O(B*D) backward from the forward's mined indices: no second mining pass.
   m.def(
@@ -28,24 +32,26 @@ TORCH_LIBRARY(fastmine, m) {
   // negative) pair, the number of such triplets, and how many have a term > 0.
   m.def(
       "batch_all_triplet(Tensor x, Tensor labels, Tensor ref, Tensor ref_labels, float margin,"
-      " int metric, bool soft, bool has_exclude, int exclude_offset)"
+      " int metric, bool soft, bool has_exclude, int exclude_offset, bool allow_tf32=False)"
       " -> (Tensor, Tensor, Tensor)");
   // Gradient of sum_i grad[i] * loss_sum[i]: recomputes the distances panel by panel and
   // applies per-pair weights (active-triplet counts); triplets are never enumerated.
   m.def(
       "batch_all_triplet_backward(Tensor grad, Tensor x, Tensor labels, Tensor ref,"
       " Tensor ref_labels, float margin, int metric, bool soft, bool has_exclude,"
-      " int exclude_offset) -> (Tensor, Tensor)");
+      " int exclude_offset, bool allow_tf32=False) -> (Tensor, Tensor)");
   // Contrastive loss. Per anchor i: (pos_sum, pos_nonzero, pos_pairs, neg_sum, neg_nonzero,
   // neg_pairs) over its pairs; `triangle` = the batch against itself, pairs j > i only.
   m.def(
       "contrastive(Tensor x, Tensor labels, Tensor ref, Tensor ref_labels, float pos_margin,"
       " float neg_margin, float power, int metric, bool triangle, bool has_exclude,"
-      " int exclude_offset) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      " int exclude_offset, bool allow_tf32=False)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "contrastive_backward(Tensor grad_pos, Tensor grad_neg, Tensor x, Tensor labels,"
       " Tensor ref, Tensor ref_labels, float pos_margin, float neg_margin, float power,"
-      " int metric, bool triangle, bool has_exclude, int exclude_offset) -> (Tensor, Tensor)");
+      " int metric, bool triangle, bool has_exclude, int exclude_offset,"
+      " bool allow_tf32=False) -> (Tensor, Tensor)");
   // Contrastive loss and its gradient in one pass, for reductions whose upstream gradient is
   // one scalar ("mean", "sum"): returns (total, num_pairs, grad_x, grad_ref) with total the
   // sum of every pair's term and grad_* the gradient of total. The backward only scales
@@ -53,7 +59,8 @@ TORCH_LIBRARY(fastmine, m) {
   m.def(
       "contrastive_with_grad(Tensor x, Tensor labels, Tensor ref, Tensor ref_labels,"
       " float pos_margin, float neg_margin, float power, int metric, bool triangle,"
-      " bool has_exclude, int exclude_offset) -> (Tensor, Tensor, Tensor, Tensor)");
+      " bool has_exclude, int exclude_offset, bool allow_tf32=False)"
+      " -> (Tensor, Tensor, Tensor, Tensor)");
   // ---- focal-loss family (SPEC.md "Focal loss"); formulas in csrc/common/focal.h ----------
   // Elementwise (sigmoid focal, FL*): the forward returns the loss per element, or its 0-d
   // sum when `reduce`, and saves nothing; the backward recomputes the terms and writes

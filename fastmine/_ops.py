@@ -65,7 +65,7 @@ def _no_double_backward(op: str):
 
 
 @torch.library.register_fake("fastmine::pairwise_distance")
-def _pairwise_distance_fake(x, y, metric):
+def _pairwise_distance_fake(x, y, metric, allow_tf32=False):
     return x.new_empty((x.shape[0], y.shape[0]))
 
 
@@ -75,7 +75,7 @@ def _pairwise_distance_backward_fake(grad, x, y, dist, metric):
 
 
 def _pairwise_setup(ctx, inputs, output):
-    x, y, metric = inputs
+    x, y, metric = inputs[:3]  # allow_tf32 (inputs[3]) only concerns the forward's tiles
     ctx.save_for_backward(x, y, output)
     ctx.metric = metric
 
@@ -83,7 +83,7 @@ def _pairwise_setup(ctx, inputs, output):
 def _pairwise_backward(ctx, grad):
     x, y, dist = ctx.saved_tensors
     gx, gy = ops.pairwise_distance_backward(grad.contiguous(), x, y, dist, ctx.metric)
-    return gx, gy, None
+    return gx, gy, None, None
 
 
 torch.library.register_autograd(
@@ -100,7 +100,8 @@ torch.library.register_autograd(
 
 
 @torch.library.register_fake("fastmine::batch_hard_triplet")
-def _batch_hard_fake(x, labels, ref, ref_labels, margin, metric, soft, has_exclude, exclude_offset):
+def _batch_hard_fake(x, labels, ref, ref_labels, margin, metric, soft, has_exclude, exclude_offset,
+                     allow_tf32=False):
     b = x.shape[0]
     values = x.new_empty((b,), dtype=loss_dtype(x.dtype))
     index = x.new_empty((b,), dtype=torch.int64)
@@ -113,7 +114,7 @@ def _batch_hard_backward_fake(gl, gpd, gnd, x, ref, pos_idx, neg_idx, pos_dist, 
 
 
 def _batch_hard_setup(ctx, inputs, output):
-    x, _, ref, _, margin, metric, soft, _, _ = inputs
+    x, _, ref, _, margin, metric, soft = inputs[:7]  # the backward needs no tiles
     _, pos_idx, neg_idx, pos_dist, neg_dist = output
     ctx.save_for_backward(x, ref, pos_idx, neg_idx, pos_dist, neg_dist)
     ctx.args = (margin, metric, soft)
@@ -129,7 +130,7 @@ def _batch_hard_backward(ctx, g_loss, g_pos_idx, g_neg_idx, g_pos_dist, g_neg_di
     gx, gr = ops.batch_hard_triplet_backward(
         g_loss, g_pos_dist, g_neg_dist, x, ref, pos_idx, neg_idx, pos_dist, neg_dist, *ctx.args
     )
-    return gx, None, gr, None, None, None, None, None, None
+    return gx, None, gr, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd(
@@ -227,8 +228,8 @@ def _with_grad_backward(ctx, g_total, *unused):
     g = g_total.to(gx.dtype)
     if torch.is_grad_enabled():  # create_graph=True
         return (_RefuseDoubleBackward.apply(g, gx, x), None, _RefuseDoubleBackward.apply(g, gr, ref),
-                None, None, None, None, None, None, None, None)
-    return g * gx, None, g * gr, None, None, None, None, None, None, None, None
+                None, None, None, None, None, None, None, None, None)
+    return g * gx, None, g * gr, None, None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd(

@@ -2,6 +2,12 @@
 
 Semantics are SPEC.md's (kept in the repo as docs/semantics.md); the oracle that the
 kernels are tested against is fastmine/reference.py.
+
+Precision on CUDA: float16/bfloat16 embeddings (e.g. a model's output under
+``torch.autocast``) go through tensor cores with fp32 accumulation and return float32
+losses; float32 keeps full fp32 accuracy unless ``torch.backends.cuda.matmul.allow_tf32``
+is True, in which case the distance tiles use TF32 tensor cores as cuBLAS matmuls then do.
+The CPU computes in float32/float64 whatever the flag.
 """
 from __future__ import annotations
 
@@ -42,13 +48,25 @@ def pairwise_distance(
     metric_id = check.metric(metric)
     if y is None:
         xc = check.compute_dtype(x)
-        dist = ops.pairwise_distance(xc, xc, metric_id)
+        dist = ops.pairwise_distance(xc, xc, metric_id, _tile_tf32(xc))
     else:
         check.embeddings(y, "y")
         check.same_device([("x", x), ("y", y)])
         check.same_features(x, "x", y, "y")
-        dist = ops.pairwise_distance(check.compute_dtype(x), check.compute_dtype(y), metric_id)
+        xc = check.compute_dtype(x)
+        dist = ops.pairwise_distance(xc, check.compute_dtype(y), metric_id, _tile_tf32(xc))
     return dist.to(x.dtype)  # a matrix, not a loss: the input dtype (CPU half is upcast inside)
+
+
+def _tile_tf32(x: torch.Tensor) -> bool:
+    """Whether float32 distance tiles may use TF32 tensor cores: on CUDA, exactly when
+    ``torch.backends.cuda.matmul.allow_tf32`` lets cuBLAS do so for matmuls (off by default:
+    full fp32 accuracy). Never on the CPU, where nothing is read.
+
+    >>> _tile_tf32(torch.zeros(2, 3))
+    False
+    """
+    return x.device.type == "cuda" and x.dtype == torch.float32 and bool(torch.backends.cuda.matmul.allow_tf32)
 
 
 def _reference_set(embeddings, labels, ref_embeddings, ref_labels, self_offset):
@@ -133,7 +151,7 @@ def batch_hard_triplet_loss(
         embeddings, labels, ref_embeddings, ref_labels, self_offset
     )
     per_anchor, pos_idx, neg_idx, pos_dist, neg_dist = ops.batch_hard_triplet(
-        x, lab, ref, ref_lab, margin, metric_id, bool(soft), has_exclude, offset
+        x, lab, ref, ref_lab, margin, metric_id, bool(soft), has_exclude, offset, _tile_tf32(x)
     )
     valid = pos_idx >= 0
     if reduction == "none":
@@ -205,7 +223,7 @@ def batch_all_triplet_loss(
     if x.device.type == "cuda":
         require_kernel("batch_all_triplet", "batch_all_triplet_loss", x.device)
     per_anchor, valid, active = ops.batch_all_triplet(
-        x, lab, ref, ref_lab, margin, metric_id, bool(soft), has_exclude, offset
+        x, lab, ref, ref_lab, margin, metric_id, bool(soft), has_exclude, offset, _tile_tf32(x)
     )
     total = per_anchor.sum()
     if reduction == "sum":
@@ -273,7 +291,7 @@ def contrastive_loss(
         require_kernel("contrastive", "contrastive_loss", x.device)
     triangle = ref_embeddings is None  # the batch against itself: each pair once
     args = (x, lab, ref, ref_lab, pos_margin, neg_margin, power, metric_id, triangle,
-            has_exclude and not triangle, offset)
+            has_exclude and not triangle, offset, _tile_tf32(x))
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or ref.requires_grad)
     if reduction != "mean_nonzero" and needs_grad and x.device.type in CONTRASTIVE_WITH_GRAD_DEVICES:
         # One scalar scales the whole gradient: computed in the forward's pass, no recompute.

@@ -539,3 +539,73 @@ def focal_star_loss(
     y = torch.where(torch.isnan(targets), torch.nan, y)
     loss = -F.logsigmoid(gamma * y * logits + beta) / gamma
     return _reduce_elementwise(loss, reduction)
+
+
+# ---- row-sampled oracles for large batches ------------------------------------------------
+# At B = 50000 the (B, B) matrices above need 20 GB in float64. These give the same
+# per-anchor quantities for a few anchor rows only, each row against the whole batch
+# (O(rows x B) memory), from the same definitions: pairwise_distance, batch_hard_masks'
+# rules, hinge_pow.
+
+
+def batch_hard_rows(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    rows: torch.Tensor,
+    *,
+    margin: float = 0.3,
+    metric: str = "euclidean",
+    soft: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, pos_dist, neg_dist, valid) of the anchors `rows` of batch_hard_triplet_loss's
+    reduction="none" (the batch as its own reference set), computed in float64.
+
+    Example:
+        >>> x, lab = torch.randn(1000, 8), torch.randint(0, 50, (1000,))
+        >>> loss, dp, dn, valid = batch_hard_rows(x, lab, torch.tensor([0, 17]))
+    """
+    x = embeddings.double()
+    d = pairwise_distance(x[rows], x, metric=metric)  # (rows, B)
+    same = labels[rows][:, None] == labels[None, :]
+    pos = same.clone()
+    pos[torch.arange(len(rows)), rows] = False  # the anchor itself is not a positive
+    neg = ~same
+    pos_idx, has_pos = _arg_extreme(d, pos, largest=True)
+    neg_idx, has_neg = _arg_extreme(d, neg, largest=False)
+    valid = has_pos & has_neg
+    dp = d.gather(1, pos_idx[:, None])[:, 0]
+    dn = d.gather(1, neg_idx[:, None])[:, 0]
+    z = dp - dn + margin
+    term = torch.nn.functional.softplus(z) if soft else z.clamp(min=0)
+    zero = torch.zeros_like(z)
+    return (torch.where(valid, term, zero), torch.where(valid, dp, zero),
+            torch.where(valid, dn, zero), valid)
+
+
+def contrastive_rows(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    rows: torch.Tensor,
+    *,
+    pos_margin: float = 0.0,
+    neg_margin: float = 1.0,
+    power: float = 2,
+    metric: str = "euclidean",
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per anchor of `rows` (the batch against itself, unordered pairs i < j as
+    contrastive_pair_mask): (pos_sum, pos_pairs, neg_sum, neg_pairs) in float64.
+
+    Example:
+        >>> x, lab = torch.randn(1000, 8), torch.randint(0, 50, (1000,))
+        >>> ps, pn, ns, nn = contrastive_rows(x, lab, torch.tensor([0, 17]))
+    """
+    x = embeddings.double()
+    d = pairwise_distance(x[rows], x, metric=metric)
+    allowed = torch.arange(x.shape[0])[None, :] > rows[:, None]
+    same = labels[rows][:, None] == labels[None, :]
+    v = torch.where(same, d - pos_margin, neg_margin - d)
+    term = torch.where(allowed, hinge_pow(v, power), torch.zeros_like(v))
+    zero = torch.zeros_like(term)
+    pos, neg = allowed & same, allowed & ~same
+    return (torch.where(pos, term, zero).sum(1), pos.sum(1), torch.where(neg, term, zero).sum(1),
+            neg.sum(1))

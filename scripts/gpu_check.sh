@@ -1,25 +1,81 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (torch preinstalled, no network): build the extension,
-# run the whole test suite (CUDA tests included) and the GPU benchmarks, and leave the logs
-# and results under $OUT. Usage there:  bash scripts/gpu_check.sh
+# One call on a lent GPU machine (torch preinstalled, no network), under 10 minutes: build
+# the extension, check that the tensor-core instructions are in the binary, run the CUDA
+# tests first and then the whole suite, and the GPU benchmarks (fp32 targets, a bf16 subset,
+# the B = 65536 rows). Every stage has its own time limit, so the script always ends and
+# leaves what it got. Usage there:  bash scripts/gpu_check.sh
+#
+# Results: $OUT/summary.txt (the tail of everything) and $OUT/gpu_check.tar.gz (logs, the
+# benchmark JSON and plots per run: bench_fp32/, bench_bf16/, bench_64k/): the device tool
+# brings back at most 8 files, so everything else travels in the archive. Unpack it into
+# benchmarks/results/ to commit the numbers.
+#
 # Pure-Python test peers missing there (pytorch-metric-learning) travel as wheels in .whl/
 # (see the device tool's README); they are installed to /tmp/site when present.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
+WORK=$(mktemp -d)
 export PYTHONUNBUFFERED=1
+START=$(date +%s)
+elapsed() { echo $(( $(date +%s) - START )); }
+stage() { echo; echo "=== [$(elapsed) s] $*" | tee -a "$WORK/summary.txt"; }
+finish() {
+  stage "done"
+  tar czf "$OUT/gpu_check.tar.gz" -C "$WORK" . 2>/dev/null
+  cp "$WORK/summary.txt" "$OUT/summary.txt"
+}
+trap finish EXIT
+
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
 fi
-{ nvidia-smi; python3 -c "import torch; print(torch.__version__, torch.version.cuda)"; } > "$OUT/env.txt" 2>&1
+{ nvidia-smi; python3 -c "import torch; print(torch.__version__, torch.version.cuda)"; } \
+  > "$WORK/env.txt" 2>&1
 
-# Build: the CUDA module is required here, so a missing nvcc is an error, not a skip.
-FASTMINE_REQUIRE_CUDA=1 python3 -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1
+stage "build (CUDA module required)"
+MAX_JOBS=16 FASTMINE_REQUIRE_CUDA=1 timeout 240 \
+  python3 -m pip install --no-build-isolation --no-deps -e . > "$WORK/build.log" 2>&1
 build_rc=$?
-echo "build rc=$build_rc"
-tail -n 5 "$OUT/build.log"
+echo "build rc=$build_rc" | tee -a "$WORK/summary.txt"
+tail -n 5 "$WORK/build.log"
 [ $build_rc -eq 0 ] || exit $build_rc
 
-python3 -m pytest -q -x tests 2>&1 | tee "$OUT/tests.log" | tail -n 40
-python3 -m benchmarks --device cuda --out "$OUT" 2>&1 | tee "$OUT/bench.log" | tail -n 60
+stage "tensor-core instructions in the CUDA module (HMMA: mma.sync; FFMA: SIMT)"
+SO=$(ls fastmine/_C_cuda*.so 2>/dev/null | head -n 1)
+if command -v cuobjdump > /dev/null && [ -n "$SO" ]; then
+  cuobjdump -sass "$SO" > "$WORK/sass.txt" 2>&1
+  for arch in sm_80 sm_90; do
+    echo "$arch: HMMA $(cuobjdump -sass -arch $arch "$SO" 2>/dev/null | grep -c HMMA)," \
+      "local memory LDL/STL $(cuobjdump -sass -arch $arch "$SO" 2>/dev/null | grep -c 'LDL\|STL')" \
+      | tee -a "$WORK/summary.txt"
+  done
+else
+  echo "cuobjdump not found: SASS not checked" | tee -a "$WORK/summary.txt"
+fi
+
+stage "CUDA tests (tensor cores, large B, B = 65536 memory)"
+timeout 200 python3 -m pytest -q -x tests/test_cuda.py tests/test_cuda_all_pairs.py \
+  tests/test_cuda_tensor_cores.py tests/test_large_batch.py 2>&1 \
+  | tee "$WORK/tests_cuda.log" | tail -n 15 | tee -a "$WORK/summary.txt"
+
+stage "whole suite (minus the large-B file run above and the CPU emulator check)"
+timeout 150 python3 -m pytest -q -x tests --ignore=tests/test_large_batch.py \
+  --ignore=tests/test_emu_tensor_cores.py 2>&1 \
+  | tee "$WORK/tests_all.log" | tail -n 8 | tee -a "$WORK/summary.txt"
+
+stage "benchmarks: fp32 at the issue's target sizes (with torch.compile)"
+timeout 150 python3 -m benchmarks --device cuda --dtype float32 --sizes 1024x128,4096x128,4096x512 \
+  --max-seconds 4 --out "$WORK/bench_fp32" 2>&1 | tee "$WORK/bench_fp32.log" \
+  | grep -E '^\| |met|MISSED|INVALID' | tee -a "$WORK/summary.txt"
+
+stage "benchmarks: bf16 subset (tensor cores; no torch.compile, to fit the call)"
+timeout 80 python3 -m benchmarks --device cuda --dtype bfloat16 --sizes 4096x128,4096x512,16384x512 \
+  --no-compile --repeats 20 --max-seconds 3 --out "$WORK/bench_bf16" 2>&1 \
+  | tee "$WORK/bench_bf16.log" | grep -E '^\| |met|MISSED|INVALID' | tee -a "$WORK/summary.txt"
+
+stage "benchmarks: B = 65536 (peers out of memory is a result)"
+timeout 100 python3 -m benchmarks --device cuda --dtype float32,bfloat16 --sizes 65536x256 \
+  --no-compile --repeats 5 --warmup 1 --max-seconds 3 --out "$WORK/bench_64k" 2>&1 \
+  | tee "$WORK/bench_64k.log" | grep -E '^\| |INVALID' | tee -a "$WORK/summary.txt"

@@ -110,7 +110,7 @@ void batch_all_forward_impl(const Panels<T>& p, const int64_t* lab, const int64_
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_all_triplet_cpu(
     const at::Tensor& x, const at::Tensor& labels, const at::Tensor& ref,
     const at::Tensor& ref_labels, double margin, int64_t metric, bool soft, bool has_exclude,
-    int64_t exclude_offset) {
+    int64_t exclude_offset, bool /*allow_tf32: CUDA tiles only*/) {
   check_pair(x, ref);
   check_labels(labels, x.size(0), "labels");
   check_labels(ref_labels, ref.size(0), "ref_labels");
@@ -131,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_all_triplet_cpu(
 std::tuple<at::Tensor, at::Tensor> batch_all_triplet_backward_cpu(
     const at::Tensor& grad_, const at::Tensor& x, const at::Tensor& labels, const at::Tensor& ref,
     const at::Tensor& ref_labels, double margin, int64_t metric, bool soft, bool has_exclude,
-    int64_t exclude_offset) {
+    int64_t exclude_offset, bool /*allow_tf32: CUDA tiles only*/) {
   check_pair(x, ref);
   const at::Tensor grad = grad_.contiguous();
   const at::Tensor lab = labels.contiguous(), rlab = ref_labels.contiguous();

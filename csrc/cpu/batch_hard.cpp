@@ -200,7 +200,7 @@ void batch_hard_forward_impl(const at::Tensor& x, const at::Tensor& labels, cons
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_hard_triplet_cpu(
     const at::Tensor& x_, const at::Tensor& labels_, const at::Tensor& ref_,
     const at::Tensor& ref_labels_, double margin, int64_t metric, bool soft, bool has_exclude,
-    int64_t exclude_offset) {
+    int64_t exclude_offset, bool /*allow_tf32: CUDA tiles only*/) {
   check_pair(x_, ref_);
   check_labels(labels_, x_.size(0), "labels");
   check_labels(ref_labels_, ref_.size(0), "ref_labels");

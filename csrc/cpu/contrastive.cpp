@@ -119,7 +119,8 @@ ContrastiveOutputs contrastive_run(const at::Tensor& x, const at::Tensor& labels
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_cpu(
     const at::Tensor& x, const at::Tensor& labels, const at::Tensor& ref,
     const at::Tensor& ref_labels, double pos_margin, double neg_margin, double power,
-    int64_t metric, bool triangle, bool has_exclude, int64_t exclude_offset) {
+    int64_t metric, bool triangle, bool has_exclude, int64_t exclude_offset,
+    bool /*allow_tf32: CUDA tiles only*/) {
   const ContrastiveOutputs o = contrastive_run(x, labels, ref, ref_labels, pos_margin, neg_margin,
                                                power, metric, triangle, has_exclude,
                                                exclude_offset, nullptr, nullptr);
@@ -129,7 +130,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_with_grad_cpu(
     const at::Tensor& x, const at::Tensor& labels, const at::Tensor& ref,
     const at::Tensor& ref_labels, double pos_margin, double neg_margin, double power,
-    int64_t metric, bool triangle, bool has_exclude, int64_t exclude_offset) {
+    int64_t metric, bool triangle, bool has_exclude, int64_t exclude_offset,
+    bool /*allow_tf32: CUDA tiles only*/) {
   at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
   at::Tensor gr = at::zeros_like(ref, at::MemoryFormat::Contiguous);
   const ContrastiveOutputs o = contrastive_run(x, labels, ref, ref_labels, pos_margin, neg_margin,
@@ -143,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor> contrastive_backward_cpu(
     const at::Tensor& grad_pos_, const at::Tensor& grad_neg_, const at::Tensor& x,
     const at::Tensor& labels, const at::Tensor& ref, const at::Tensor& ref_labels,
     double pos_margin, double neg_margin, double power, int64_t metric, bool triangle,
-    bool has_exclude, int64_t exclude_offset) {
+    bool has_exclude, int64_t exclude_offset, bool /*allow_tf32: CUDA tiles only*/) {
   check_pair(x, ref);
   const at::Tensor grad_pos = grad_pos_.contiguous(), grad_neg = grad_neg_.contiguous();
   const at::Tensor lab = labels.contiguous(), rlab = ref_labels.contiguous();

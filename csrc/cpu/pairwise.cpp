@@ -9,7 +9,8 @@
 namespace fastmine::cpu {
 namespace {
 
-at::Tensor pairwise_distance_cpu(const at::Tensor& x, const at::Tensor& y, int64_t metric) {
+at::Tensor pairwise_distance_cpu(const at::Tensor& x, const at::Tensor& y, int64_t metric,
+                                 bool /*allow_tf32: CUDA tiles only*/) {
   check_pair(x, y);
   at::Tensor out = at::empty({x.size(0), y.size(0)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_cpu", [&] {

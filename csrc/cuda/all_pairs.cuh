@@ -41,8 +41,8 @@ class AllPairsGrad {
   AllPairsGrad(const Tensor& x, const Tensor& ref, const Tensor& nx2, const Tensor& nr2,
                int64_t metric, cudaStream_t stream)
       : x_(x), ref_(ref), nx2_(nx2), nr2_(nr2),
-        x_acc_(std::is_same_v<T, acc_t> ? x : torch::stable::to(x, acc_st)),
-        r_acc_(std::is_same_v<T, acc_t> ? ref : torch::stable::to(ref, acc_st)),
+        x_acc_(kStoredAsAcc<T, acc_t> ? x : torch::stable::to(x, acc_st)),
+        r_acc_(kStoredAsAcc<T, acc_t> ? ref : torch::stable::to(ref, acc_st)),
         col_coef_(torch::stable::new_zeros(x, {ref.size(0)}, acc_st)),
         gr_acc_(torch::stable::new_zeros(x, {ref.size(0), ref.size(1)}, acc_st)),
         m_(ref.size(0)), dim_(x.size(1)), metric_(metric), stream_(stream) {}

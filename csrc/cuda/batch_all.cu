@@ -318,7 +318,8 @@ std::tuple<Tensor, Tensor, Tensor> batch_all_triplet_cuda(Tensor x_, Tensor labe
                                                           Tensor ref_labels_, double margin,
                                                           int64_t metric, bool soft,
                                                           bool has_exclude,
-                                                          int64_t exclude_offset) {
+                                                          int64_t exclude_offset,
+                                                          bool allow_tf32) {
   check_args(x_, labels_, ref_, ref_labels_, metric, kFwd);
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
@@ -334,7 +335,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_all_triplet_cuda(Tensor x_, Tensor labe
   Tensor active = torch::stable::new_empty(x, {b}, ScalarType::Long);
   if (b == 0) return {loss, valid, active};
   const cudaStream_t stream = current_stream(dev);
-  dispatch_floating(st, kFwd, [&](auto tag) {
+  dispatch_floating_tf32(st, allow_tf32, kFwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
     batch_all_forward<T>(x, labels, ref, ref_labels, margin, metric, soft, has_exclude,
                          exclude_offset, loss, valid, active, stream);
@@ -416,7 +417,7 @@ void batch_all_backward(const Tensor& grad, const Tensor& x, const Tensor& label
 
 std::tuple<Tensor, Tensor> batch_all_triplet_backward_cuda(
     Tensor grad_, Tensor x_, Tensor labels_, Tensor ref_, Tensor ref_labels_, double margin,
-    int64_t metric, bool soft, bool has_exclude, int64_t exclude_offset) {
+    int64_t metric, bool soft, bool has_exclude, int64_t exclude_offset, bool allow_tf32) {
   check_args(x_, labels_, ref_, ref_labels_, metric, kBwd);
   const int64_t b = x_.size(0), m = ref_.size(0), dim = x_.size(1);
   const ScalarType st = x_.scalar_type();
@@ -436,7 +437,7 @@ std::tuple<Tensor, Tensor> batch_all_triplet_backward_cuda(
   Tensor gx = torch::stable::new_empty(x, {b, dim});
   Tensor gr = torch::stable::new_empty(ref, {m, dim});
   const cudaStream_t stream = current_stream(dev);
-  dispatch_floating(st, kBwd, [&](auto tag) {
+  dispatch_floating_tf32(st, allow_tf32, kBwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
     batch_all_backward<T>(grad, x, labels, ref, ref_labels, margin, metric, soft, has_exclude,
                           exclude_offset, gx, gr, stream);

@@ -19,6 +19,16 @@
 // for float64 scores too (a packed key has 32 bits for the value: float64 would have to be
 // rounded, and NaN payloads/signs need extra care), with no 64-bit atomics. The partials
 // are small (n_splits * B entries, n_splits ~ 2 * SMs / row tiles).
+//
+// Why every tile (I, J) and not only I <= J when the batch is its own reference set: each
+// anchor needs the arg-max / arg-min over its whole row. A tile computed once for both
+// (I, J) and (J, I) would have to hand its column-wise bests to the blocks of row tile J,
+// i.e. per-(row tile, column) partials: (B / 64) x B entries, 1 GiB at B = 65536 for the
+// value + index pairs, or 64-bit atomics on packed keys (which cannot carry a float64
+// score). The saving is at most half the mainloop at the price of a second, transposed
+// epilogue per tile (SIMT work comparable to the tensor-core mainloop for bf16 at D = 128)
+// and that memory; the forward is one GEMM-equivalent and the backward none, so the loss
+// already sits at about one X.X^T. Contrastive (pairs i < j) does skip the lower triangle.
 #include "common/distance.h"
 #include "common/triplet.h"
 #include "cuda/cuda_utils.cuh"
@@ -88,7 +98,7 @@ void batch_hard_forward(const Tensor& x, const Tensor& labels, const Tensor& ref
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_hard_triplet_cuda(
     Tensor x_, Tensor labels_, Tensor ref_, Tensor ref_labels_, double margin, int64_t metric,
-    bool soft, bool has_exclude, int64_t exclude_offset) {
+    bool soft, bool has_exclude, int64_t exclude_offset, bool allow_tf32) {
   check_pair(x_, ref_, kOp);
   STD_TORCH_CHECK(metric >= kEuclidean && metric <= kCosine, "fastmine.", kOp,
                   ": unknown metric id ", metric);
@@ -111,7 +121,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_hard_triplet_cuda(
   Tensor neg_idx = torch::stable::new_empty(x, {b}, ScalarType::Long);
   if (b == 0) return {loss, pos_idx, neg_idx, pos_dist, neg_dist};
   const cudaStream_t stream = current_stream(dev);
-  dispatch_floating(st, kOp, [&](auto tag) {
+  dispatch_floating_tf32(st, allow_tf32, kOp, [&](auto tag) {
     using T = typename decltype(tag)::type;
     batch_hard_forward<T>(x, labels, ref, ref_labels, margin, metric, soft, has_exclude,
                           exclude_offset, loss, pos_idx, neg_idx, pos_dist, neg_dist, dev,

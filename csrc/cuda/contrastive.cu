@@ -86,7 +86,7 @@ void contrastive_forward(const Tensor& x, const Tensor& labels, const Tensor& re
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> contrastive_cuda(
     Tensor x_, Tensor labels_, Tensor ref_, Tensor ref_labels_, double pos_margin,
     double neg_margin, double power, int64_t metric, bool triangle, bool has_exclude,
-    int64_t exclude_offset) {
+    int64_t exclude_offset, bool allow_tf32) {
   check_args(x_, labels_, ref_, ref_labels_, metric, kFwd);
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
@@ -105,7 +105,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> contrastive_cuda(
                    torch::stable::new_empty(x, {b}, ScalarType::Long)};
   if (b > 0) {
     const cudaStream_t stream = current_stream(dev);
-    dispatch_floating(st, kFwd, [&](auto tag) {
+    dispatch_floating_tf32(st, allow_tf32, kFwd, [&](auto tag) {
       using T = typename decltype(tag)::type;
       contrastive_forward<T>(x, labels, ref, ref_labels, metric,
                              make_params<acc_of_t<T>>(pos_margin, neg_margin, power, triangle,
@@ -147,7 +147,7 @@ void contrastive_backward(const Tensor& grad_pos, const Tensor& grad_neg, const 
 std::tuple<Tensor, Tensor> contrastive_backward_cuda(
     Tensor grad_pos_, Tensor grad_neg_, Tensor x_, Tensor labels_, Tensor ref_, Tensor ref_labels_,
     double pos_margin, double neg_margin, double power, int64_t metric, bool triangle,
-    bool has_exclude, int64_t exclude_offset) {
+    bool has_exclude, int64_t exclude_offset, bool allow_tf32) {
   check_args(x_, labels_, ref_, ref_labels_, metric, kBwd);
   const int64_t b = x_.size(0), m = ref_.size(0), dim = x_.size(1);
   const ScalarType st = x_.scalar_type();
@@ -169,7 +169,7 @@ std::tuple<Tensor, Tensor> contrastive_backward_cuda(
   Tensor gx = torch::stable::new_empty(x, {b, dim});
   Tensor gr = torch::stable::new_empty(ref, {m, dim});
   const cudaStream_t stream = current_stream(dev);
-  dispatch_floating(st, kBwd, [&](auto tag) {
+  dispatch_floating_tf32(st, allow_tf32, kBwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
     contrastive_backward<T>(grad_pos, grad_neg, x, labels, ref, ref_labels, metric,
                             make_params<acc_of_t<T>>(pos_margin, neg_margin, power, triangle,

@@ -128,6 +128,17 @@ void dispatch_floating(ScalarType st, const char* op, Fn&& fn) {
   }
 }
 
+// dispatch_floating, except that float32 goes to T = tf32_t where allow_tf32 (the tile
+// mainloop then runs on TF32 tensor cores; everything else reads the same floats).
+template <typename Fn>
+void dispatch_floating_tf32(ScalarType st, bool allow_tf32, const char* op, Fn&& fn) {
+  if (st == ScalarType::Float && allow_tf32) {
+    fn(TypeTag<tf32_t>{});
+  } else {
+    dispatch_floating(st, op, std::forward<Fn>(fn));
+  }
+}
+
 // The torch dtype of an accumulation type (losses, mined distances, GEMM operands).
 template <typename acc_t>
 constexpr ScalarType scalar_type_of() {

@@ -17,16 +17,31 @@ namespace fastmine::cuda {
 constexpr int kWarp = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
 
+// float32 data whose X.R^T tiles may use TF32 tensor cores (the caller opted in, as
+// torch.backends.cuda.matmul.allow_tf32 does for cuBLAS): the same 4 bytes as a float, a
+// distinct type so that the launchers' dtype dispatch selects the TF32 mainloop at compile
+// time (dot_tile.cuh) while every other use reads it as the float it is.
+struct alignas(4) tf32_t {
+  float v;
+};
+
 // Accumulation type: float for float32/float16/bfloat16, double for float64.
 template <typename T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
 template <typename T> using acc_of_t = typename AccOf<T>::type;
+
+// True where a T tensor already holds acc_t values bit for bit (no conversion copy needed
+// for a GEMM operand in acc_t).
+template <typename T, typename acc_t>
+inline constexpr bool kStoredAsAcc =
+    std::is_same_v<T, acc_t> || (std::is_same_v<T, tf32_t> && std::is_same_v<acc_t, float>);
 
 // Element <-> accumulator conversions. Explicit intrinsics: torch's build flags define
 // __CUDA_NO_HALF_CONVERSIONS__ / __CUDA_NO_BFLOAT16_CONVERSIONS__.
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(tf32_t v) { return v.v; }
 
 template <typename acc_t, typename T>
 __device__ __forceinline__ acc_t to_acc(T v) {
@@ -43,6 +58,8 @@ __device__ __forceinline__ T from_acc(acc_t v) {
     return __float2half_rn(static_cast<float>(v));
   } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     return __float2bfloat16_rn(static_cast<float>(v));
+  } else if constexpr (std::is_same_v<T, tf32_t>) {
+    return tf32_t{static_cast<float>(v)};
   } else {
     return static_cast<T>(v);
   }

@@ -1,8 +1,13 @@
 // The tiled dot-product mainloop shared by every "X . R^T then reduce" kernel: one thread
 // block computes a BM x BN tile of dot products <x_i, r_j>, staged through shared memory in
 // BK-wide slices of the D axis, and leaves them in registers for the caller's epilogue
-// (a distance matrix, a row arg-max, ...). SIMT FMA in the accumulation type (float for
-// float32/float16/bfloat16, double for float64); tensor cores are a later step.
+// (a distance matrix, a row arg-max, ...). Two mainloops, chosen at compile time:
+//   * SIMT FMA in the accumulation type (float32: float, float64: double), below; fp32
+//     keeps full fp32 accuracy by default;
+//   * tensor cores (mma_tile.cuh) for float16/bfloat16 (mma.sync m16n8k16, fp32
+//     accumulation), and for float32 only where the user opted in to TF32: the launchers
+//     then dispatch float32 tensors as tf32_t (device_utils.cuh), the same bits.
+// Both hand over the same per-thread layout, so the epilogues are shared.
 //
 // Thread layout (256 threads): tx = tid % 16 indexes columns, ty = tid / 16 rows. Each
 // thread owns a 4 x 4 micro-tile: rows 4*ty + i, columns 4*tx + j (i, j < 4), so that each
@@ -110,14 +115,13 @@ __device__ __forceinline__ void store_slice(acc_t (&dst)[TileCfg::BK][TileCfg::B
   }
 }
 
-// acc[i][j] = <x[row0 + row_of(ty, i)], y[col0 + col_of(tx, j)]> (0 out of range).
-// Must be called by all THREADS threads of the block (it synchronises). Ends with a
-// __syncthreads, so the caller may call it again at once (e.g. for the next column tile).
+// The SIMT mainloop (float32/float64; float16/bfloat16 too where FASTMINE_SIMT_HALF forces
+// it, for comparisons). Same contract as dot_tile below.
 template <typename T, typename acc_t>
-__device__ __forceinline__ void dot_tile(const T* __restrict__ x, int64_t nx, int64_t row0,
-                                         const T* __restrict__ y, int64_t ny, int64_t col0,
-                                         int64_t dim, DotTileSmem<acc_t>& sm,
-                                         acc_t (&acc)[TileCfg::TM][TileCfg::TN]) {
+__device__ __forceinline__ void dot_tile_simt(const T* __restrict__ x, int64_t nx, int64_t row0,
+                                              const T* __restrict__ y, int64_t ny, int64_t col0,
+                                              int64_t dim, DotTileSmem<acc_t>& sm,
+                                              acc_t (&acc)[TileCfg::TM][TileCfg::TN]) {
   constexpr int BK = TileCfg::BK, TM = TileCfg::TM, TN = TileCfg::TN;
   const int tx = threadIdx.x % TileCfg::TX, ty = threadIdx.x / TileCfg::TX;
 #pragma unroll
@@ -161,6 +165,43 @@ __device__ __forceinline__ void dot_tile(const T* __restrict__ x, int64_t nx, in
       store_slice(sm.b[cur ^ 1], rb);
     }
     __syncthreads();
+  }
+}
+
+}  // namespace fastmine::cuda
+
+#define FASTMINE_DOT_TILE_INTERNAL
+#include "cuda/mma_tile.cuh"
+#undef FASTMINE_DOT_TILE_INTERNAL
+
+namespace fastmine::cuda {
+
+// True where T's tiles go through tensor cores by default (float16 and bfloat16).
+template <typename T>
+inline constexpr bool kTensorCoreType =
+#if defined(FASTMINE_SIMT_HALF)
+    false;
+#else
+    std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
+#endif
+
+// acc[i][j] = <x[row0 + row_of(ty, i)], y[col0 + col_of(tx, j)]> (0 out of range).
+// Must be called by all THREADS threads of the block (it synchronises). Ends with a
+// __syncthreads, so the caller may call it again at once (e.g. for the next column tile).
+// T = tf32_t: float32 data on TF32 tensor cores (m16n8k8) instead of fp32 FMA.
+template <typename T, typename acc_t>
+__device__ __forceinline__ void dot_tile(const T* __restrict__ x, int64_t nx, int64_t row0,
+                                         const T* __restrict__ y, int64_t ny, int64_t col0,
+                                         int64_t dim, DotTileSmem<acc_t>& sm,
+                                         acc_t (&acc)[TileCfg::TM][TileCfg::TN]) {
+  if constexpr (kTensorCoreType<T>) {
+    dot_tile_mma<MmaMode::kHalf, T>(x, nx, row0, y, ny, col0, dim, sm, acc);
+  } else if constexpr (std::is_same_v<T, tf32_t>) {
+    dot_tile_mma<MmaMode::kTf32, float>(reinterpret_cast<const float*>(x), nx, row0,
+                                        reinterpret_cast<const float*>(y), ny, col0, dim, sm,
+                                        acc);
+  } else {
+    dot_tile_simt<T, acc_t>(x, nx, row0, y, ny, col0, dim, sm, acc);
   }
 }
 

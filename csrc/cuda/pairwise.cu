@@ -44,7 +44,7 @@ void pairwise_forward(const Tensor& x, const Tensor& y, int64_t metric, Tensor& 
   check_launch("pairwise_distance_kernel");
 }
 
-Tensor pairwise_distance_cuda(Tensor x_, Tensor y_, int64_t metric) {
+Tensor pairwise_distance_cuda(Tensor x_, Tensor y_, int64_t metric, bool allow_tf32) {
   check_pair(x_, y_, kFwd);
   STD_TORCH_CHECK(metric >= kEuclidean && metric <= kCosine, "fastmine.", kFwd,
                   ": unknown metric id ", metric);
@@ -56,7 +56,7 @@ Tensor pairwise_distance_cuda(Tensor x_, Tensor y_, int64_t metric) {
   Tensor out = torch::stable::new_empty(x, {b, m});
   if (b == 0 || m == 0) return out;
   const cudaStream_t stream = current_stream(dev);
-  dispatch_floating(x.scalar_type(), kFwd, [&](auto tag) {
+  dispatch_floating_tf32(x.scalar_type(), allow_tf32, kFwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
     pairwise_forward<T>(x, y, metric, out, stream);
   });
