@@ -12,6 +12,8 @@ from .functional import (
     pairwise_distance,
 )
 
+from .miners import mine_batch_hard, mine_triplets
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -22,4 +24,6 @@ __all__ = [
     "CUDA_AVAILABLE",
     "batch_hard_triplet_loss",
     "pairwise_distance",
+    "mine_batch_hard",
+    "mine_triplets",
 ]
