@@ -93,4 +93,13 @@ TORCH_LIBRARY(fastmine, m) {
   m.def(
       "centroid_triplet_backward(Tensor grad, Tensor x, Tensor labels, Tensor centroids,"
       " Tensor dist, bool need_centroid_grad) -> (Tensor, Tensor)");
+  // ---- miners (no gradient) ----
+  // Margin-filtered triplets (pytorch-metric-learning's TripletMarginMiner): every
+  // (anchor, positive, negative) whose t = d_an - d_ap passes `type` (0 all: t <= margin,
+  // 1 hard: t <= min(margin, 0), 2 semihard: 0 < t <= margin, 3 easy: t > margin), as three
+  // int64 index vectors of one data-dependent length, anchors ascending, then positives,
+  // then negatives. Counts per anchor first, then fills each anchor's slice.
+  m.def(
+      "mine_triplets(Tensor x, Tensor labels, Tensor ref, Tensor ref_labels, float margin,"
+      " int type, int metric, bool has_exclude, int exclude_offset) -> (Tensor, Tensor, Tensor)");
 }

@@ -12,6 +12,8 @@ from .functional import (
     pairwise_distance,
 )
 
+from .miners import mine_batch_hard, mine_triplets
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -22,6 +24,8 @@ __all__ = [
     "CUDA_AVAILABLE",
     "batch_hard_triplet_loss",
     "pairwise_distance",
+    "mine_batch_hard",
+    "mine_triplets",
 ]
 
 # Ecosystem layer (issue 6): loss modules, cross-batch memory, torch.distributed mining.

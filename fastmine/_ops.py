@@ -368,4 +368,24 @@ torch.library.register_autograd(
     "fastmine::centroid_triplet_backward",
     _no_double_backward("centroid_triplet_loss"),
     setup_context=lambda ctx, inputs, output: None,
+
+
+# ---- miners: integer outputs, no autograd -------------------------------------------------
+
+
+@torch.library.register_fake("fastmine::mine_triplets")
+def _mine_triplets_fake(x, labels, ref, ref_labels, margin, type, metric, has_exclude, exclude_offset):
+    # The number of triplets depends on the data: one unbacked size shared by all three.
+    n = torch.library.get_ctx().new_dynamic_size()
+    return tuple(x.new_empty((n,), dtype=torch.int64) for _ in range(3))
+
+
+def _no_gradient(ctx, *grads):
+    raise RuntimeError("fastmine.mine_triplets: mining has no gradient (its outputs are indices)")
+
+
+# Integer outputs: autograd never calls this; registered so that an input requiring grad is
+# an explicit "no gradient" rather than a missing autograd kernel.
+torch.library.register_autograd(
+    "fastmine::mine_triplets", _no_gradient, setup_context=lambda ctx, inputs, output: None
 )

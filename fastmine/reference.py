@@ -609,3 +609,88 @@ def contrastive_rows(
     pos, neg = allowed & same, allowed & ~same
     return (torch.where(pos, term, zero).sum(1), pos.sum(1), torch.where(neg, term, zero).sum(1),
             neg.sum(1))
+
+
+# ---- miners (SPEC "Miners") ------------------------------------------------------------------
+
+TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
+
+
+def mine_batch_hard(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    metric: str = "euclidean",
+    ref_embeddings: Optional[torch.Tensor] = None,
+    ref_labels: Optional[torch.Tensor] = None,
+    self_offset: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(a, p, n): one triplet per valid anchor (a positive and a negative exist), anchors
+    ascending, p the farthest positive and n the nearest negative (lowest index on exact
+    ties, a NaN candidate wins: batch_hard_select's rules)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    ref = embeddings if ref_embeddings is None else ref_embeddings
+    with torch.no_grad():
+        dist = pairwise_distance(embeddings, ref, metric=metric)
+        pos_mask, neg_mask = batch_hard_masks(labels, ref_labels, self_offset)
+        pos_idx, neg_idx, valid = batch_hard_select(dist, pos_mask, neg_mask)
+    a = torch.arange(embeddings.shape[0], device=embeddings.device)[valid]
+    return a, pos_idx[valid], neg_idx[valid]
+
+
+def triplet_margins(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    metric: str = "euclidean",
+    ref_embeddings: Optional[torch.Tensor] = None,
+    ref_labels: Optional[torch.Tensor] = None,
+    self_offset: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(t, valid): the (B, M, M) cube t[a, p, n] = d(a, n) - d(a, p) and the mask of valid
+    triplets (p a positive of a, n a negative of a). Plain B x M x M: small inputs only."""
+    ref = embeddings if ref_embeddings is None else ref_embeddings
+    dist = pairwise_distance(embeddings, ref, metric=metric)
+    pos_mask, neg_mask = batch_hard_masks(labels, ref_labels, self_offset)
+    t = dist[:, None, :] - dist[:, :, None]
+    return t, pos_mask[:, :, None] & neg_mask[:, None, :]
+
+
+def triplet_type_mask(t: torch.Tensor, margin: float, type: str) -> torch.Tensor:
+    """Which margins t pass PML's TripletMarginMiner test for `type` (strict where PML is:
+    semihard 0 < t, easy t > margin; "<=" elsewhere)."""
+    if type == "all":
+        return t <= margin
+    if type == "hard":
+        return (t <= margin) & (t <= 0)
+    if type == "semihard":
+        return (t <= margin) & (t > 0)
+    if type == "easy":
+        return t > margin
+    raise ValueError(f"type must be one of {TRIPLET_TYPES}, got {type!r}")
+
+
+def mine_triplets(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float = 0.2,
+    type: str = "all",
+    metric: str = "euclidean",
+    ref_embeddings: Optional[torch.Tensor] = None,
+    ref_labels: Optional[torch.Tensor] = None,
+    self_offset: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(a, p, n): every valid triplet whose margin t = d(a, n) - d(a, p) passes `type`, in
+    row-major (a, p, n) order, by enumerating the B x M x M cube. A non-finite distance
+    among a valid triplet's raises ValueError (fastmine refuses to mine on NaN)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    with torch.no_grad():
+        t, valid = triplet_margins(embeddings, labels, metric=metric, ref_embeddings=ref_embeddings,
+                                   ref_labels=ref_labels, self_offset=self_offset)
+        if not torch.isfinite(t[valid]).all():
+            raise ValueError("non-finite distance: refusing to mine")
+        a, p, n = torch.nonzero(valid & triplet_type_mask(t, margin, type), as_tuple=True)
+    return a, p, n

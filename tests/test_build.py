@@ -53,6 +53,9 @@ def cuda_source_ops():
 
 
 CUDA_OPS = tuple(FOUNDATION_CUDA_OPS) + tuple(op for op in ALL_PAIRS_OPS if op in cuda_source_ops())
+# The miners' op (csrc/cuda/miners.cu): required.
+MINER_CUDA_OPS = ("mine_triplets",)
+CUDA_OPS += MINER_CUDA_OPS
 
 
 def test_ops_cpp_defines_the_cuda_ops():
