@@ -368,6 +368,7 @@ torch.library.register_autograd(
     "fastmine::centroid_triplet_backward",
     _no_double_backward("centroid_triplet_loss"),
     setup_context=lambda ctx, inputs, output: None,
+)
 
 
 # ---- miners: integer outputs, no autograd -------------------------------------------------
