@@ -11,6 +11,8 @@ from .functional import (
     contrastive_loss,
     pairwise_distance,
 )
+from ._types import SemiHardInfo
+from .semi_hard import mine_semi_hard, semi_hard_triplet_loss
 
 __version__ = "0.1.0"
 
@@ -22,4 +24,7 @@ __all__ = [
     "CUDA_AVAILABLE",
     "batch_hard_triplet_loss",
     "pairwise_distance",
+    "SemiHardInfo",
+    "mine_semi_hard",
+    "semi_hard_triplet_loss",
 ]
