@@ -53,6 +53,9 @@ def cuda_source_ops():
 
 
 CUDA_OPS = tuple(FOUNDATION_CUDA_OPS) + tuple(op for op in ALL_PAIRS_OPS if op in cuda_source_ops())
+# Semi-hard triplet loss (issue 4): csrc/cuda/semi_hard.cu registers both, so both are required.
+SEMI_HARD_CUDA_OPS = ("semi_hard_triplet", "semi_hard_triplet_backward")
+CUDA_OPS = CUDA_OPS + SEMI_HARD_CUDA_OPS
 
 
 def test_ops_cpp_defines_the_cuda_ops():
@@ -129,3 +132,7 @@ def test_cuda_module_built_and_registers_cuda_kernels():
     assert line, proc.stdout + proc.stderr
     missing = [m for m in line[-1][len("MISSING:"):].split(",") if m]
     assert not missing, f"{os.path.basename(cuda[0])} registers no CUDA kernel for: {missing}"
+
+
+def test_cuda_sources_register_the_semi_hard_ops():
+    assert set(SEMI_HARD_CUDA_OPS) <= cuda_source_ops()
