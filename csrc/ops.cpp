@@ -102,4 +102,18 @@ TORCH_LIBRARY(fastmine, m) {
   m.def(
       "mine_triplets(Tensor x, Tensor labels, Tensor ref, Tensor ref_labels, float margin,"
       " int type, int metric, bool has_exclude, int exclude_offset) -> (Tensor, Tensor, Tensor)");
+  // ---- semi-hard triplet loss (FaceNet / TF-Addons): one triplet per positive pair ----
+  // Outputs have one entry per positive pair (i, p) whose anchor has a negative, pairs in
+  // row-major (i, p) order (P is data-dependent): (loss, anchor_idx, pos_idx, neg_idx,
+  // pos_dist, neg_dist), plus `nonfinite`, a 0-dim tensor that is NaN when any row of x or
+  // ref is non-finite (also one that forms no pair) and 0 otherwise.
+  m.def(
+      "semi_hard_triplet(Tensor x, Tensor labels, Tensor ref, Tensor ref_labels, float margin,"
+      " int metric, bool has_exclude, int exclude_offset)"
+      " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // O(P*D) backward from the forward's triplets: no second mining pass.
+  m.def(
+      "semi_hard_triplet_backward(Tensor grad_loss, Tensor grad_pos_dist, Tensor grad_neg_dist,"
+      " Tensor x, Tensor ref, Tensor anchor_idx, Tensor pos_idx, Tensor neg_idx,"
+      " Tensor pos_dist, Tensor neg_dist, float margin, int metric) -> (Tensor, Tensor)");
 }

@@ -11,6 +11,8 @@ from .functional import (
     contrastive_loss,
     pairwise_distance,
 )
+from ._types import SemiHardInfo
+from .semi_hard import mine_semi_hard, semi_hard_triplet_loss
 
 from .miners import mine_batch_hard, mine_triplets
 
@@ -26,6 +28,9 @@ __all__ = [
     "pairwise_distance",
     "mine_batch_hard",
     "mine_triplets",
+    "SemiHardInfo",
+    "mine_semi_hard",
+    "semi_hard_triplet_loss",
 ]
 
 # Ecosystem layer (issue 6): loss modules, cross-batch memory, torch.distributed mining.

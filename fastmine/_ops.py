@@ -390,3 +390,53 @@ def _no_gradient(ctx, *grads):
 torch.library.register_autograd(
     "fastmine::mine_triplets", _no_gradient, setup_context=lambda ctx, inputs, output: None
 )
+
+
+# ---- semi_hard_triplet: one triplet per positive pair (a data-dependent count P) ---------
+
+
+@torch.library.register_fake("fastmine::semi_hard_triplet")
+def _semi_hard_fake(x, labels, ref, ref_labels, margin, metric, has_exclude, exclude_offset):
+    # P (the number of positive pairs whose anchor has a negative) depends on the labels'
+    # values: an unbacked size, at most B * M.
+    p = torch.library.get_ctx().new_dynamic_size()
+    values = x.new_empty((p,), dtype=loss_dtype(x.dtype))
+    index = x.new_empty((p,), dtype=torch.int64)
+    return (values, index, _like(index), _like(index), _like(values), _like(values),
+            x.new_empty((), dtype=loss_dtype(x.dtype)))
+
+
+@torch.library.register_fake("fastmine::semi_hard_triplet_backward")
+def _semi_hard_backward_fake(gl, gpd, gnd, x, ref, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist,
+                             margin, metric):
+    return _like(x), _like(ref)
+
+
+def _semi_hard_setup(ctx, inputs, output):
+    x, _, ref, _, margin, metric, _, _ = inputs
+    _, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist, _ = output
+    ctx.save_for_backward(x, ref, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist)
+    ctx.args = (margin, metric)
+
+
+def _semi_hard_backward(ctx, g_loss, g_a, g_p, g_n, g_pos_dist, g_neg_dist, g_nonfinite):
+    x, ref, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist = ctx.saved_tensors
+    g_loss, g_pos_dist, g_neg_dist = (
+        torch.zeros_like(pos_dist) if g is None else g.contiguous()
+        for g in (g_loss, g_pos_dist, g_neg_dist)
+    )
+    gx, gr = ops.semi_hard_triplet_backward(
+        g_loss, g_pos_dist, g_neg_dist, x, ref, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist,
+        *ctx.args
+    )
+    return gx, None, gr, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "fastmine::semi_hard_triplet", _semi_hard_backward, setup_context=_semi_hard_setup
+)
+torch.library.register_autograd(
+    "fastmine::semi_hard_triplet_backward",
+    _no_double_backward("semi_hard_triplet_loss"),
+    setup_context=lambda ctx, inputs, output: None,
+)

@@ -694,3 +694,115 @@ def mine_triplets(
             raise ValueError("non-finite distance: refusing to mine")
         a, p, n = torch.nonzero(valid & triplet_type_mask(t, margin, type), as_tuple=True)
     return a, p, n
+
+
+# ---- semi-hard triplet loss (SPEC "Semi-hard") ----------------------------------------------
+
+REDUCTIONS_SEMI_HARD = ("mean", "sum", "none")
+
+
+def semi_hard_select(
+    dist: torch.Tensor, pos_mask: torch.Tensor, neg_mask: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(anchor, positive, negative) int64 indices, one triplet per positive pair (i, p) whose
+    anchor has a negative, pairs in row-major (i, p) order.
+
+    n* = the negative with the smallest d_in among those with d_in > d_ip (lowest index on
+    exact ties); if there is none, the negative with the largest d_in (TF's fallback). A NaN
+    among the anchor's negative distances wins (its lowest index), so it cannot be skipped.
+    Materialises one (pairs, M) row per pair: plain, not fast.
+    """
+    d = dist.detach()
+    a, p = (pos_mask & neg_mask.any(1, keepdim=True)).nonzero(as_tuple=True)
+    drow, nmask = d[a], neg_mask[a]  # (P, M)
+    harder = nmask & (drow > d[a, p][:, None])  # NaN compares False on both sides
+    semi, has_semi = _arg_extreme(drow, harder, largest=False)
+    easy, _ = _arg_extreme(drow, nmask, largest=True)
+    n = torch.where(has_semi, semi, easy)
+    nan_neg = nmask & torch.isnan(drow)
+    n = torch.where(nan_neg.any(1), nan_neg.int().argmax(1), n)
+    return a, p, n
+
+
+def _poison_if_not_finite(loss: torch.Tensor, *embeddings: torch.Tensor) -> torch.Tensor:
+    """loss + NaN when any embedding is non-finite (also one that forms no pair)."""
+    finite = torch.stack([torch.isfinite(e).all() for e in embeddings]).all()
+    return loss + torch.where(finite, 0.0, float("nan")).to(loss.dtype)
+
+
+def semi_hard_from_indices(
+    embeddings: torch.Tensor,
+    anchor_idx: torch.Tensor,
+    pos_idx: torch.Tensor,
+    neg_idx: torch.Tensor,
+    *,
+    margin: float = 0.3,
+    metric: str = "euclidean",
+    reduction: str = "mean",
+    ref_embeddings: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The semi-hard loss for *given* triplets. Returns (loss, per_pair, pos_dist, neg_dist).
+
+    Tests use it to check a kernel's loss and gradients at the kernel's own choices (a near
+    tie may let it pick another, equally valid negative)."""
+    ref = embeddings if ref_embeddings is None else ref_embeddings
+    xa = embeddings[anchor_idx]
+    d_pos = pairwise_distance_rows(xa, ref[pos_idx], metric)
+    d_neg = pairwise_distance_rows(xa, ref[neg_idx], metric)
+    per_pair = torch.relu(d_pos - d_neg + margin)  # relu keeps NaN
+    if reduction == "none":
+        return per_pair, per_pair, d_pos, d_neg
+    total = per_pair.sum()
+    if reduction == "mean":
+        total = total / max(per_pair.numel(), 1)
+    elif reduction != "sum":
+        raise ValueError(f"reduction must be one of {REDUCTIONS_SEMI_HARD}, got {reduction!r}")
+    return _poison_if_not_finite(total, embeddings, ref), per_pair, d_pos, d_neg
+
+
+def semi_hard_triplet_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    margin: float = 0.3,
+    metric: str = "euclidean",
+    reduction: str = "mean",
+    ref_embeddings: Optional[torch.Tensor] = None,
+    ref_labels: Optional[torch.Tensor] = None,
+    self_offset: Optional[int] = None,
+    return_info: bool = False,
+):
+    """Semi-hard triplet loss exactly as SPEC.md "Semi-hard" defines it (FaceNet, TF-Addons'
+    triplet_semihard_loss, but 0.0 rather than NaN when there is no pair).
+
+    Each positive pair (i, p) with a negative costs max(d_ip - d_in* + margin, 0), n* from
+    semi_hard_select. reduction: "mean" over the pairs, "sum", "none" (one value per pair,
+    row-major (i, p) order). "mean"/"sum" are NaN when any embedding is non-finite.
+    """
+    _check_common(metric, reduction, REDUCTIONS_SEMI_HARD, ref_embeddings, ref_labels, self_offset)
+    from ._types import SemiHardInfo
+
+    ref = embeddings if ref_embeddings is None else ref_embeddings
+    dist = pairwise_distance(embeddings, ref, metric=metric)
+    pos_mask, neg_mask = batch_hard_masks(labels, ref_labels, self_offset)
+    a, p, n = semi_hard_select(dist, pos_mask, neg_mask)
+    per_pair = torch.relu(dist[a, p] - dist[a, n] + margin)
+    if reduction == "none":
+        loss = per_pair
+    else:
+        loss = per_pair.sum()
+        if reduction == "mean":
+            loss = loss / max(per_pair.numel(), 1)
+        loss = _poison_if_not_finite(loss, embeddings, ref)
+    if not return_info:
+        return loss
+    with torch.no_grad():
+        num_pairs = torch.tensor(a.numel(), device=a.device)
+        num_active = (per_pair > 0).sum()
+        info = SemiHardInfo(
+            anchor_idx=a, pos_idx=p, neg_idx=n,
+            pos_dist=dist[a, p].detach(), neg_dist=dist[a, n].detach(),
+            num_pairs=num_pairs, num_active=num_active,
+            active_fraction=num_active.to(torch.float32) / num_pairs.clamp(min=1).to(torch.float32),
+        )
+    return loss, info

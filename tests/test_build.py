@@ -58,6 +58,11 @@ MINER_CUDA_OPS = ("mine_triplets",)
 CUDA_OPS += MINER_CUDA_OPS
 
 
+# Semi-hard triplet loss (issue 4): csrc/cuda/semi_hard.cu registers both, so both are required.
+SEMI_HARD_CUDA_OPS = ("semi_hard_triplet", "semi_hard_triplet_backward")
+CUDA_OPS = CUDA_OPS + SEMI_HARD_CUDA_OPS
+
+
 def test_ops_cpp_defines_the_cuda_ops():
     assert set(schema_ops()) >= set(CUDA_OPS)
     assert set(schema_ops()) >= set(ALL_PAIRS_OPS)
@@ -155,3 +160,7 @@ def test_cuda_module_registers_focal_centroid_kernels():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("MISSING:")]
     assert line and line[-1] == "MISSING:", proc.stdout + proc.stderr
+
+
+def test_cuda_sources_register_the_semi_hard_ops():
+    assert set(SEMI_HARD_CUDA_OPS) <= cuda_source_ops()

@@ -1,0 +1,88 @@
+"""Semi-hard triplet loss (SPEC.md; FaceNet / TF-Addons' triplet_semihard_loss): fastmine
+against vectorized PyTorch versions of it."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..baselines import compiled, matmul_floor
+from ..registry import Inputs, Method, OpBench, Target, fwd_bwd
+
+MARGIN = 0.3  # fastmine's default
+
+# Anchors per chunk of the TF-style (anchors, positives, negatives) mask: bounds the
+# temporaries at ~64M elements (TF materialises all B^3 of them at once: 34 GB at B = 2048).
+_CUBE_ELEMS = 1 << 26
+
+
+def _fastmine(inp: Inputs):
+    import fastmine
+
+    return fwd_bwd(lambda x, y: fastmine.semi_hard_triplet_loss(x, y, margin=MARGIN), inp)
+
+
+def _pair_masks(labels: torch.Tensor):
+    b = labels.shape[0]
+    same = labels[:, None] == labels[None, :]
+    neg = ~same
+    eye = torch.eye(b, dtype=torch.bool, device=labels.device)
+    pos = same & ~eye & neg.any(1, keepdim=True)  # pairs whose anchor has a negative
+    return pos, neg
+
+
+def eager_semi_hard(x: torch.Tensor, labels: torch.Tensor, margin: float = MARGIN):
+    """TF-Addons' triplet_semihard_loss written in PyTorch eager: for each (anchor, positive)
+    the mask of negatives farther than the positive, its masked minimum (else the masked
+    maximum over the negatives: TF's fallback), hinge, mean over positive pairs. TF tiles a
+    (B*B, B) mask; here it is the same mask chunked over anchors so that it fits in memory."""
+    dist = torch.cdist(x, x)
+    pos, neg = _pair_masks(labels)
+    inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dist.device)
+    inside = torch.where(neg, dist, -inf).amax(1, keepdim=True)  # the easiest negative
+    step = max(1, _CUBE_ELEMS // (dist.shape[0] * dist.shape[1]))
+    rows = []
+    for a0 in range(0, dist.shape[0], step):
+        d = dist[a0 : a0 + step]  # (c, B)
+        m = neg[a0 : a0 + step, None, :] & (d[:, None, :] > d[:, :, None])  # [a, p, n]
+        outside = torch.where(m, d[:, None, :], inf).amin(2)
+        rows.append(torch.where(m.any(2), outside, inside[a0 : a0 + step]))
+    semi = torch.cat(rows)
+    loss = F.relu(dist - semi + margin)
+    return (loss * pos).sum() / pos.sum().clamp(min=1)
+
+
+def eager_semi_hard_sorted(x: torch.Tensor, labels: torch.Tensor, margin: float = MARGIN):
+    """A smarter vectorized version (O(B^2 log B), not B^3): each row's negative distances
+    sorted once, every positive's distance binary-searched among them (searchsorted)."""
+    dist = torch.cdist(x, x)
+    pos, neg = _pair_masks(labels)
+    inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dist.device)
+    sorted_neg = torch.where(neg, dist, inf).sort(1).values  # differentiable values
+    at = torch.searchsorted(sorted_neg.detach().contiguous(), dist.detach().contiguous(), right=True)
+    has = at < neg.sum(1, keepdim=True)
+    outside = sorted_neg.gather(1, at.clamp(max=dist.shape[1] - 1))
+    inside = torch.where(neg, dist, -inf).amax(1, keepdim=True)
+    semi = torch.where(has, outside, inside)
+    loss = F.relu(dist - semi + margin)
+    return (loss * pos).sum() / pos.sum().clamp(min=1)
+
+
+OP = OpBench(
+    name="semi_hard",
+    order=3,
+    issue=4,
+    description="semi-hard triplet loss, euclidean, margin 0.3, mean over positive pairs; "
+    "forward + backward",
+    methods=[
+        Method("fastmine", _fastmine),
+        Method("eager", lambda inp: fwd_bwd(eager_semi_hard, inp)),
+        compiled("compile", eager_semi_hard),
+        Method("eager-sort", lambda inp: fwd_bwd(eager_semi_hard_sorted, inp)),
+        matmul_floor(),
+    ],
+    default_sizes={"cpu": "2048x128", "cuda": "2048x128,8192x128"},
+    # Issue 4.
+    targets=[
+        Target("cpu", 2048, 128, "eager", 10.0),
+    ],
+)

@@ -1,0 +1,314 @@
+// Semi-hard triplet loss on the CPU: row panels of distances from BLAS (panel.h); per anchor
+// ONE pass over its row serves all its positives, O(M log K) for K positives:
+//
+//  * the anchor's positive distances are sorted once (v_1 <= ... <= v_K);
+//  * a negative at distance d is a semi-hard candidate exactly for the positives with
+//    v_k < d, i.e. for the first t(d) = #{k : v_k < d} of them; it goes to bucket t(d),
+//    which keeps the nearest negative (lowest index on ties);
+//  * the nearest candidate of sorted positive k is the best of buckets k+1 .. K: a suffix
+//    minimum over the buckets. The same pass keeps the farthest negative (the fallback).
+//
+// Never B x M x M (TF's tiled-mask formulation), never the B x M matrix (one panel at a
+// time). The chosen pairs' distances are then recomputed exactly (direct differences, in
+// double) for the loss, as batch-hard does. Backward: O(P * D) from the saved triplets,
+// deterministic (rows sum their edges in a fixed order, row_groups.h).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "common/distance.h"
+#include "common/semi_hard.h"
+#include "common/triplet.h"
+#include "cpu/checks.h"
+#include "cpu/duplicate_rows.h"
+#include "cpu/exact_distance.h"
+#include "cpu/panel.h"
+#include "cpu/row_groups.h"
+
+namespace fastmine::cpu {
+namespace {
+
+// Number of pairs of each anchor (its positives, if it has a negative) from label counts
+// only, and their prefix sums: where each anchor's pairs go in the outputs.
+std::vector<int64_t> pair_offsets(const int64_t* lab, int64_t b, const int64_t* rlab, int64_t m,
+                                  bool has_exclude, int64_t exclude_offset) {
+  std::vector<int64_t> sorted(rlab, rlab + m);
+  std::sort(sorted.begin(), sorted.end());
+  std::vector<int64_t> off(b + 1, 0);
+  for (int64_t i = 0; i < b; ++i) {
+    const auto range = std::equal_range(sorted.begin(), sorted.end(), lab[i]);
+    int64_t same = range.second - range.first;
+    const int64_t excl = has_exclude ? i + exclude_offset : -1;
+    const int64_t negatives = m - same;
+    if (excl >= 0 && excl < m && rlab[excl] == lab[i]) --same;
+    off[i + 1] = off[i] + (negatives > 0 ? same : 0);
+  }
+  return off;
+}
+
+// Per-thread scratch of the row scan.
+template <typename T>
+struct RowScratch {
+  std::vector<T> vals;                  // the finite-or-inf positive distances, sorted
+  std::vector<int64_t> cols;            // their columns
+  std::vector<int64_t> ranks;           // their rank in column order (= output slot)
+  std::vector<int64_t> nan_ranks;       // ranks of positives at a NaN distance
+  std::vector<std::pair<T, int64_t>> sort_buf;
+  std::vector<ArgBest<T>> buckets;
+};
+
+// The semi-hard negative of each of anchor i's positives, written as column indices into
+// pos[rank], neg[rank] (rank = the positive's place in column order).
+template <typename T>
+void scan_row(const T* d, const int64_t* rl, int64_t m, int64_t li, int64_t excl,
+              RowScratch<T>& s, int64_t* pos, int64_t* neg) {
+  s.sort_buf.clear();
+  s.nan_ranks.clear();
+  int64_t rank = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    if (rl[j] != li || j == excl) continue;
+    pos[rank] = j;
+    if (fm_isnan(d[j])) s.nan_ranks.push_back(rank);
+    else s.sort_buf.emplace_back(d[j], rank);
+    ++rank;
+  }
+  // By (distance, rank): equal distances keep column order (irrelevant to the result).
+  std::sort(s.sort_buf.begin(), s.sort_buf.end());
+  const int64_t k = int64_t(s.sort_buf.size());
+  s.vals.resize(k);
+  s.ranks.resize(k);
+  for (int64_t q = 0; q < k; ++q) {
+    s.vals[q] = s.sort_buf[q].first;
+    s.ranks[q] = s.sort_buf[q].second;
+  }
+  s.buckets.assign(k + 1, ArgBest<T>{});
+  ArgBest<T> easy;
+  const T* v = s.vals.data();
+  for (int64_t j = 0; j < m; ++j) {
+    if (rl[j] == li) continue;
+    const T dn = d[j];
+    easy.offer(dn, j, /*is_max=*/true);
+    if (fm_isnan(dn)) continue;  // easy now holds a NaN: it wins every pair (see choice)
+    int64_t t;
+    if (k <= 16) {  // a few positives (the P x K case): a branch-free count
+      t = 0;
+      for (int64_t q = 0; q < k; ++q) t += semi_hard_candidate(dn, v[q]);
+    } else {
+      t = std::lower_bound(v, v + k, dn) - v;  // #{q : v_q < dn}
+    }
+    if (t > 0) s.buckets[t].offer(dn, j, /*is_max=*/false);
+  }
+  ArgBest<T> cur;  // best of buckets t .. k
+  for (int64_t t = k; t >= 1; --t) {
+    cur.merge(s.buckets[t], /*is_max=*/false);
+    neg[s.ranks[t - 1]] = semi_hard_choice(cur, easy);
+  }
+  for (int64_t r : s.nan_ranks) neg[r] = semi_hard_choice(ArgBest<T>{}, easy);
+}
+
+template <typename T>
+void semi_hard_forward_impl(const at::Tensor& x, const int64_t* lab, const at::Tensor& ref,
+                            const int64_t* rlab, double margin, int64_t metric, bool has_exclude,
+                            int64_t exclude_offset, const std::vector<int64_t>& off,
+                            at::Tensor& loss, at::Tensor& anchor_idx, at::Tensor& pos_idx,
+                            at::Tensor& neg_idx, at::Tensor& pos_dist, at::Tensor& neg_dist,
+                            at::Tensor& nonfinite) {
+  const int64_t b = x.size(0), m = ref.size(0), dim = x.size(1);
+  const T* xp = x.data_ptr<T>();
+  const T* rp = ref.data_ptr<T>();
+  int64_t* ai = anchor_idx.data_ptr<int64_t>();
+  int64_t* pi = pos_idx.data_ptr<int64_t>();
+  int64_t* ni = neg_idx.data_ptr<int64_t>();
+  const auto copies = duplicate_rows(rp, m, dim);
+
+  const Panels<T> panels(x, ref, metric);
+  at::Tensor buf = panels.panel_buffer();
+  for (int64_t r0 = 0; r0 < b; r0 += panels.rows) {
+    const int64_t nr = std::min(panels.rows, b - r0);
+    if (off[r0 + nr] == off[r0]) continue;  // no pair in this panel
+    at::Tensor dist = panel_view(buf, nr, m);
+    panels.distances(r0, 0, dist);
+    T* dp = dist.data_ptr<T>();
+    at::parallel_for(0, nr, 4, [&](int64_t a, int64_t e) {
+      RowScratch<T> scratch;
+      for (int64_t r = a; r < e; ++r) {
+        const int64_t i = r0 + r;
+        if (off[i + 1] == off[i]) continue;
+        T* d = dp + r * m;
+        for (const auto& [j, first] : copies) d[j] = d[first];
+        const int64_t excl = has_exclude ? i + exclude_offset : -1;
+        scan_row(d, rlab, m, lab[i], excl, scratch, pi + off[i], ni + off[i]);
+      }
+    });
+  }
+
+  // The chosen pairs' distances, exactly, and the term.
+  T* lp = loss.data_ptr<T>();
+  T* pd = pos_dist.data_ptr<T>();
+  T* nd = neg_dist.data_ptr<T>();
+  at::parallel_for(0, b, 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* xi = xp + i * dim;
+      for (int64_t q = off[i]; q < off[i + 1]; ++q) {
+        const double dpos = accumulate_pair(xi, rp + pi[q] * dim, dim).finalize(metric);
+        const double dneg = accumulate_pair(xi, rp + ni[q] * dim, dim).finalize(metric);
+        ai[q] = i;
+        pd[q] = T(dpos);
+        nd[q] = T(dneg);
+        lp[q] = T(semi_hard_term(dpos, dneg, margin));
+      }
+    }
+  });
+
+  // A non-finite row that forms no pair must still poison the reduced loss (SPEC).
+  bool finite = true;
+  for (int64_t i = 0; i < b && finite; ++i) finite = std::isfinite(squared_norm(xp + i * dim, dim));
+  for (int64_t j = 0; j < m && finite; ++j) finite = std::isfinite(squared_norm(rp + j * dim, dim));
+  nonfinite.fill_(finite ? 0.0 : std::numeric_limits<double>::quiet_NaN());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+semi_hard_triplet_cpu(const at::Tensor& x_, const at::Tensor& labels_, const at::Tensor& ref_,
+                      const at::Tensor& ref_labels_, double margin, int64_t metric,
+                      bool has_exclude, int64_t exclude_offset) {
+  check_pair(x_, ref_);
+  check_labels(labels_, x_.size(0), "labels");
+  check_labels(ref_labels_, ref_.size(0), "ref_labels");
+  const at::Tensor x = x_.contiguous(), ref = ref_.contiguous();
+  const at::Tensor labels = labels_.contiguous(), ref_labels = ref_labels_.contiguous();
+  const int64_t b = x.size(0), m = ref.size(0);
+  const int64_t* lab = labels.data_ptr<int64_t>();
+  const int64_t* rlab = ref_labels.data_ptr<int64_t>();
+  const std::vector<int64_t> off = pair_offsets(lab, b, rlab, m, has_exclude, exclude_offset);
+  const int64_t p = off[b];
+  at::Tensor loss = at::empty({p}, x.options());
+  at::Tensor pos_dist = at::empty({p}, x.options());
+  at::Tensor neg_dist = at::empty({p}, x.options());
+  at::Tensor anchor_idx = at::empty({p}, labels.options());
+  at::Tensor pos_idx = at::empty({p}, labels.options());
+  at::Tensor neg_idx = at::empty({p}, labels.options());
+  at::Tensor nonfinite = at::empty({}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "semi_hard_triplet_cpu", [&] {
+    semi_hard_forward_impl<scalar_t>(x, lab, ref, rlab, margin, metric, has_exclude,
+                                     exclude_offset, off, loss, anchor_idx, pos_idx, neg_idx,
+                                     pos_dist, neg_dist, nonfinite);
+  });
+  return {loss, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist, nonfinite};
+}
+
+// Gradient of sum_q [gl_q * l_q + gpd_q * d(a_q, p_q) + gnd_q * d(a_q, n_q)]. Pair q has two
+// edges, e = 2q (to its positive) and 2q + 1 (to its negative), each with a coefficient
+// dL/dd and the distance's gradient (common/distance.h distance_grad).
+template <typename T>
+void semi_hard_backward_impl(const T* gl, const T* gpd, const T* gnd, const at::Tensor& x,
+                             const at::Tensor& ref, const int64_t* ai, const int64_t* pi,
+                             const int64_t* ni, const T* pd, const T* nd, int64_t p,
+                             double margin, int64_t metric, at::Tensor& gx, at::Tensor& gr) {
+  const int64_t b = x.size(0), m = ref.size(0), dim = x.size(1);
+  const T* xp = x.data_ptr<T>();
+  const T* rp = ref.data_ptr<T>();
+  std::vector<double> nx2(metric == kCosine ? b : 0), nr2(metric == kCosine ? m : 0);
+  for (int64_t i = 0; i < int64_t(nx2.size()); ++i) nx2[i] = squared_norm(xp + i * dim, dim);
+  for (int64_t j = 0; j < int64_t(nr2.size()); ++j) nr2[j] = squared_norm(rp + j * dim, dim);
+
+  std::vector<double> coef(2 * p);
+  std::vector<DistGrad<double>> dg(2 * p);
+  at::parallel_for(0, p, 256, [&](int64_t q0, int64_t q1) {
+    for (int64_t q = q0; q < q1; ++q) {
+      const double t = double(gl[q]) * semi_hard_term_grad(double(pd[q]), double(nd[q]), margin);
+      coef[2 * q] = t + double(gpd[q]);
+      coef[2 * q + 1] = -t + double(gnd[q]);
+      const double na = metric == kCosine ? nx2[ai[q]] : 0.0;
+      dg[2 * q] = distance_grad(metric, double(pd[q]), na, metric == kCosine ? nr2[pi[q]] : 0.0);
+      dg[2 * q + 1] = distance_grad(metric, double(nd[q]), na, metric == kCosine ? nr2[ni[q]] : 0.0);
+    }
+  });
+  auto target = [&](int64_t e) { return (e & 1) ? ni[e >> 1] : pi[e >> 1]; };
+
+  // Anchor side: dd/dx = au x + cross r. Each anchor row sums its edges in edge order.
+  const RowGroups by_anchor(b, 2 * p, [&](int64_t e) { return ai[e >> 1]; });
+  T* gxp = gx.data_ptr<T>();
+  at::parallel_for(0, b, 16, [&](int64_t i0, int64_t i1) {
+    std::vector<double> acc(dim);
+    for (int64_t i = i0; i < i1; ++i) {
+      if (by_anchor.start[i] == by_anchor.start[i + 1]) continue;
+      std::fill(acc.begin(), acc.end(), 0.0);
+      const T* xi = xp + i * dim;
+      for (int64_t s = by_anchor.start[i]; s < by_anchor.start[i + 1]; ++s) {
+        const int64_t e = by_anchor.order[s];
+        const double ca = coef[e] * dg[e].au, cc = coef[e] * dg[e].cross;
+        const T* rj = rp + target(e) * dim;
+        for (int64_t k = 0; k < dim; ++k) acc[k] += ca * double(xi[k]) + cc * double(rj[k]);
+      }
+      for (int64_t k = 0; k < dim; ++k) gxp[i * dim + k] = T(acc[k]);
+    }
+  });
+
+  // Reference side: dd/dr = cross x + bv r. A row may be chosen by many pairs.
+  const RowGroups by_target(m, 2 * p, target);
+  T* grp = gr.data_ptr<T>();
+  at::parallel_for(0, m, 16, [&](int64_t j0, int64_t j1) {
+    std::vector<double> acc(dim);
+    for (int64_t j = j0; j < j1; ++j) {
+      if (by_target.start[j] == by_target.start[j + 1]) continue;
+      std::fill(acc.begin(), acc.end(), 0.0);
+      const T* rj = rp + j * dim;
+      for (int64_t s = by_target.start[j]; s < by_target.start[j + 1]; ++s) {
+        const int64_t e = by_target.order[s];
+        const double cc = coef[e] * dg[e].cross, cb = coef[e] * dg[e].bv;
+        const T* xi = xp + ai[e >> 1] * dim;
+        for (int64_t k = 0; k < dim; ++k) acc[k] += cc * double(xi[k]) + cb * double(rj[k]);
+      }
+      for (int64_t k = 0; k < dim; ++k) grp[j * dim + k] = T(acc[k]);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> semi_hard_triplet_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& grad_pos_dist, const at::Tensor& grad_neg_dist,
+    const at::Tensor& x_, const at::Tensor& ref_, const at::Tensor& anchor_idx_,
+    const at::Tensor& pos_idx_, const at::Tensor& neg_idx_, const at::Tensor& pos_dist_,
+    const at::Tensor& neg_dist_, double margin, int64_t metric) {
+  check_pair(x_, ref_);
+  const int64_t p = anchor_idx_.numel();
+  for (const at::Tensor* t : {&grad_loss, &grad_pos_dist, &grad_neg_dist, &pos_dist_, &neg_dist_}) {
+    TORCH_CHECK(t->dim() == 1 && t->numel() == p && t->scalar_type() == x_.scalar_type(),
+                "semi_hard_triplet_backward: per-pair tensors must be (P,) in x's dtype");
+  }
+  for (const at::Tensor* t : {&anchor_idx_, &pos_idx_, &neg_idx_}) {
+    TORCH_CHECK(t->dim() == 1 && t->numel() == p && t->scalar_type() == at::kLong,
+                "semi_hard_triplet_backward: index tensors must be (P,) int64");
+  }
+  const at::Tensor x = x_.contiguous(), ref = ref_.contiguous();
+  const at::Tensor ai = anchor_idx_.contiguous(), pi = pos_idx_.contiguous(), ni = neg_idx_.contiguous();
+  TORCH_CHECK(p == 0 || (ai.min().item<int64_t>() >= 0 && ai.max().item<int64_t>() < x.size(0) &&
+                         at::minimum(pi, ni).min().item<int64_t>() >= 0 &&
+                         at::maximum(pi, ni).max().item<int64_t>() < ref.size(0)),
+              "semi_hard_triplet_backward: index out of range");
+  at::Tensor gx = at::zeros_like(x);
+  at::Tensor gr = at::zeros_like(ref);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "semi_hard_triplet_backward_cpu", [&] {
+    const at::Tensor gl = grad_loss.contiguous(), gpd = grad_pos_dist.contiguous(),
+                     gnd = grad_neg_dist.contiguous(), pd = pos_dist_.contiguous(),
+                     nd = neg_dist_.contiguous();
+    semi_hard_backward_impl<scalar_t>(
+        gl.data_ptr<scalar_t>(), gpd.data_ptr<scalar_t>(), gnd.data_ptr<scalar_t>(), x, ref,
+        ai.data_ptr<int64_t>(), pi.data_ptr<int64_t>(), ni.data_ptr<int64_t>(),
+        pd.data_ptr<scalar_t>(), nd.data_ptr<scalar_t>(), p, margin, metric, gx, gr);
+  });
+  return {gx, gr};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastmine, CPU, m) {
+  m.impl("semi_hard_triplet", &semi_hard_triplet_cpu);
+  m.impl("semi_hard_triplet_backward", &semi_hard_triplet_backward_cpu);
+}
+
+}  // namespace fastmine::cpu

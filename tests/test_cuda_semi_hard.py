@@ -1,0 +1,127 @@
+"""CUDA semi-hard kernels against the float64 oracle and the CPU op; determinism; large
+classes. Skipped without a GPU (every test here carries the ``cuda`` marker)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastmine
+from fastmine import reference as R
+from helpers import assert_bitwise, assert_close_rel
+from semi_hard_checks import check_semi_hard
+from strategies import Case, make_embeddings, make_labels, shape_labels
+
+pytestmark = pytest.mark.cuda
+
+METRICS = R.METRICS
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def _case(b, d, seed, *, lkind="pk", ekind="clustered", ref_m=None, self_offset=None):
+    g = torch.Generator().manual_seed(seed)
+    lab = shape_labels(make_labels(lkind, b, g), shuffle=True, shift=10**12, gen=g)
+    x = make_embeddings(ekind, b, d, lab, g)
+    case = Case(x, lab, exact=ekind == "grid")
+    if ref_m is not None:
+        rl = torch.cat([lab, lab.max() + 1 + torch.arange(2)])[torch.randint(0, b + 2, (ref_m,), generator=g)]
+        rx = make_embeddings(ekind, ref_m, d, rl, g)
+        if self_offset is not None:
+            rx = torch.cat([rx[:self_offset], x, rx[self_offset:]])
+            rl = torch.cat([rl[:self_offset], lab, rl[self_offset:]])
+        case = Case(x, lab, rx, rl, self_offset, exact=ekind == "grid")
+    return case
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("b, d", [(1, 3), (7, 1), (65, 33), (257, 129), (600, 16)])
+def test_against_oracle(b, d, dtype, metric):
+    case = _case(b, d, seed=b * 31 + d)
+    for reduction in ("mean", "none"):
+        check_semi_hard(case, dtype=dtype, device="cuda", metric=metric, reduction=reduction)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("self_offset", [None, 0, 37])
+def test_ref_set_and_self_offset(dtype, metric, self_offset):
+    case = _case(129, 65, seed=2, ref_m=300, self_offset=self_offset)
+    check_semi_hard(case, dtype=dtype, device="cuda", metric=metric, reduction="sum")
+
+
+@pytest.mark.parametrize("lkind", ["one_class", "distinct", "singletons", "random"])
+@pytest.mark.parametrize("ekind", ["grid", "duplicates"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_label_and_tie_patterns(lkind, ekind, dtype):
+    for metric in METRICS:
+        check_semi_hard(_case(150, 9, seed=3, lkind=lkind, ekind=ekind), dtype=dtype, device="cuda",
+                        metric=metric, reduction="none")
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_matches_cpu_op(metric):
+    case = _case(500, 64, seed=4)
+    x, lab = case.x.float(), case.labels
+    a, ia = fastmine.semi_hard_triplet_loss(x, lab, metric=metric, return_info=True, reduction="none")
+    b, ib = fastmine.semi_hard_triplet_loss(x.cuda(), lab.cuda(), metric=metric, return_info=True,
+                                            reduction="none")
+    assert torch.equal(ia.anchor_idx, ib.anchor_idx.cpu()) and torch.equal(ia.pos_idx, ib.pos_idx.cpu())
+    same = ia.neg_idx == ib.neg_idx.cpu()
+    assert same.float().mean() > 0.99
+    assert_close_rel(b.cpu()[same], a[same], 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_two_huge_classes_4096(dtype):
+    """2 classes in a batch of 4096: 2047 positives per anchor, 8.4M pairs."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4096, 64, generator=g).to(dtype).cuda().requires_grad_(True)
+    lab = (torch.arange(4096) % 2).cuda()
+    loss, info = fastmine.semi_hard_triplet_loss(x, lab, return_info=True)
+    assert int(info.num_pairs) == 4096 * 2047
+    loss.backward()
+    assert torch.isfinite(x.grad).all()
+    # spot-check 64 anchors against the oracle's rule on their rows
+    rows = torch.arange(0, 4096, 64, device="cuda")
+    dist = R.pairwise_distance(x.detach().double()[rows], x.detach().double())
+    pos_mask, neg_mask = R.batch_hard_masks(lab[rows], lab)
+    pos_mask[torch.arange(64), rows] = False
+    a, p, n = R.semi_hard_select(dist, pos_mask, neg_mask)
+    sel = torch.isin(info.anchor_idx, rows)
+    assert torch.equal(info.pos_idx[sel], p)
+    agree = (info.neg_idx[sel] == n).float().mean().item()
+    assert agree > 0.999, agree
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_deterministic(dtype):
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1000, 48, generator=g).to(dtype).cuda()
+    lab = (torch.arange(1000) % 3).cuda()
+    outs = []
+    for _ in range(2):
+        xx = x.clone().requires_grad_(True)
+        loss, info = fastmine.semi_hard_triplet_loss(xx, lab, return_info=True)
+        loss.backward()
+        outs.append((loss.detach(), xx.grad, *info))
+    assert_bitwise(outs[0], outs[1])
+
+
+def test_nan_and_no_pair_on_cuda():
+    x = torch.randn(10, 4, device="cuda")
+    x[3, 1] = float("nan")
+    assert torch.isnan(fastmine.semi_hard_triplet_loss(x, (torch.arange(10) % 3).cuda()))
+    x = torch.randn(5, 4, device="cuda", requires_grad=True)
+    loss = fastmine.semi_hard_triplet_loss(x, torch.arange(5, device="cuda"))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_miner_on_cuda():
+    x = torch.randn(64, 8, device="cuda")
+    lab = (torch.arange(64) % 8).cuda()
+    a, p, n = fastmine.mine_semi_hard(x, lab)
+    a2, p2, n2 = fastmine.mine_semi_hard(x.cpu(), lab.cpu())
+    assert torch.equal(a.cpu(), a2) and torch.equal(p.cpu(), p2)
+    assert (n.cpu() == n2).float().mean() > 0.95
