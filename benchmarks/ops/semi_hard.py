@@ -34,19 +34,24 @@ def eager_semi_hard(x: torch.Tensor, labels: torch.Tensor, margin: float = MARGI
     """TF-Addons' triplet_semihard_loss written in PyTorch eager: for each (anchor, positive)
     the mask of negatives farther than the positive, its masked minimum (else the masked
     maximum over the negatives: TF's fallback), hinge, mean over positive pairs. TF tiles a
-    (B*B, B) mask; here it is the same mask chunked over anchors so that it fits in memory."""
+    (B*B, B) mask; here it is the same mask chunked over anchors so that it fits in memory,
+    and the choice is made without autograd (the graph would keep every chunk of the cube:
+    ~40 GB at B = 2048), the chosen distances then gathered with gradient."""
     dist = torch.cdist(x, x)
     pos, neg = _pair_masks(labels)
-    inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dist.device)
-    inside = torch.where(neg, dist, -inf).amax(1, keepdim=True)  # the easiest negative
-    step = max(1, _CUBE_ELEMS // (dist.shape[0] * dist.shape[1]))
-    rows = []
-    for a0 in range(0, dist.shape[0], step):
-        d = dist[a0 : a0 + step]  # (c, B)
-        m = neg[a0 : a0 + step, None, :] & (d[:, None, :] > d[:, :, None])  # [a, p, n]
-        outside = torch.where(m, d[:, None, :], inf).amin(2)
-        rows.append(torch.where(m.any(2), outside, inside[a0 : a0 + step]))
-    semi = torch.cat(rows)
+    with torch.no_grad():
+        d_all = dist.detach()
+        inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dist.device)
+        inside = torch.where(neg, d_all, -inf).argmax(1, keepdim=True)  # the easiest negative
+        step = max(1, _CUBE_ELEMS // (dist.shape[0] * dist.shape[1]))
+        rows = []
+        for a0 in range(0, dist.shape[0], step):
+            d = d_all[a0 : a0 + step]  # (c, B)
+            m = neg[a0 : a0 + step, None, :] & (d[:, None, :] > d[:, :, None])  # [a, p, n]
+            outside = torch.where(m, d[:, None, :], inf).argmin(2)
+            rows.append(torch.where(m.any(2), outside, inside[a0 : a0 + step]))
+        chosen = torch.cat(rows)  # (B, B): the negative of each (anchor, positive)
+    semi = dist.gather(1, chosen)
     loss = F.relu(dist - semi + margin)
     return (loss * pos).sum() / pos.sum().clamp(min=1)
 
