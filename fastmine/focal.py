@@ -47,10 +47,27 @@ def _same_shape_targets(targets, logits: torch.Tensor, name: str, *, allow_int: 
     check.same_device([("logits", logits), (name, targets)])
 
 
-def _nonneg(value, name: str) -> float:
+def sigmoid_alpha(value, name: str = "alpha") -> float:
+    """sigmoid_focal_loss's alpha: in [0, 1], or negative to disable the weighting."""
+    value = check.finite_number(value, name)
+    if value > 1:
+        raise ValueError(f"{name} must be in [0, 1] (or negative to disable it), got {value}")
+    return value
+
+
+def focal_gamma(value, name: str = "gamma") -> float:
+    """The focusing exponent of the sigmoid and softmax focal losses: >= 0."""
     value = check.finite_number(value, name)
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def star_gamma(value, name: str = "gamma") -> float:
+    """FL*'s gamma: > 0 (the loss divides by it)."""
+    value = check.finite_number(value, name)
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0 (the loss divides by it), got {value}")
     return value
 
 
@@ -98,10 +115,8 @@ def sigmoid_focal_loss(
     """
     _logits(logits)
     _same_shape_targets(targets, logits, "targets", allow_int=False)
-    alpha = check.finite_number(alpha, "alpha")
-    if alpha > 1:
-        raise ValueError(f"alpha must be in [0, 1] (or negative to disable it), got {alpha}")
-    gamma = _nonneg(gamma, "gamma")
+    alpha = sigmoid_alpha(alpha)
+    gamma = focal_gamma(gamma)
     check.reduction(reduction, FOCAL_REDUCTIONS)
     require_kernel("sigmoid_focal", "sigmoid_focal_loss", logits.device)
     x = check.compute_dtype(logits).contiguous()
@@ -137,9 +152,7 @@ def focal_star_loss(
     """
     _logits(logits)
     _same_shape_targets(targets, logits, "targets", allow_int=True)
-    gamma = check.finite_number(gamma, "gamma")
-    if gamma <= 0:
-        raise ValueError(f"gamma must be > 0 (the loss divides by it), got {gamma}")
+    gamma = star_gamma(gamma)
     beta = check.finite_number(beta, "beta")
     check.reduction(reduction, FOCAL_REDUCTIONS)
     require_kernel("focal_star", "focal_star_loss", logits.device)
@@ -195,7 +208,7 @@ def softmax_focal_loss(
         raise ValueError(f"target must have shape {expected} to match logits {tuple(logits.shape)}, "
                          f"got {tuple(target.shape)}")
     check.same_device([("logits", logits), ("target", target)])
-    gamma = _nonneg(gamma, "gamma")
+    gamma = focal_gamma(gamma)
     check.reduction(reduction, FOCAL_REDUCTIONS)
     require_kernel("softmax_focal", "softmax_focal_loss", logits.device)
     x = check.compute_dtype(logits)
@@ -215,19 +228,32 @@ def softmax_focal_loss(
     return _finish(loss.sum(), reduction, y.numel())
 
 
+def softmax_alpha(alpha, name: str = "alpha") -> Union[None, float, torch.Tensor]:
+    """softmax_focal_loss's alpha without the class count: None, a finite float, or a 1-D
+    floating-point tensor that does not require grad."""
+    if alpha is None:
+        return None
+    if isinstance(alpha, torch.Tensor):
+        if alpha.dim() != 1:
+            raise ValueError(f"{name} must be a float or a (C,) tensor of class weights, got shape "
+                             f"{tuple(alpha.shape)}")
+        if not alpha.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a floating-point tensor, got {alpha.dtype}")
+        if alpha.requires_grad:
+            raise ValueError(f"{name} requires grad, but fastmine computes no gradient with respect "
+                             f"to {name}: pass {name}.detach()")
+        return alpha
+    return check.finite_number(alpha, name)
+
+
 def _class_weights(alpha, c: int, x: torch.Tensor) -> torch.Tensor:
+    alpha = softmax_alpha(alpha)
     if alpha is None:
         return torch.ones(c, dtype=x.dtype, device=x.device)
     if isinstance(alpha, torch.Tensor):
-        if alpha.dim() != 1 or alpha.shape[0] != c:
+        if alpha.shape[0] != c:
             raise ValueError(f"alpha must be a float or a ({c},) tensor of class weights, got shape "
                              f"{tuple(alpha.shape)}")
-        if not alpha.dtype.is_floating_point:
-            raise TypeError(f"alpha must be a floating-point tensor, got {alpha.dtype}")
-        if alpha.requires_grad:
-            raise ValueError("alpha requires grad, but fastmine computes no gradient with respect to "
-                             "alpha: pass alpha.detach()")
         check.same_device([("logits", x), ("alpha", alpha)])
         return alpha.to(x.dtype).contiguous()
-    alpha = check.finite_number(alpha, "alpha")
     return torch.full((c,), alpha, dtype=x.dtype, device=x.device)

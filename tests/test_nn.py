@@ -24,6 +24,8 @@ MODULES = [
      dict(margin=0.1, metric="cosine", soft=False, reduction="mean")),
     (fastmine.nn.ContrastiveLoss, fastmine.contrastive_loss, R.contrastive_loss,
      dict(pos_margin=0.1, neg_margin=1.5, power=1, metric="euclidean", reduction="mean_nonzero")),
+    (fastmine.nn.SemiHardTripletLoss, fastmine.semi_hard_triplet_loss, R.semi_hard_triplet_loss,
+     dict(margin=0.6, metric="cosine", reduction="sum")),
 ]
 IDS = [m[0].__name__ for m in MODULES]
 REF_ARGS = ("ref_embeddings", "ref_labels", "self_offset", "return_info")
@@ -73,12 +75,13 @@ def test_module_equals_functional_and_oracle(cls, fn, oracle, opts, seed, use_op
     assert_close_rel(xk.grad, xo.grad, 1e-8, what="gradient vs oracle")
 
 
-@pytest.mark.parametrize("cls", [fastmine.nn.BatchHardTripletLoss, fastmine.nn.BatchAllTripletLoss])
+@pytest.mark.parametrize("cls", [fastmine.nn.BatchHardTripletLoss, fastmine.nn.BatchAllTripletLoss,
+                                 fastmine.nn.SemiHardTripletLoss])
 def test_return_info_passes_through(cls):
     x, labels = _batch(3, dtype=torch.float32)
     loss, info = cls()(x, labels, return_info=True)
     _, info_f = cls.functional(x, labels, return_info=True)
-    assert int(info.num_valid) == int(info_f.num_valid)
+    assert all(torch.equal(a, b) for a, b in zip(info, info_f))
 
 
 def test_contrastive_module_rejects_return_info():
@@ -99,6 +102,8 @@ BAD = [
     (fastmine.nn.ContrastiveLoss, dict(neg_margin=float("inf")), ValueError, "neg_margin"),
     (fastmine.nn.ContrastiveLoss, dict(pos_margin=None), TypeError, "pos_margin"),
     (fastmine.nn.ContrastiveLoss, dict(reduction="none"), ValueError, "reduction"),
+    (fastmine.nn.SemiHardTripletLoss, dict(reduction="mean_nonzero"), ValueError, "reduction"),
+    (fastmine.nn.SemiHardTripletLoss, dict(soft=True), TypeError, "soft"),
 ]
 
 
