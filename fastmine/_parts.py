@@ -22,6 +22,7 @@ import torch
 from . import _validate as check
 from . import functional as F
 from ._ops import ops
+from .semi_hard import semi_hard_triplet_loss
 
 
 class Term(NamedTuple):
@@ -55,6 +56,20 @@ def _batch_all(emb, labels, ref, ref_labels, offset, options, symmetric):
         reduction="sum", return_info=True, **opts)
     den = {"sum": None, "mean": info.num_valid, "mean_positive": info.num_active}[reduction]
     return Parts([Term(total, den)], None)
+
+
+def _semi_hard(emb, labels, ref, ref_labels, offset, options, symmetric):
+    # One loss per positive pair (i, p), pairs in row-major order: the pieces' "none" vectors
+    # concatenate in anchor order, and "mean" divides by the pairs of all pieces. "sum" (not
+    # "none" summed here) keeps the op's NaN for non-finite anchors without pairs.
+    opts = dict(options)
+    reduction = opts.pop("reduction")
+    loss, info = semi_hard_triplet_loss(
+        emb, labels, ref_embeddings=ref, ref_labels=ref_labels, self_offset=offset,
+        reduction="none" if reduction == "none" else "sum", return_info=True, **opts)
+    if reduction == "none":
+        return Parts([], loss)
+    return Parts([Term(loss, info.num_pairs if reduction == "mean" else None)], None)
 
 
 def _contrastive(emb, labels, ref, ref_labels, offset, options, symmetric):
@@ -94,6 +109,7 @@ _DECOMPOSERS: Dict[Callable[..., Any], Callable[..., Parts]] = {
     F.batch_hard_triplet_loss: _batch_hard,
     F.batch_all_triplet_loss: _batch_all,
     F.contrastive_loss: _contrastive,
+    semi_hard_triplet_loss: _semi_hard,
 }
 
 

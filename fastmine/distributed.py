@@ -117,7 +117,8 @@ class DistributedLoss(torch.nn.Module):
     docstring for the exact value/gradient contract).
 
     Args:
-        loss: a fastmine loss module, e.g. :class:`fastmine.nn.BatchHardTripletLoss`.
+        loss: a fastmine loss module that takes a reference set: :class:`fastmine.nn.BatchHardTripletLoss`,
+            ``BatchAllTripletLoss``, ``SemiHardTripletLoss`` or ``ContrastiveLoss``.
         group: the process group (default: the world).
         ddp_average: scale the gradient by the world size because DistributedDataParallel
             averages gradients (default True).

@@ -31,9 +31,11 @@ class CrossBatchMemory(torch.nn.Module):
     embeddings seen (the current batch included).
 
     Args:
-        loss: a fastmine loss module that takes a reference set (e.g.
-            :class:`fastmine.nn.BatchHardTripletLoss`). Its options, reduction included,
-            apply to the whole batch.
+        loss: a fastmine loss module that takes a reference set:
+            :class:`fastmine.nn.BatchHardTripletLoss`, ``BatchAllTripletLoss``,
+            ``SemiHardTripletLoss`` or ``ContrastiveLoss``. Its options, reduction included,
+            apply to the whole batch (semi-hard's ``"none"``: one value per pair, each
+            anchor's positives in the order of their rows in the memory).
         size: the memory's capacity in embeddings (rows), at least the batch size.
         dim: the embedding dimension D.
         dtype, device: of the memory (default float32 on the CPU; ``.to()`` moves it).

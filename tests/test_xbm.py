@@ -21,6 +21,8 @@ LOSSES = [
      [dict(), dict(reduction="mean", margin=0.5), dict(reduction="sum", metric="cosine")]),
     (fastmine.nn.ContrastiveLoss, R.contrastive_loss,
      [dict(), dict(reduction="mean_nonzero", power=1, pos_margin=0.2), dict(reduction="sum")]),
+    (fastmine.nn.SemiHardTripletLoss, R.semi_hard_triplet_loss,
+     [dict(), dict(reduction="sum", metric="sqeuclidean")]),  # "none": see below
 ]
 CASES = [(cls, oracle, opts) for cls, oracle, all_opts in LOSSES for opts in all_opts]
 IDS = [f"{c[0].__name__}-{'-'.join(f'{k}={v}' for k, v in c[2].items()) or 'default'}" for c in CASES]
@@ -72,8 +74,35 @@ def test_against_oracle_through_wrap_around(cls, oracle, opts):
 @given(size=st.integers(1, 24), seed=st.integers(0, 2**31 - 1), data=st.data())
 def test_random_batch_sequences(size, seed, data):
     sizes = data.draw(st.lists(st.integers(1, size), min_size=1, max_size=6))
-    cls, oracle, all_opts = LOSSES[seed % 3]
+    cls, oracle, all_opts = LOSSES[seed % len(LOSSES)]
     run_steps(cls, oracle, all_opts[seed % len(all_opts)], size, sizes, seed=seed)
+
+
+def test_semi_hard_none_is_per_pair_in_memory_order():
+    """Semi-hard's reduction="none" has one value per (anchor, positive) pair, positives in
+    the order of their rows in the ring: the same values as the oracle on the concatenation
+    (whose row order differs), and the same gradient of their sum."""
+    g = torch.Generator().manual_seed(3)
+    xbm = fastmine.CrossBatchMemory(fastmine.nn.SemiHardTripletLoss(reduction="none", margin=0.5),
+                                    12, 5, dtype=torch.float64)
+    hist_x = torch.zeros(0, 5, dtype=torch.float64)
+    hist_y = torch.zeros(0, dtype=torch.int64)
+    for step, b in enumerate([5, 5, 5, 4]):  # the third batch wraps around the ring's end
+        x = torch.randn(b, 5, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 3, (b,), generator=g)
+        keep = max(0, hist_x.shape[0] - (12 - b))
+        ref, ref_y = torch.cat([x, hist_x[keep:]]), torch.cat([y, hist_y[keep:]])
+        xk, xo = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        got = xbm(xk, y)
+        want = R.semi_hard_triplet_loss(xo, y, ref_embeddings=ref, ref_labels=ref_y, self_offset=0,
+                                        reduction="none", margin=0.5)
+        assert got.shape == want.shape, f"step {step}"
+        assert_close_rel(got.detach().sort().values, want.detach().sort().values, 1e-9,
+                         what=f"pair losses, step {step}")
+        got.sum().backward()
+        want.sum().backward()
+        assert_close_rel(xk.grad, xo.grad, 1e-8, what=f"gradient, step {step}")
+        hist_x, hist_y = torch.cat([hist_x, x]), torch.cat([hist_y, y])
 
 
 def test_memory_holds_no_graph():
