@@ -288,6 +288,14 @@ def run_op(op, args, device, dtype) -> list:
             progress(f"plot skipped: {why_not}")
         else:
             written.append(stem + ".png")
+        if len({B for B, _ in sizes}) > 1:  # the speed-up against B (issue 5's report plot)
+            why_not = plot.speedup(stem + "_speedup.png", f"{op.name} fwd+bwd speed-up of "
+                                   f"fastmine, {info['device_name']}, {args.dtype}", results,
+                                   op.reference)
+            if why_not:
+                progress(f"speed-up plot skipped: {why_not}")
+            else:
+                written.append(stem + "_speedup.png")
     shown = [w if os.path.relpath(w).startswith("..") else os.path.relpath(w) for w in written]
     progress(f"wrote {', '.join(shown)} ({elapsed:.0f} s)")
 
