@@ -71,7 +71,17 @@ class OptionsLoss(torch.nn.Module):
     kept in ``state_dict`` and shown by ``repr``.
 
     Subclasses set ``functional`` (the fastmine function), ``reductions`` (the names it
-    accepts) and, for options whose check differs from the shared one, ``option_checks``.
+    accepts) and, for options whose check differs from the shared one, ``option_checks``,
+    and define ``forward`` (or use :class:`MinedLoss` / :class:`FocalLoss`, which do).
+
+    Example (a module over a function ``f(x, y, *, gamma, reduction)``):
+        >>> class MyLoss(fastmine.nn.OptionsLoss):
+        ...     functional = staticmethod(f)
+        ...     reductions = ("mean", "sum")
+        ...     def __init__(self, *, gamma: float = 2.0, reduction: str = "mean") -> None:
+        ...         super().__init__(gamma=gamma, reduction=reduction)
+        ...     def forward(self, x, y):
+        ...         return f(x, y, **self.options())
     """
 
     functional: ClassVar[Callable[..., Any]]
@@ -129,7 +139,17 @@ class OptionsLoss(torch.nn.Module):
 
 class MinedLoss(OptionsLoss):
     """Base of the modules over mined losses of ``(embeddings, labels)``, optionally against a
-    reference set. ``supports_info`` says whether the op takes ``return_info``."""
+    reference set. ``supports_info`` says whether the op takes ``return_info``.
+
+    Example (how :class:`SemiHardTripletLoss` is written):
+        >>> class SemiHard(fastmine.nn.MinedLoss):
+        ...     functional = staticmethod(fastmine.semi_hard_triplet_loss)
+        ...     reductions = ("mean", "sum", "none")
+        ...     supports_info = True
+        ...     def __init__(self, *, margin: float = 0.3, metric: str = "euclidean",
+        ...                  reduction: str = "mean") -> None:
+        ...         super().__init__(margin=margin, metric=metric, reduction=reduction)
+    """
 
     supports_info: ClassVar[bool] = False
 
@@ -268,7 +288,17 @@ class CentroidTripletLoss(OptionsLoss):
 
 
 class FocalLoss(OptionsLoss):
-    """Base of the focal-loss modules: ``forward(logits, targets)`` calls ``functional``."""
+    """Base of the focal-loss modules: ``forward(logits, targets)`` calls ``functional``.
+
+    Example (how :class:`FocalStarLoss` is written; ``star_gamma`` checks gamma > 0):
+        >>> class FocalStar(fastmine.nn.FocalLoss):
+        ...     functional = staticmethod(fastmine.focal_star_loss)
+        ...     reductions = ("none", "mean", "sum")
+        ...     option_checks = {"gamma": fastmine.focal.star_gamma}
+        ...     def __init__(self, *, gamma: float = 2.0, beta: float = 0.0,
+        ...                  reduction: str = "mean") -> None:
+        ...         super().__init__(gamma=gamma, beta=beta, reduction=reduction)
+    """
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return type(self).functional(logits, targets, **self.options())

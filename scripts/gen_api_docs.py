@@ -22,7 +22,7 @@ MODULES = [
     ("fastmine", "Functions and classes at the top level (`import fastmine`)."),
     ("fastmine.nn", "Loss modules (`torch.nn.Module`): the functional ops with stored options."),
     ("fastmine.distributed", "Mining over the global batch of a torch.distributed job."),
-    ("fastmine.contrib.pml", "Drop-ins for pytorch-metric-learning's losses (needs that package)."),
+    ("fastmine.contrib.pml", "Drop-ins for pytorch-metric-learning's losses and miners (needs that package)."),
 ]
 HEADER = """# fastmine API reference
 

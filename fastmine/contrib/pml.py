@@ -1,11 +1,16 @@
-"""Drop-in replacements for pytorch-metric-learning (PML) losses, computed by fastmine.
+"""Drop-in replacements for pytorch-metric-learning (PML) losses and miners, computed by
+fastmine.
 
     from fastmine.contrib.pml import TripletMarginLoss, ContrastiveLoss   # instead of
     # from pytorch_metric_learning.losses import TripletMarginLoss, ContrastiveLoss
+    from fastmine.contrib.pml import BatchHardMiner, TripletMarginMiner   # instead of
+    # from pytorch_metric_learning.miners import BatchHardMiner, TripletMarginMiner
 
 The classes subclass PML's own, take the same constructor arguments with the same defaults
-and give the same numbers (to float rounding) on the same inputs and configuration; only
-the computation is fastmine's (no B x B x B triplet tensor, no B x B matrix).
+and give the same numbers (to float rounding; the miners the same triplets) on the same
+inputs and configuration; only the computation is fastmine's (no B x B x B triplet tensor,
+no B x B matrix). ``SemiHardMiner`` is an addition (FaceNet semi-hard mining), not a PML
+class.
 
 Supported configurations (anything else raises ``ValueError`` when built, or when called if
 an attribute was changed afterwards):
@@ -33,16 +38,53 @@ Both accept ``ref_emb``/``ref_labels`` (mined against a reference set, as in PML
 reference set no pair is excluded unless ``ref_labels`` *is* ``labels``). ``labels`` are
 required. With an ``indices_tuple`` (mined by a PML miner) the call is passed to PML's own
 implementation unchanged: the numbers are PML's, without fastmine's speed-up.
+
+Miners (:class:`pytorch_metric_learning.miners.BaseMiner` subclasses: PML's ``forward``
+checks the inputs, handles ``ref_emb`` and records ``num_triplets``; fastmine computes
+``mine``). Each returns int64 ``(a, p, n)`` for a PML loss's ``indices_tuple``:
+
+``BatchHardMiner(distance=...)``: PML's ``BatchHardMiner`` (its ``(a, p, n)``, anchors
+without a positive or a negative dropped), by :func:`fastmine.mine_batch_hard`.
+
+``TripletMarginMiner(margin=0.2, type_of_triplets="all"|"hard"|"semihard"|"easy",
+distance=...)``: PML's ``TripletMarginMiner``, in PML's row-major order, by
+:func:`fastmine.mine_triplets` (counted per anchor, never the B x M x M cube).
+
+``SemiHardMiner(distance=...)``: *not* a PML class (PML has no FaceNet miner, and it is not
+``TripletMarginMiner("semihard")``, which keeps every triplet with 0 < d_an - d_ap <= margin):
+FaceNet / TF-Addons semi-hard mining by :func:`fastmine.mine_semi_hard`, one triplet per
+positive pair (a, p) whose anchor has a negative: the nearest negative farther than p, else
+the farthest negative. Pairs in row-major (a, p) order.
+
+* ``distance``: as for the losses (PML's default ``LpDistance()`` for all three); anything
+  else raises ``ValueError``. ``BatchHardMiner``'s ``allowed_pos_range`` /
+  ``allowed_neg_range`` are not supported.
+* ``labels`` are required, and ``ref_labels`` with ``ref_emb``. The reference set is PML's:
+  the anchor itself is excluded only when the batch is mined against itself or
+  ``ref_labels`` *is* ``labels``.
+* The triplets are PML's exactly, except for candidates within rounding of each other (a
+  near tie in batch-hard, a margin within rounding of a threshold), which may go either way
+  (fastmine recomputes close candidates from the vectors, PML reads its ``cdist`` matrix),
+  and for non-finite distances: ``TripletMarginMiner`` raises ``ValueError`` (PML silently
+  drops those triplets); ``BatchHardMiner`` selects a NaN candidate, as PML does.
+* ``collect_stats=True`` records PML's statistics with PML's values (to rounding):
+  ``BatchHardMiner``'s ``hardest_pos_pair`` etc. from the mined pairs (O(B D)),
+  ``TripletMarginMiner``'s ``pos_pair_dist``, ``neg_pair_dist``, ``avg_triplet_margin``
+  (means over *every* valid triplet, as PML's) from the distance matrix in row panels, never
+  the cube; ``SemiHardMiner`` records ``pos_pair_dist``, ``neg_pair_dist`` and
+  ``avg_triplet_margin`` over its mined triplets.
 """
 from __future__ import annotations
 
-from typing import Tuple
+import math
+from typing import NamedTuple, Tuple
 
 import torch
 
 try:
     from pytorch_metric_learning import distances as _distances
     from pytorch_metric_learning import losses as _losses
+    from pytorch_metric_learning import miners as _miners
     from pytorch_metric_learning import reducers as _reducers
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides the package
     raise ImportError(
@@ -51,8 +93,10 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
     ) from exc
 
 import fastmine
+from fastmine.miners import TRIPLET_TYPES
 
-__all__ = ["TripletMarginLoss", "ContrastiveLoss"]
+__all__ = ["TripletMarginLoss", "ContrastiveLoss", "BatchHardMiner", "TripletMarginMiner",
+           "SemiHardMiner"]
 
 
 def _metric(distance) -> Tuple[str, bool]:
@@ -204,3 +248,220 @@ def _pml_sees_no_pairs(labels: torch.Tensor, ref_labels: torch.Tensor, diagonal:
         return False
     n_pos = int((labels[:, None] == ref_labels[None, :]).sum()) - (b if diagonal else 0)
     return n_pos <= 1 and pairs - n_pos <= 1
+
+
+# ---- miners ---------------------------------------------------------------------------------
+
+#: Anchor rows of the distance matrix held at once for TripletMarginMiner's statistics (PML
+#: means over every triplet; a panel keeps that O(rows x M) in memory, never B x M x M).
+_STATS_PANEL_ROWS = 1024
+
+
+class _MinerInputs(NamedTuple):
+    x: torch.Tensor            # the anchors, L2-normalised when the distance would
+    labels: torch.Tensor
+    ref_kw: dict               # fastmine's reference-set keywords ({} for the batch itself)
+    exclude_self: bool         # PML drops the diagonal (get_matches_and_diffs)
+
+
+def _miner_inputs(miner, embeddings, labels, ref_emb, ref_labels) -> _MinerInputs:
+    """fastmine's inputs for what PML's BaseMiner.forward hands ``mine`` (there ref_emb is
+    never None: set_ref_emb has put the batch itself, the same objects, in its place)."""
+    if labels is None:
+        raise ValueError("labels are required by fastmine.contrib.pml miners")
+    if ref_labels is None:
+        # PML would silently pair ref_emb with the batch's labels (or fail on a shape)
+        raise ValueError("ref_labels are required with ref_emb")
+    _, normalize = _metric(miner.distance)
+    _distance_stats(miner.distance, embeddings, ref_emb)
+    x = torch.nn.functional.normalize(embeddings, p=2, dim=1) if normalize else embeddings
+    if ref_emb is embeddings and ref_labels is labels:
+        return _MinerInputs(x, labels, {}, True)
+    ref = torch.nn.functional.normalize(ref_emb, p=2, dim=1) if normalize else ref_emb
+    kw = dict(ref_embeddings=ref, ref_labels=ref_labels)
+    if ref_labels is labels:  # PML excludes the diagonal on object identity alone
+        kw["self_offset"] = 0
+    return _MinerInputs(x, labels, kw, ref_labels is labels)
+
+
+def _distance_stats(distance, embeddings, ref_emb) -> None:
+    """The statistics PML's distance object records when the miner calls it (the norms
+    before and after normalisation): O(B D), and only when asked for."""
+    distance.reset_stats()
+    if distance.collect_stats:
+        distance.set_default_stats(embeddings, ref_emb, distance.maybe_normalize(embeddings),
+                                   distance.maybe_normalize(ref_emb))
+
+
+def _stats_dtype(t: torch.Tensor) -> torch.Tensor:
+    # torch.cdist has no half kernel on the CPU; statistics are Python floats anyway
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _pml_pair_values(distance, xa: torch.Tensor, rb: torch.Tensor) -> torch.Tensor:
+    """PML's matrix entries distance(xa, rb)[i, i] for rows paired one to one, in PML's
+    terms (a similarity for CosineSimilarity), from the vectors: O(pairs x D)."""
+    xa, rb = distance.maybe_normalize(_stats_dtype(xa)), distance.maybe_normalize(_stats_dtype(rb))
+    if distance.is_inverted:  # CosineSimilarity (power 1, checked by _metric)
+        return (xa * rb).sum(1)
+    d = torch.linalg.vector_norm(xa - rb, dim=1)
+    return d if distance.power == 1 else d ** distance.power
+
+
+def _pml_matrix_panel(distance, xa: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Rows of PML's distance matrix for the (already normalised) anchors xa."""
+    if distance.is_inverted:
+        return xa @ ref.T
+    d = torch.cdist(xa, ref, p=2)
+    return d if distance.power == 1 else d ** distance.power
+
+
+def _all_triplet_means(distance, embeddings, labels, ref_emb, ref_labels,
+                       exclude_self: bool) -> Tuple[float, float, float]:
+    """PML TripletMarginMiner's statistics, the means over *every* valid triplet (a, p, n)
+    of d(a, p), d(a, n) and the margin, without the triplets: anchor a weighs each of its
+    positive distances by its number of negatives and vice versa. NaN when there is no
+    triplet (PML's mean of nothing)."""
+    x = distance.maybe_normalize(_stats_dtype(embeddings))
+    ref = distance.maybe_normalize(_stats_dtype(ref_emb))
+    sum_ap = sum_an = count = torch.zeros((), dtype=torch.float64, device=x.device)
+    cols = torch.arange(ref.shape[0], device=x.device)
+    for start in range(0, x.shape[0], _STATS_PANEL_ROWS):
+        rows = torch.arange(start, min(start + _STATS_PANEL_ROWS, x.shape[0]), device=x.device)
+        mat = _pml_matrix_panel(distance, x[rows], ref).double()
+        same = labels[rows][:, None] == ref_labels[None, :]
+        neg = ~same
+        pos = same & (cols[None, :] != rows[:, None]) if exclude_self else same
+        n_pos, n_neg = pos.sum(1).double(), neg.sum(1).double()
+        zero = torch.zeros_like(mat)  # where(), not a product: 0 * inf would be NaN
+        sum_ap = sum_ap + (torch.where(pos, mat, zero).sum(1) * n_neg).sum()
+        sum_an = sum_an + (torch.where(neg, mat, zero).sum(1) * n_pos).sum()
+        count = count + (n_pos * n_neg).sum()
+    mean_ap, mean_an = float(sum_ap / count), float(sum_an / count)  # 0/0: NaN, as PML
+    return mean_ap, mean_an, distance.margin(mean_an, mean_ap)
+
+
+class BatchHardMiner(_miners.BatchHardMiner):
+    """PML's ``BatchHardMiner`` computed by :func:`fastmine.mine_batch_hard`. Same arguments
+    and defaults as PML's (``distance``, ``collect_stats``).
+
+    For every anchor with a positive and a negative: its farthest positive and its nearest
+    negative. Returns ``(a, p, n)``, anchors ascending, as PML's (PML's ``BatchHardMiner``
+    returns triplets, not ``BatchEasyHardMiner``'s pairs).
+
+    Example:
+        >>> from fastmine.contrib.pml import BatchHardMiner
+        >>> from pytorch_metric_learning.losses import TripletMarginLoss
+        >>> miner, loss_fn = BatchHardMiner(), TripletMarginLoss(margin=0.2)
+        >>> loss = loss_fn(embeddings, labels, miner(embeddings, labels))
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._fastmine_options()  # fail at construction on an unsupported configuration
+
+    def _fastmine_options(self) -> str:
+        for name in ("allowed_pos_range", "allowed_neg_range"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name} is not supported by fastmine.contrib.pml.BatchHardMiner")
+        # settable attributes of PML's BatchEasyHardMiner: anything but hard/hard is another miner
+        if self.pos_strategy != self.HARD or self.neg_strategy != self.HARD:
+            raise ValueError("pos_strategy and neg_strategy must both be 'hard' in "
+                             "fastmine.contrib.pml.BatchHardMiner, got "
+                             f"{self.pos_strategy!r}, {self.neg_strategy!r}")
+        return _metric(self.distance)[0]
+
+    def mine(self, embeddings, labels, ref_emb, ref_labels):
+        metric = self._fastmine_options()
+        inp = _miner_inputs(self, embeddings, labels, ref_emb, ref_labels)
+        a, p, n = fastmine.mine_batch_hard(inp.x, inp.labels, metric=metric, **inp.ref_kw)
+        if self.collect_stats:  # PML's own set_stats, on PML's values of the mined pairs
+            self.set_stats(_pml_pair_values(self.distance, embeddings[a], ref_emb[p]),
+                           _pml_pair_values(self.distance, embeddings[a], ref_emb[n]))
+        return a, p, n
+
+
+class TripletMarginMiner(_miners.TripletMarginMiner):
+    """PML's ``TripletMarginMiner`` computed by :func:`fastmine.mine_triplets`. Same
+    arguments and defaults as PML's.
+
+    Every triplet whose margin t = d(a, n) - d(a, p) passes ``type_of_triplets``
+    (``"all"``: t <= margin, ``"hard"``: also t <= 0, ``"semihard"``: also t > 0,
+    ``"easy"``: t > margin), in PML's row-major (a, p, n) order. Another
+    ``type_of_triplets`` raises ``ValueError`` (PML would mine ``"all"``), so does a
+    non-finite distance (PML would drop those triplets).
+
+    Example:
+        >>> from fastmine.contrib.pml import TripletMarginMiner
+        >>> miner = TripletMarginMiner(margin=0.2, type_of_triplets="semihard")
+        >>> a, p, n = miner(embeddings, labels)
+    """
+
+    def __init__(self, margin: float = 0.2, type_of_triplets: str = "all", **kwargs) -> None:
+        super().__init__(margin=margin, type_of_triplets=type_of_triplets, **kwargs)
+        self._fastmine_options()
+
+    def _fastmine_options(self) -> dict:
+        if self.type_of_triplets not in TRIPLET_TYPES:
+            # PML treats any other string as "all"; a typo should not mine silently
+            raise ValueError(f"type_of_triplets must be one of {list(TRIPLET_TYPES)}, got "
+                             f"{self.type_of_triplets!r}")
+        margin = float(self.margin)
+        if not math.isfinite(margin):
+            raise ValueError(f"margin must be finite, got {margin}")
+        return dict(margin=margin, type=self.type_of_triplets, metric=_metric(self.distance)[0])
+
+    def mine(self, embeddings, labels, ref_emb, ref_labels):
+        opts = self._fastmine_options()
+        inp = _miner_inputs(self, embeddings, labels, ref_emb, ref_labels)
+        a, p, n = fastmine.mine_triplets(inp.x, inp.labels, **opts, **inp.ref_kw)
+        if self.collect_stats:
+            self.pos_pair_dist, self.neg_pair_dist, self.avg_triplet_margin = _all_triplet_means(
+                self.distance, embeddings, labels, ref_emb, ref_labels, inp.exclude_self)
+        return a, p, n
+
+
+class SemiHardMiner(_miners.BaseMiner):
+    """FaceNet / TensorFlow Addons semi-hard mining as a PML miner, computed by
+    :func:`fastmine.mine_semi_hard` (not a PML class; not PML's
+    ``TripletMarginMiner(type_of_triplets="semihard")``).
+
+    PML's ``"semihard"`` keeps every triplet with 0 < d(a, n) - d(a, p) <= margin. Here each
+    positive pair (a, p) whose anchor has a negative gets exactly one negative: the nearest
+    one farther than p (with ``CosineSimilarity``: the most similar one less similar than
+    p), else the farthest. No margin enters the choice. Returns ``(a, p, n)``, pairs in
+    row-major (a, p) order.
+
+    Args:
+        distance: ``LpDistance(p=2, power=1 or 2)`` (default ``LpDistance()``, PML's miner
+            default: euclidean on L2-normalised embeddings) or ``CosineSimilarity()``.
+        collect_stats: PML's flag; records ``pos_pair_dist``, ``neg_pair_dist`` and
+            ``avg_triplet_margin``, the means over the mined triplets.
+
+    Example:
+        >>> from fastmine.contrib.pml import SemiHardMiner
+        >>> from pytorch_metric_learning.losses import TripletMarginLoss
+        >>> miner, loss_fn = SemiHardMiner(), TripletMarginLoss(margin=0.2)
+        >>> loss = loss_fn(embeddings, labels, miner(embeddings, labels))
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_to_recordable_attributes(
+            list_of_names=["avg_triplet_margin", "pos_pair_dist", "neg_pair_dist"], is_stat=True)
+        self._fastmine_options()
+
+    def _fastmine_options(self) -> str:
+        return _metric(self.distance)[0]
+
+    def mine(self, embeddings, labels, ref_emb, ref_labels):
+        metric = self._fastmine_options()
+        inp = _miner_inputs(self, embeddings, labels, ref_emb, ref_labels)
+        a, p, n = fastmine.mine_semi_hard(inp.x, inp.labels, metric=metric, **inp.ref_kw)
+        if self.collect_stats:
+            ap = _pml_pair_values(self.distance, embeddings[a], ref_emb[p])
+            an = _pml_pair_values(self.distance, embeddings[a], ref_emb[n])
+            self.pos_pair_dist = torch.mean(ap).item()
+            self.neg_pair_dist = torch.mean(an).item()
+            self.avg_triplet_margin = torch.mean(self.distance.margin(an, ap)).item()
+        return a, p, n
