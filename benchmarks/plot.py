@@ -81,6 +81,10 @@ def speedup(path: str, title: str, sizes: List[Dict], reference: str) -> Optiona
                             xytext=(4, -10), fontsize=7, color=line.get_color())
     ax.axhline(1.0, color="gray", linewidth=0.8, linestyle="--")
     ax.set_xscale("log", base=2)
+    bs = sorted({s["B"] for ss in by_d.values() for s in ss})
+    ax.set_xticks(bs, [str(b) for b in bs])
+    ax.minorticks_off()
+    ax.margins(x=0.15)  # room for the last point's label
     ax.set_yscale("log")
     ax.set_xlabel("batch size B")
     ax.set_ylabel(f"method time / {reference} time (log)")
