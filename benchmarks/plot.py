@@ -4,6 +4,17 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 
+def _save(fig, ax, path: str, title: str) -> None:
+    """Title, legend, layout; writes the PNG and frees the figure."""
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot(path: str, title: str, sizes: List[Dict]) -> Optional[str]:
     """Writes the PNG; returns None, or why no plot was written."""
     try:
@@ -31,12 +42,7 @@ def plot(path: str, title: str, sizes: List[Dict]) -> Optional[str]:
     ax.set_yscale("log")
     ax.set_ylabel("median time (ms), log scale")
     ax.set_xticks(range(len(sizes)), [f"B={s['B']} D={s['D']}" for s in sizes])
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return None
+    return _save(fig, ax, path, title)
 
 
 def speedup(path: str, title: str, sizes: List[Dict], reference: str) -> Optional[str]:
@@ -88,9 +94,4 @@ def speedup(path: str, title: str, sizes: List[Dict], reference: str) -> Optiona
     ax.set_yscale("log")
     ax.set_xlabel("batch size B")
     ax.set_ylabel(f"method time / {reference} time (log)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return None
+    return _save(fig, ax, path, title)
