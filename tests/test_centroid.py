@@ -50,7 +50,113 @@ def test_matches_oracle(b, d, nc, seed, on_centroid, reduction, dtype, centroid_
     oracle = _run(R.centroid_triplet_loss, x.double(), labels, c.double(), reduction, centroid_grad=centroid_grad)
     for a, e, what in zip(ours, oracle, ("loss", "grad x", "grad centroids")):
         assert a.dtype == dtype
-        assert_close_rel(a, e, RTOL[dtype] * 4, what=what)
+        floor = None if what == "loss" else _grad_floor(e, reduction, b)
+        assert_close_rel(a, e, RTOL[dtype] * 4, floor=floor, what=what)
+
+
+def _grad_floor(expected, reduction, b):
+    """A gradient entry is a sum of terms g_i coef (x_i - c_m) / d_im, each of size up to
+    |g_i|: its rounding error scales with |g_i|, not with the sum. Where the oracle's gradient
+    is exactly 0 by symmetry (B = 1, D = 1, the sample on its centroid with as many centroids
+    on either side) no floating-point evaluation matches it to the default floor of 1e-12
+    (the previous kernel neither, in float64): floor at the largest |g_i| (upstream
+    linspace(0.5, 1.5), divided by B for the mean)."""
+    g = 1.5 / b if reduction == "mean" else 1.5
+    return max(float(expected.abs().max()), g)
+
+
+# ---- the GEMM path (B >= 2): inputs where the expanded form |x|^2 + |c|^2 - 2<x, c> cancels ----
+
+# Per-dimension offset putting d^2 ~ 0.011 (|x|^2 + |c|^2), just above the exact-recompute
+# threshold (1e-2), for unit centroids and samples at 0.7 from them: the worst case for the
+# dot-product form unless the kernel centres the data first.
+_THRESHOLD_OFFSET = math.sqrt(1.25 / 0.011)
+
+
+def _adversarial(kind, seed=11):
+    """float32 (x, labels, centroids) of a cancellation-prone kind."""
+    g = _gen(seed)
+    b, d, nc = {"threshold_offset": (128, 4096, 4), "overflow": (64, 8, 4)}.get(kind, (300, 33, 9))
+    c = torch.randn(nc, d, generator=g, dtype=F64)
+    labels = torch.randint(0, nc, (b,), generator=g)
+    noise = torch.randn(b, d, generator=g, dtype=F64)
+    x = c[labels] + 0.7 * noise
+    if kind == "near_own":  # a sample 1e-6 from its centroid: its distance and 1/d weight
+        x = c[labels] + 1e-6 * noise
+    elif kind == "on_own":  # exactly on it: distance 0, subgradient 0
+        x[::2] = c[labels[::2]]
+    elif kind == "near_other":  # 1e-6 from another class's centroid
+        x = c[(labels + 1) % nc] + 1e-6 * noise
+    elif kind == "on_other":
+        x[::2] = c[(labels[::2] + 1) % nc]
+    elif kind == "offset":  # large norms, small differences
+        c, x = c + 1e4, x + 1e4
+    elif kind == "threshold_offset":
+        c, x = c + _THRESHOLD_OFFSET, x + _THRESHOLD_OFFSET
+    elif kind == "overflow":  # <x, c> overflows float32; the distances do not
+        c, x = c * 1e19, x * 1e19
+    elif kind == "underflow":  # the products underflow float32
+        c, x = c * 1e-22, x * 1e-22
+    elif kind == "duplicate_centroids":
+        c[3] = c[5]
+    return x.float(), labels, c.float()
+
+
+ADVERSARIAL = ("near_own", "on_own", "near_other", "on_other", "offset", "threshold_offset",
+               "overflow", "underflow", "duplicate_centroids")
+
+
+@pytest.mark.parametrize("kind", ADVERSARIAL)
+def test_gemm_path_adversarial_matches_oracle(kind):
+    """float32 loss and both gradients within 1e-5 of the float64 oracle where the GEMM form
+    alone is wrong; zero distances give finite (0) subgradients."""
+    x, labels, c = _adversarial(kind)
+    ours = _run(fastmine.centroid_triplet_loss, x, labels, c, "none")
+    oracle = _run(R.centroid_triplet_loss, x.double(), labels, c.double(), "none")
+    for a, e, what in zip(ours, oracle, ("loss", "grad x", "grad centroids")):
+        assert torch.isfinite(a).all(), what
+        scale = float(e.abs().max())  # assert_close_rel's floor is at least 1e-12: rescale
+        assert_close_rel(a.double() / scale, e / scale, RTOL[torch.float32], what=f"{kind}: {what}")
+    if kind.startswith("on_"):
+        _, dist = ops.centroid_triplet(x, labels, c)
+        other = 1 if kind == "on_other" else 0
+        assert (dist[torch.arange(0, x.shape[0], 2), (labels[::2] + other) % c.shape[0]] == 0).all()
+
+
+@pytest.mark.parametrize("b,d,nc", [(2, 1, 2), (3, 1, 2), (2, 128, 2), (5, 2, 3), (2, 1, 7)])
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=str)
+def test_smallest_gemm_shapes_match_oracle(b, d, nc, dtype):
+    """The GEMM path from B = 2 (two blocks of one sample), D = 1, C = 2 up; one sample on its
+    centroid, the others 0.7 or 1e-5 from theirs."""
+    for spread, seed in ((0.7, 0), (1e-5, 1)):
+        g = _gen(seed)
+        c = torch.randn(nc, d, generator=g, dtype=F64)
+        labels = torch.arange(b) % nc
+        x = c[labels] + spread * torch.randn(b, d, generator=g, dtype=F64)
+        x[0] = c[labels[0]]
+        ours = _run(fastmine.centroid_triplet_loss, x.to(dtype), labels, c.to(dtype), "none")
+        oracle = _run(R.centroid_triplet_loss, x.to(dtype).double(), labels, c.to(dtype).double(), "none")
+        for a, e, what in zip(ours, oracle, ("loss", "grad x", "grad centroids")):
+            assert_close_rel(a, e, RTOL[dtype] * 4, floor=_grad_floor(e, "none", b) if what != "loss" else None,
+                             what=what)
+
+
+@pytest.mark.parametrize("b,d,nc", [(9, 16, 33), (5, 64, 16), (33, 16, 9), (700, 33, 9), (130, 8, 65)])
+def test_thread_count_does_not_change_the_gemm_path(b, d, nc):
+    """Shapes where one multi-threaded MKL call gives different bits for 1 and 2 threads
+    (M = 5 or 9 rows, N >= 16): the kernel's fixed GEMM blocks must not."""
+    x, labels, c = _case(b, d, nc, seed=12, on_centroid=1, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            runs.append(_run(fastmine.centroid_triplet_loss, x, labels, c, "none"))
+    finally:
+        torch.set_num_threads(threads)
+    for other in runs[1:]:
+        for u, v in zip(runs[0], other):
+            assert torch.equal(u, v)
 
 
 def test_formula_by_hand():
