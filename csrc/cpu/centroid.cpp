@@ -99,34 +99,15 @@ int64_t num_blocks(int64_t n, int64_t rows) { return (n + rows - 1) / rows; }
 // dispatch state is the default one: each task excludes autograd itself (the inputs may
 // require grad; this kernel runs below autograd), or at::mm_out would refuse them.
 
-// |u|^2 in double with eight independent partial sums (vectorises; fixed order).
+// |u|^2 and the sum of u[0..n), in double (lane_sum: vectorises, fixed order).
 template <typename T>
 double norm2(const T* u, int64_t d) {
-  constexpr int64_t kLanes = 8;
-  double lane[kLanes] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= d; k += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) lane[l] += double(u[k + l]) * double(u[k + l]);
-  }
-  double s = 0.0;
-  for (; k < d; ++k) s += double(u[k]) * double(u[k]);
-  for (int64_t l = 0; l < kLanes; ++l) s += lane[l];
-  return s;
+  return lane_sum(d, [&](int64_t k) { return double(u[k]) * double(u[k]); });
 }
 
-// sum of u[0..n) in double, eight partial sums (vectorises; fixed order).
 template <typename T>
 double sum_in_double(const T* u, int64_t n) {
-  constexpr int64_t kLanes = 8;
-  double lane[kLanes] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= n; k += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) lane[l] += double(u[k + l]);
-  }
-  double s = 0.0;
-  for (; k < n; ++k) s += double(u[k]);
-  for (int64_t l = 0; l < kLanes; ++l) s += lane[l];
-  return s;
+  return lane_sum(n, [&](int64_t k) { return double(u[k]); });
 }
 
 template <typename T>

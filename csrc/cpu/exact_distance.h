@@ -17,28 +17,31 @@ PairAcc<double> accumulate_pair(const scalar_t* u, const scalar_t* v, int64_t di
   return acc;
 }
 
-// ||u - v||^2 from direct differences, accumulated in double. Eight independent partial
-// sums let the compiler put the loop in SIMD registers without reassociating anything (a
-// single running sum is one long dependency chain: 4x slower at D = 128); the lanes are
-// added in a fixed order, so the result is still bitwise reproducible.
-template <typename T>
-double squared_distance(const T* u, const T* v, int64_t d) {
+// The sum over k in [0, n) of term(k), in double, with eight independent partial sums: the
+// compiler may put the loop in SIMD registers without reassociating anything (one running
+// sum is a single long dependency chain: 4x slower at n = 128), and the lanes are added in a
+// fixed order, so the result is bitwise reproducible.
+template <typename Term>
+double lane_sum(int64_t n, Term term) {
   constexpr int64_t kLanes = 8;
   double lane[kLanes] = {};
   int64_t k = 0;
-  for (; k + kLanes <= d; k += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) {
-      const double diff = static_cast<double>(u[k + l]) - static_cast<double>(v[k + l]);
-      lane[l] += diff * diff;
-    }
+  for (; k + kLanes <= n; k += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) lane[l] += term(k + l);
   }
   double s = 0.0;
-  for (; k < d; ++k) {
-    const double diff = static_cast<double>(u[k]) - static_cast<double>(v[k]);
-    s += diff * diff;
-  }
+  for (; k < n; ++k) s += term(k);
   for (int64_t l = 0; l < kLanes; ++l) s += lane[l];
   return s;
+}
+
+// ||u - v||^2 from direct differences (no cancellation), accumulated in double.
+template <typename T>
+double squared_distance(const T* u, const T* v, int64_t d) {
+  return lane_sum(d, [&](int64_t k) {
+    const double diff = static_cast<double>(u[k]) - static_cast<double>(v[k]);
+    return diff * diff;
+  });
 }
 
 template <typename scalar_t>
