@@ -99,12 +99,7 @@ int64_t num_blocks(int64_t n, int64_t rows) { return (n + rows - 1) / rows; }
 // dispatch state is the default one: each task excludes autograd itself (the inputs may
 // require grad; this kernel runs below autograd), or at::mm_out would refuse them.
 
-// |u|^2 and the sum of u[0..n), in double (lane_sum: vectorises, fixed order).
-template <typename T>
-double norm2(const T* u, int64_t d) {
-  return lane_sum(d, [&](int64_t k) { return double(u[k]) * double(u[k]); });
-}
-
+// The sum of u[0..n), in double (lane_sum: vectorises, fixed order).
 template <typename T>
 double sum_in_double(const T* u, int64_t n) {
   return lane_sum(n, [&](int64_t k) { return double(u[k]); });
@@ -114,7 +109,7 @@ template <typename T>
 std::vector<double> norms2(const T* p, int64_t n, int64_t d) {
   std::vector<double> out(n);
   at::parallel_for(0, n, 64, [&](int64_t a, int64_t e) {
-    for (int64_t i = a; i < e; ++i) out[i] = norm2(p + i * d, d);
+    for (int64_t i = a; i < e; ++i) out[i] = squared_norm(p + i * d, d);
   });
   return out;
 }
@@ -248,7 +243,7 @@ void forward_impl(const at::Tensor& x, const int64_t* lp, const at::Tensor& c,
           // d^2 from the dot products, then d: an entry to recompute gets d^2 = -1, so d = NaN
           // (every other entry is finite and >= 0). ATen's SIMD sqrt is correctly rounded, as
           // std::sqrt, which does not vectorise (errno).
-          const double xi2 = norm2(xs.data_ptr<T>() + (i - r0) * d, d);
+          const double xi2 = squared_norm(xs.data_ptr<T>() + (i - r0) * d, d);
           const int marked = squared_from_dot(row, s.n2.data(), xi2, tiny, t_max, nc);
           at::vec::map([](at::vec::Vectorized<T> v) { return v.sqrt(); }, row, row, nc);
           for (int64_t m = 0; marked > 0 && m < nc; ++m) {
@@ -328,7 +323,7 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& x, const int64_t* l
       if (part != nullptr) std::fill(part, part + nc, 0.0);
       for (int64_t i = r0; i < r0 + nr; ++i) {
         const int64_t yi = lp[i];
-        const T xi2 = gemm ? T(norm2(xsp + (i - r0) * d, d)) : T(0);
+        const T xi2 = gemm ? T(squared_norm(xsp + (i - r0) * d, d)) : T(0);
         const T* dr = dp + i * nc;
         T* wr = wp + (i - r0) * nc;
         const int others = weight_row(wr, dr, nc2.data(), xi2, tiny, gp[i], k, yi, !gemm, nc);

@@ -44,11 +44,10 @@ double squared_distance(const T* u, const T* v, int64_t d) {
   });
 }
 
+// |u|^2, accumulated in double.
 template <typename scalar_t>
 double squared_norm(const scalar_t* u, int64_t dim) {
-  double s = 0;
-  for (int64_t k = 0; k < dim; ++k) s += double(u[k]) * double(u[k]);
-  return s;
+  return lane_sum(dim, [&](int64_t k) { return double(u[k]) * double(u[k]); });
 }
 
 // Squared norm of each of the n rows of a contiguous (n, dim) array.
