@@ -74,7 +74,7 @@ def test_backward_rejects_out_of_range_indices():
     x = _x(4, 2)
     idx = torch.tensor([0, 9])
     one = torch.ones(2, dtype=F64)
-    with pytest.raises(RuntimeError, match="out of range"):
+    with pytest.raises(ValueError, match="anchor_idx must hold rows of x in"):
         ops.semi_hard_triplet_backward(one, one, one, x, x, idx, idx, idx, one, one, 0.3, 0)
 
 

@@ -17,7 +17,7 @@
 
 #include "common/batch_all.h"
 #include "common/triplet.h"
-#include "cpu/checks.h"
+#include "cpu/contract_cpu.h"
 #include "cpu/panel.h"
 
 namespace fastmine::cpu {
@@ -111,9 +111,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_all_triplet_cpu(
     const at::Tensor& x, const at::Tensor& labels, const at::Tensor& ref,
     const at::Tensor& ref_labels, double margin, int64_t metric, bool soft, bool has_exclude,
     int64_t exclude_offset, bool /*allow_tf32: CUDA tiles only*/) {
-  check_pair(x, ref);
-  check_labels(labels, x.size(0), "labels");
-  check_labels(ref_labels, ref.size(0), "ref_labels");
+  contract::batch_all_triplet<CpuSide>(x, labels, ref, ref_labels, margin, metric, has_exclude,
+                                       exclude_offset);
   const int64_t b = x.size(0);
   at::Tensor loss = at::empty({b}, x.options());
   at::Tensor valid = at::empty({b}, labels.options());
@@ -132,7 +131,8 @@ std::tuple<at::Tensor, at::Tensor> batch_all_triplet_backward_cpu(
     const at::Tensor& grad_, const at::Tensor& x, const at::Tensor& labels, const at::Tensor& ref,
     const at::Tensor& ref_labels, double margin, int64_t metric, bool soft, bool has_exclude,
     int64_t exclude_offset, bool /*allow_tf32: CUDA tiles only*/) {
-  check_pair(x, ref);
+  contract::batch_all_triplet_backward<CpuSide>(grad_, x, labels, ref, ref_labels, margin, metric,
+                                                has_exclude, exclude_offset);
   const at::Tensor grad = grad_.contiguous();
   const at::Tensor lab = labels.contiguous(), rlab = ref_labels.contiguous();
   at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);

@@ -12,7 +12,8 @@
 
 #include "common/distance.h"
 #include "common/triplet.h"
-#include "cpu/checks.h"
+#include "cpu/contract_cpu.h"
+#include "cpu/panel_rows.h"
 #include "cpu/exact_distance.h"
 
 namespace fastmine::cpu {
@@ -201,9 +202,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_har
     const at::Tensor& x_, const at::Tensor& labels_, const at::Tensor& ref_,
     const at::Tensor& ref_labels_, double margin, int64_t metric, bool soft, bool has_exclude,
     int64_t exclude_offset, bool /*allow_tf32: CUDA tiles only*/) {
-  check_pair(x_, ref_);
-  check_labels(labels_, x_.size(0), "labels");
-  check_labels(ref_labels_, ref_.size(0), "ref_labels");
+  contract::batch_hard_triplet<CpuSide>(x_, labels_, ref_, ref_labels_, margin, metric, has_exclude,
+                                        exclude_offset);
   const at::Tensor x = x_.contiguous(), ref = ref_.contiguous();
   const at::Tensor labels = labels_.contiguous(), ref_labels = ref_labels_.contiguous();
   const int64_t b = x.size(0);
@@ -247,9 +247,15 @@ void batch_hard_backward_impl(const at::Tensor& grad_loss, const at::Tensor& gra
   std::vector<DistGrad<double>> dg(2 * b);
   at::parallel_for(0, b, 64, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
+      // An anchor counts when both of its rows are mined (the forward gives -1 to both of an
+      // invalid anchor; the CUDA kernel applies the same rule).
+      if (pi[i] < 0 || ni[i] < 0) {
+        target[2 * i] = target[2 * i + 1] = -1;
+        coef[2 * i] = coef[2 * i + 1] = 0;
+        continue;
+      }
       target[2 * i] = pi[i];
       target[2 * i + 1] = ni[i];
-      if (pi[i] < 0) { coef[2 * i] = coef[2 * i + 1] = 0; continue; }
       const double z = double(pd[i]) - double(nd[i]) + margin;
       const double t = double(gl[i]) * triplet_term_grad(z, soft);
       coef[2 * i] = t + double(gpd[i]);
@@ -308,7 +314,9 @@ std::tuple<at::Tensor, at::Tensor> batch_hard_triplet_backward_cpu(
     const at::Tensor& x_, const at::Tensor& ref_, const at::Tensor& pos_idx,
     const at::Tensor& neg_idx, const at::Tensor& pos_dist, const at::Tensor& neg_dist,
     double margin, int64_t metric, bool soft) {
-  check_pair(x_, ref_);
+  contract::batch_hard_triplet_backward<CpuSide>(grad_loss, grad_pos_dist, grad_neg_dist, x_, ref_,
+                                                 pos_idx, neg_idx, pos_dist, neg_dist, margin,
+                                                 metric);
   const at::Tensor x = x_.contiguous(), ref = ref_.contiguous();
   at::Tensor gx = at::zeros_like(x);
   at::Tensor gr = at::zeros_like(ref);

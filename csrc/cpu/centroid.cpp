@@ -58,34 +58,11 @@
 
 #include "common/centroid.h"
 #include "common/distance.h"
+#include "cpu/contract_cpu.h"
 #include "cpu/exact_distance.h"
 
 namespace fastmine::cpu {
 namespace {
-
-void check_inputs(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& c) {
-  TORCH_CHECK(x.dim() == 2 && c.dim() == 2, "fastmine.centroid_triplet_loss: embeddings and "
-              "centroids must be 2-D");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "fastmine.centroid_triplet_loss: embeddings must be float32 or float64 on the CPU");
-  TORCH_CHECK(c.scalar_type() == x.scalar_type(), "fastmine.centroid_triplet_loss: centroids "
-              "must have the dtype of embeddings");
-  TORCH_CHECK_VALUE(c.size(1) == x.size(1), "fastmine.centroid_triplet_loss: centroids must have "
-                    "D = ", x.size(1), " features, got ", c.size(1));
-  TORCH_CHECK_VALUE(c.size(0) >= 2, "fastmine.centroid_triplet_loss: centroids must hold C >= 2 "
-                    "classes, got ", c.size(0));
-  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == x.size(0) &&
-                  labels.scalar_type() == at::kLong,
-              "fastmine.centroid_triplet_loss: labels must be int64 of shape (", x.size(0), ",)");
-}
-
-void check_label_range(const int64_t* lp, int64_t b, int64_t nc) {
-  for (int64_t i = 0; i < b; ++i) {
-    TORCH_CHECK_VALUE(lp[i] >= 0 && lp[i] < nc, "fastmine.centroid_triplet_loss: labels must be "
-                      "in [0, C) = [0, ", nc, ") (one row of centroids per class), got ", lp[i],
-                      " at position ", i);
-  }
-}
 
 constexpr int64_t kMaxBlock = 64;  // rows (samples or centroids) per GEMM block
 
@@ -262,11 +239,10 @@ void forward_impl(const at::Tensor& x, const int64_t* lp, const at::Tensor& c,
 std::tuple<at::Tensor, at::Tensor> centroid_triplet_cpu(const at::Tensor& x_,
                                                         const at::Tensor& labels_,
                                                         const at::Tensor& c_) {
-  check_inputs(x_, labels_, c_);
+  contract::centroid_triplet<CpuSide>(x_, labels_, c_);
   const at::Tensor x = x_.contiguous(), labels = labels_.contiguous(), c = c_.contiguous();
   const int64_t b = x.size(0), nc = c.size(0);
   const int64_t* lp = labels.data_ptr<int64_t>();
-  check_label_range(lp, b, nc);
   at::Tensor loss = at::empty({b}, x.options());
   at::Tensor dist = at::empty({b, nc}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "centroid_triplet_cpu",
@@ -421,16 +397,11 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& x, const int64_t* l
 std::tuple<at::Tensor, at::Tensor> centroid_triplet_backward_cpu(
     const at::Tensor& grad_, const at::Tensor& x_, const at::Tensor& labels_,
     const at::Tensor& c_, const at::Tensor& dist_, bool need_centroid_grad) {
-  check_inputs(x_, labels_, c_);
+  contract::centroid_triplet_backward<CpuSide>(grad_, x_, labels_, c_, dist_);
   const at::Tensor x = x_.contiguous(), labels = labels_.contiguous(), c = c_.contiguous();
   const at::Tensor grad = grad_.contiguous(), dist = dist_.contiguous();
   const int64_t b = x.size(0), d = x.size(1), nc = c.size(0);
-  TORCH_CHECK(grad.numel() == b && dist.numel() == b * nc, "fastmine.centroid_triplet_backward: "
-              "grad must be (B,) and dist (B, C)");
-  TORCH_CHECK(grad.scalar_type() == x.scalar_type() && dist.scalar_type() == x.scalar_type(),
-              "fastmine.centroid_triplet_backward: grad and dist must have the dtype of embeddings");
   const int64_t* lp = labels.data_ptr<int64_t>();
-  check_label_range(lp, b, nc);
   at::Tensor gx = at::empty({b, d}, x.options());
   at::Tensor gc = need_centroid_grad ? at::empty({nc, d}, x.options()) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "centroid_triplet_backward_cpu", [&] {

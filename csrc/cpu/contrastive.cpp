@@ -8,7 +8,7 @@
 #include <limits>
 
 #include "common/pair_losses.h"
-#include "cpu/checks.h"
+#include "cpu/contract_cpu.h"
 #include "cpu/dispatch.h"
 #include "cpu/panel.h"
 
@@ -95,14 +95,13 @@ struct ContrastiveOutputs {
   at::Tensor t[6];  // pos_sum, pos_nonzero, pos_pairs, neg_sum, neg_nonzero, neg_pairs
 };
 
-ContrastiveOutputs contrastive_run(const at::Tensor& x, const at::Tensor& labels,
+ContrastiveOutputs contrastive_run(const char* op, const at::Tensor& x, const at::Tensor& labels,
                                    const at::Tensor& ref, const at::Tensor& ref_labels,
                                    double pos_margin, double neg_margin, double power,
                                    int64_t metric, bool triangle, bool has_exclude,
                                    int64_t exclude_offset, at::Tensor* gx, at::Tensor* gr) {
-  check_pair(x, ref);
-  check_labels(labels, x.size(0), "labels");
-  check_labels(ref_labels, ref.size(0), "ref_labels");
+  contract::contrastive<CpuSide>(op, x, labels, ref, ref_labels, pos_margin, neg_margin, power,
+                                 metric, triangle, has_exclude, exclude_offset);
   const int64_t b = x.size(0);
   ContrastiveOutputs o{{at::empty({b}, x.options()), at::empty({b}, labels.options()),
                         at::empty({b}, labels.options()), at::empty({b}, x.options()),
@@ -121,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& ref_labels, double pos_margin, double neg_margin, double power,
     int64_t metric, bool triangle, bool has_exclude, int64_t exclude_offset,
     bool /*allow_tf32: CUDA tiles only*/) {
-  const ContrastiveOutputs o = contrastive_run(x, labels, ref, ref_labels, pos_margin, neg_margin,
+  const ContrastiveOutputs o = contrastive_run("contrastive", x, labels, ref, ref_labels, pos_margin, neg_margin,
                                                power, metric, triangle, has_exclude,
                                                exclude_offset, nullptr, nullptr);
   return {o.t[0], o.t[1], o.t[2], o.t[3], o.t[4], o.t[5]};
@@ -134,7 +133,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_with_grad
     bool /*allow_tf32: CUDA tiles only*/) {
   at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
   at::Tensor gr = at::zeros_like(ref, at::MemoryFormat::Contiguous);
-  const ContrastiveOutputs o = contrastive_run(x, labels, ref, ref_labels, pos_margin, neg_margin,
+  const ContrastiveOutputs o = contrastive_run("contrastive_with_grad", x, labels, ref, ref_labels, pos_margin, neg_margin,
                                                power, metric, triangle, has_exclude,
                                                exclude_offset, &gx, &gr);
   // Per-anchor sums reduced in a fixed order (at::sum is deterministic on the CPU).
@@ -146,7 +145,9 @@ std::tuple<at::Tensor, at::Tensor> contrastive_backward_cpu(
     const at::Tensor& labels, const at::Tensor& ref, const at::Tensor& ref_labels,
     double pos_margin, double neg_margin, double power, int64_t metric, bool triangle,
     bool has_exclude, int64_t exclude_offset, bool /*allow_tf32: CUDA tiles only*/) {
-  check_pair(x, ref);
+  contract::contrastive_backward<CpuSide>(grad_pos_, grad_neg_, x, labels, ref, ref_labels,
+                                          pos_margin, neg_margin, power, metric, triangle,
+                                          has_exclude, exclude_offset);
   const at::Tensor grad_pos = grad_pos_.contiguous(), grad_neg = grad_neg_.contiguous();
   const at::Tensor lab = labels.contiguous(), rlab = ref_labels.contiguous();
   at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/focal.h"
+#include "cpu/contract_cpu.h"
 
 namespace fastmine::cpu {
 namespace {
@@ -99,17 +100,6 @@ double elementwise(const T* x, const T* t, int64_t n, bool reduce, T* loss, T* g
   return total;
 }
 
-void check_elementwise(const at::Tensor& logits, const at::Tensor& targets, const char* op) {
-  TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble,
-              "fastmine.", op, ": logits must be float32 or float64 on the CPU, got ",
-              logits.scalar_type());
-  TORCH_CHECK_VALUE(targets.sizes() == logits.sizes(), "fastmine.", op,
-                    ": targets must have the shape of logits ", logits.sizes(), ", got ",
-                    targets.sizes());
-  TORCH_CHECK(targets.scalar_type() == logits.scalar_type(), "fastmine.", op,
-              ": targets must have the dtype of logits");
-}
-
 // Shared body of the elementwise ops. launch(zero, x, t, n, loss, grad, upstream, up0)
 // runs the op's term with the gradient exactly when grad != nullptr.
 template <typename Launch>
@@ -129,12 +119,8 @@ at::Tensor run_forward(const at::Tensor& logits_, const at::Tensor& targets_, bo
 
 template <typename Launch>
 at::Tensor run_backward(const at::Tensor& grad_, const at::Tensor& logits_,
-                        const at::Tensor& targets_, const char* op, const Launch& launch) {
+                        const at::Tensor& targets_, const Launch& launch) {
   const at::Tensor x = logits_.contiguous(), t = targets_.contiguous(), g = grad_.contiguous();
-  TORCH_CHECK(g.scalar_type() == x.scalar_type(), "fastmine.", op,
-              ": grad must have the dtype of logits");
-  TORCH_CHECK(g.dim() == 0 || g.sizes() == x.sizes(), "fastmine.", op,
-              ": grad must be 0-d (a reduced loss) or have the shape of logits");
   at::Tensor gx = at::empty(x.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastmine_focal_backward_cpu", [&] {
     using T = scalar_t;
@@ -190,29 +176,26 @@ struct FocalStarLaunch {
 
 at::Tensor sigmoid_focal_cpu(const at::Tensor& logits, const at::Tensor& targets, double alpha,
                              double gamma, bool reduce) {
-  check_elementwise(logits, targets, "sigmoid_focal_loss");
+  contract::sigmoid_focal<CpuSide>(logits, targets, alpha, gamma);
   return run_forward(logits, targets, reduce, SigmoidFocalLaunch{alpha, gamma});
 }
 
 at::Tensor sigmoid_focal_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
                                       const at::Tensor& targets, double alpha, double gamma) {
-  check_elementwise(logits, targets, "sigmoid_focal_loss");
-  return run_backward(grad, logits, targets, "sigmoid_focal_loss",
-                      SigmoidFocalLaunch{alpha, gamma});
+  contract::sigmoid_focal_backward<CpuSide>(grad, logits, targets, alpha, gamma);
+  return run_backward(grad, logits, targets, SigmoidFocalLaunch{alpha, gamma});
 }
 
 at::Tensor focal_star_cpu(const at::Tensor& logits, const at::Tensor& targets, double gamma,
                           double beta, bool reduce) {
-  check_elementwise(logits, targets, "focal_star_loss");
-  TORCH_CHECK_VALUE(gamma > 0, "fastmine.focal_star_loss: gamma must be > 0, got ", gamma);
+  contract::focal_star<CpuSide>(logits, targets, gamma, beta);
   return run_forward(logits, targets, reduce, FocalStarLaunch{gamma, beta});
 }
 
 at::Tensor focal_star_backward_cpu(const at::Tensor& grad, const at::Tensor& logits,
                                    const at::Tensor& targets, double gamma, double beta) {
-  check_elementwise(logits, targets, "focal_star_loss");
-  TORCH_CHECK_VALUE(gamma > 0, "fastmine.focal_star_loss: gamma must be > 0, got ", gamma);
-  return run_backward(grad, logits, targets, "focal_star_loss", FocalStarLaunch{gamma, beta});
+  contract::focal_star_backward<CpuSide>(grad, logits, targets, gamma, beta);
+  return run_backward(grad, logits, targets, FocalStarLaunch{gamma, beta});
 }
 
 // ---- softmax focal: one row of C logits per sample ---------------------------------------------
@@ -257,28 +240,14 @@ std::tuple<at::Tensor, at::Tensor> softmax_focal_cpu(const at::Tensor& logits_,
                                                      const at::Tensor& target_,
                                                      const at::Tensor& alpha_, double gamma,
                                                      bool with_grad) {
-  TORCH_CHECK(logits_.dim() == 2, "fastmine.softmax_focal_loss: logits must be (N, C)");
-  TORCH_CHECK(logits_.scalar_type() == at::kFloat || logits_.scalar_type() == at::kDouble,
-              "fastmine.softmax_focal_loss: logits must be float32 or float64 on the CPU");
+  contract::softmax_focal<CpuSide>(logits_, target_, alpha_, gamma);
   const int64_t n = logits_.size(0), c = logits_.size(1);
-  TORCH_CHECK_VALUE(target_.dim() == 1 && target_.size(0) == n,
-                    "fastmine.softmax_focal_loss: target must have shape (", n, ",)");
-  TORCH_CHECK(target_.scalar_type() == at::kLong, "fastmine.softmax_focal_loss: target must be int64");
-  TORCH_CHECK_VALUE(alpha_.dim() == 1 && alpha_.size(0) == c,
-                    "fastmine.softmax_focal_loss: alpha must have shape (", c, ",)");
-  TORCH_CHECK(alpha_.scalar_type() == logits_.scalar_type(),
-              "fastmine.softmax_focal_loss: alpha must have the dtype of logits");
   const at::Tensor x = logits_.contiguous(), target = target_.contiguous(),
                    alpha = alpha_.contiguous();
   const int64_t* tp = target.data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK_VALUE(tp[i] >= 0 && tp[i] < c, "fastmine.softmax_focal_loss: target must hold "
-                      "class indices in [0, ", c, "), got ", tp[i], " at position ", i);
-  }
   at::Tensor loss = at::empty({n}, x.options());
   at::Tensor grad = with_grad ? at::empty({n, c}, x.options()) : at::empty({0}, x.options());
   if (n == 0) return {loss, grad};
-  TORCH_CHECK_VALUE(c > 0, "fastmine.softmax_focal_loss: logits has C = 0 classes");
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "softmax_focal_cpu", [&] {
     using T = scalar_t;
     dispatch_gamma(gamma, [&](auto kg) {

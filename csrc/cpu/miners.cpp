@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "common/miners.h"
-#include "cpu/checks.h"
+#include "cpu/contract_cpu.h"
 #include "cpu/panel.h"
 
 namespace fastmine::cpu {
@@ -187,10 +187,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_triplets_cpu(
     const at::Tensor& x, const at::Tensor& labels, const at::Tensor& ref,
     const at::Tensor& ref_labels, double margin, int64_t type, int64_t metric, bool has_exclude,
     int64_t exclude_offset) {
-  check_pair(x, ref);
-  check_labels(labels, x.size(0), "labels");
-  check_labels(ref_labels, ref.size(0), "ref_labels");
-  TORCH_CHECK(type >= kTripletAll && type <= kTripletEasy, "mine_triplets: unknown type id ", type);
+  contract::mine_triplets<CpuSide>(x, labels, ref, ref_labels, margin, type, metric, has_exclude,
+                                   exclude_offset);
   const at::Tensor lab = labels.contiguous(), rlab = ref_labels.contiguous();
   const MineArgs a{margin, type, has_exclude, exclude_offset};
   const auto idx = labels.options().dtype(at::kLong);

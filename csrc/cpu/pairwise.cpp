@@ -3,7 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "cpu/checks.h"
+#include "cpu/contract_cpu.h"
 #include "cpu/panel.h"
 
 namespace fastmine::cpu {
@@ -11,7 +11,7 @@ namespace {
 
 at::Tensor pairwise_distance_cpu(const at::Tensor& x, const at::Tensor& y, int64_t metric,
                                  bool /*allow_tf32: CUDA tiles only*/) {
-  check_pair(x, y);
+  contract::pairwise_distance<CpuSide>(x, y, metric);
   at::Tensor out = at::empty({x.size(0), y.size(0)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_cpu", [&] {
     Panels<scalar_t>(x, y, metric).distances(0, 0, out);
@@ -24,7 +24,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
                                                                   const at::Tensor& y,
                                                                   const at::Tensor& dist_,
                                                                   int64_t metric) {
-  check_pair(x, y);
+  contract::pairwise_distance_backward<CpuSide>(grad, x, y, dist_, metric);
   const at::Tensor dist = dist_.contiguous();
   at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
   at::Tensor gy = at::zeros_like(y, at::MemoryFormat::Contiguous);

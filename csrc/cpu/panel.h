@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "common/distance.h"
-#include "cpu/checks.h"
+#include "cpu/panel_rows.h"
 #include "cpu/dispatch.h"
 #include "cpu/exact_distance.h"
 

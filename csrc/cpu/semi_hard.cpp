@@ -24,7 +24,7 @@
 #include "common/distance.h"
 #include "common/semi_hard.h"
 #include "common/triplet.h"
-#include "cpu/checks.h"
+#include "cpu/contract_cpu.h"
 #include "cpu/duplicate_rows.h"
 #include "cpu/exact_distance.h"
 #include "cpu/panel.h"
@@ -176,9 +176,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 semi_hard_triplet_cpu(const at::Tensor& x_, const at::Tensor& labels_, const at::Tensor& ref_,
                       const at::Tensor& ref_labels_, double margin, int64_t metric,
                       bool has_exclude, int64_t exclude_offset) {
-  check_pair(x_, ref_);
-  check_labels(labels_, x_.size(0), "labels");
-  check_labels(ref_labels_, ref_.size(0), "ref_labels");
+  contract::semi_hard_triplet<CpuSide>(x_, labels_, ref_, ref_labels_, margin, metric, has_exclude,
+                                       exclude_offset);
   const at::Tensor x = x_.contiguous(), ref = ref_.contiguous();
   const at::Tensor labels = labels_.contiguous(), ref_labels = ref_labels_.contiguous();
   const int64_t b = x.size(0), m = ref.size(0);
@@ -274,22 +273,12 @@ std::tuple<at::Tensor, at::Tensor> semi_hard_triplet_backward_cpu(
     const at::Tensor& x_, const at::Tensor& ref_, const at::Tensor& anchor_idx_,
     const at::Tensor& pos_idx_, const at::Tensor& neg_idx_, const at::Tensor& pos_dist_,
     const at::Tensor& neg_dist_, double margin, int64_t metric) {
-  check_pair(x_, ref_);
-  const int64_t p = anchor_idx_.numel();
-  for (const at::Tensor* t : {&grad_loss, &grad_pos_dist, &grad_neg_dist, &pos_dist_, &neg_dist_}) {
-    TORCH_CHECK(t->dim() == 1 && t->numel() == p && t->scalar_type() == x_.scalar_type(),
-                "semi_hard_triplet_backward: per-pair tensors must be (P,) in x's dtype");
-  }
-  for (const at::Tensor* t : {&anchor_idx_, &pos_idx_, &neg_idx_}) {
-    TORCH_CHECK(t->dim() == 1 && t->numel() == p && t->scalar_type() == at::kLong,
-                "semi_hard_triplet_backward: index tensors must be (P,) int64");
-  }
+  contract::semi_hard_triplet_backward<CpuSide>(grad_loss, grad_pos_dist, grad_neg_dist, x_, ref_,
+                                                anchor_idx_, pos_idx_, neg_idx_, pos_dist_,
+                                                neg_dist_, margin, metric);
   const at::Tensor x = x_.contiguous(), ref = ref_.contiguous();
   const at::Tensor ai = anchor_idx_.contiguous(), pi = pos_idx_.contiguous(), ni = neg_idx_.contiguous();
-  TORCH_CHECK(p == 0 || (ai.min().item<int64_t>() >= 0 && ai.max().item<int64_t>() < x.size(0) &&
-                         at::minimum(pi, ni).min().item<int64_t>() >= 0 &&
-                         at::maximum(pi, ni).max().item<int64_t>() < ref.size(0)),
-              "semi_hard_triplet_backward: index out of range");
+  const int64_t p = ai.numel();
   at::Tensor gx = at::zeros_like(x);
   at::Tensor gr = at::zeros_like(ref);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "semi_hard_triplet_backward_cpu", [&] {

@@ -42,6 +42,7 @@
 #include "cuda/all_pairs.cuh"
 #include "cuda/batch_all_kernels.cuh"
 #include "cuda/batch_all_positives.cuh"
+#include "cuda/contract_cuda.cuh"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/launchers.cuh"
 #include "cuda/sweep_plan.h"
@@ -259,15 +260,6 @@ int64_t max_chunk_entries(const LabelGroups<T>& g, const std::vector<int64_t>& b
   return e;
 }
 
-void check_args(const Tensor& x, const Tensor& labels, const Tensor& ref,
-                const Tensor& ref_labels, int64_t metric, const char* op) {
-  check_pair(x, ref, op);
-  STD_TORCH_CHECK(metric >= kEuclidean && metric <= kCosine, "fastmine.", op,
-                  ": unknown metric id ", metric);
-  check_vector(labels, x, x.size(0), ScalarType::Long, op, "labels");
-  check_vector(ref_labels, x, ref.size(0), ScalarType::Long, op, "ref_labels");
-}
-
 // ---- forward ---------------------------------------------------------------------------------
 
 template <typename T>
@@ -320,7 +312,8 @@ std::tuple<Tensor, Tensor, Tensor> batch_all_triplet_cuda(Tensor x_, Tensor labe
                                                           bool has_exclude,
                                                           int64_t exclude_offset,
                                                           bool allow_tf32) {
-  check_args(x_, labels_, ref_, ref_labels_, metric, kFwd);
+  contract::batch_all_triplet<CudaSide>(x_, labels_, ref_, ref_labels_, margin, metric,
+                                        has_exclude, exclude_offset);
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
@@ -418,11 +411,10 @@ void batch_all_backward(const Tensor& grad, const Tensor& x, const Tensor& label
 std::tuple<Tensor, Tensor> batch_all_triplet_backward_cuda(
     Tensor grad_, Tensor x_, Tensor labels_, Tensor ref_, Tensor ref_labels_, double margin,
     int64_t metric, bool soft, bool has_exclude, int64_t exclude_offset, bool allow_tf32) {
-  check_args(x_, labels_, ref_, ref_labels_, metric, kBwd);
+  contract::batch_all_triplet_backward<CudaSide>(grad_, x_, labels_, ref_, ref_labels_, margin,
+                                                 metric, has_exclude, exclude_offset);
   const int64_t b = x_.size(0), m = ref_.size(0), dim = x_.size(1);
   const ScalarType st = x_.scalar_type();
-  const ScalarType loss_st = st == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  check_vector(grad_, x_, b, loss_st, kBwd, "grad");
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");

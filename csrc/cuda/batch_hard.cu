@@ -31,6 +31,7 @@
 // already sits at about one X.X^T. Contrastive (pairs i < j) does skip the lower triangle.
 #include "common/distance.h"
 #include "common/triplet.h"
+#include "cuda/contract_cuda.cuh"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/batch_hard_kernels.cuh"
 
@@ -99,11 +100,8 @@ void batch_hard_forward(const Tensor& x, const Tensor& labels, const Tensor& ref
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_hard_triplet_cuda(
     Tensor x_, Tensor labels_, Tensor ref_, Tensor ref_labels_, double margin, int64_t metric,
     bool soft, bool has_exclude, int64_t exclude_offset, bool allow_tf32) {
-  check_pair(x_, ref_, kOp);
-  STD_TORCH_CHECK(metric >= kEuclidean && metric <= kCosine, "fastmine.", kOp,
-                  ": unknown metric id ", metric);
-  check_vector(labels_, x_, x_.size(0), ScalarType::Long, kOp, "labels");
-  check_vector(ref_labels_, x_, ref_.size(0), ScalarType::Long, kOp, "ref_labels");
+  contract::batch_hard_triplet<CudaSide>(x_, labels_, ref_, ref_labels_, margin, metric,
+                                         has_exclude, exclude_offset);
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");

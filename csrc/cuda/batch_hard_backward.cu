@@ -22,6 +22,7 @@
 
 #include "common/distance.h"
 #include "common/triplet.h"
+#include "cuda/contract_cuda.cuh"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/batch_hard_backward_kernels.cuh"
 
@@ -101,20 +102,11 @@ std::tuple<Tensor, Tensor> batch_hard_triplet_backward_cuda(
     Tensor grad_loss_, Tensor grad_pos_dist_, Tensor grad_neg_dist_, Tensor x_, Tensor ref_,
     Tensor pos_idx_, Tensor neg_idx_, Tensor pos_dist_, Tensor neg_dist_, double margin,
     int64_t metric, bool soft) {
-  check_pair(x_, ref_, kOp);
-  STD_TORCH_CHECK(metric >= kEuclidean && metric <= kCosine, "fastmine.", kOp,
-                  ": unknown metric id ", metric);
+  contract::batch_hard_triplet_backward<CudaSide>(grad_loss_, grad_pos_dist_, grad_neg_dist_, x_,
+                                                  ref_, pos_idx_, neg_idx_, pos_dist_, neg_dist_,
+                                                  margin, metric);
   const int64_t b = x_.size(0), m = ref_.size(0), dim = x_.size(1);
   const ScalarType st = x_.scalar_type();
-  // grad_* and the mined distances come in the loss dtype: float32 for half inputs.
-  const ScalarType loss_st = st == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  check_vector(grad_loss_, x_, b, loss_st, kOp, "grad_loss");
-  check_vector(grad_pos_dist_, x_, b, loss_st, kOp, "grad_pos_dist");
-  check_vector(grad_neg_dist_, x_, b, loss_st, kOp, "grad_neg_dist");
-  check_vector(pos_dist_, x_, b, loss_st, kOp, "pos_dist");
-  check_vector(neg_dist_, x_, b, loss_st, kOp, "neg_dist");
-  check_vector(pos_idx_, x_, b, ScalarType::Long, kOp, "pos_idx");
-  check_vector(neg_idx_, x_, b, ScalarType::Long, kOp, "neg_idx");
 
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);

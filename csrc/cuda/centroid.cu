@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "cuda/centroid_kernels.cuh"
+#include "cuda/contract_cuda.cuh"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/launchers.cuh"
 
@@ -13,24 +14,12 @@ namespace {
 
 constexpr const char* kOp = "centroid_triplet_loss";
 
-void check_inputs(const Tensor& x, const Tensor& labels, const Tensor& c) {
-  check_embeddings(x, kOp, "embeddings");
-  check_embeddings(c, kOp, "centroids");
-  check_same_device(c, x, kOp, "centroids");
-  STD_TORCH_CHECK(c.scalar_type() == x.scalar_type(), "fastmine.", kOp,
-                  ": centroids must have the dtype of embeddings");
-  STD_TORCH_CHECK(c.size(1) == x.size(1), "fastmine.", kOp, ": centroids must have D = ",
-                  x.size(1), " features");
-  STD_TORCH_CHECK(c.size(0) >= 2, "fastmine.", kOp, ": centroids must hold C >= 2 classes");
-  check_vector(labels, x, x.size(0), ScalarType::Long, kOp, "labels");
-}
-
 // Samples per chunk of the centroid gradient: at least 64 per thread's loop, at most 64
 // chunks; a function of B only.
 inline int64_t rows_per_chunk(int64_t b) { return std::max<int64_t>(64, ceil_div(b, 64)); }
 
 std::tuple<Tensor, Tensor> centroid_triplet_cuda(Tensor x_, Tensor labels_, Tensor c_) {
-  check_inputs(x_, labels_, c_);
+  contract::centroid_triplet<CudaSide>(x_, labels_, c_);
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   const Tensor x = torch::stable::contiguous(x_), c = torch::stable::contiguous(c_);
@@ -60,12 +49,10 @@ std::tuple<Tensor, Tensor> centroid_triplet_cuda(Tensor x_, Tensor labels_, Tens
 std::tuple<Tensor, Tensor> centroid_triplet_backward_cuda(Tensor grad_, Tensor x_,
                                                           Tensor labels_, Tensor c_,
                                                           Tensor dist_, bool need_c) {
-  check_inputs(x_, labels_, c_);
+  contract::centroid_triplet_backward<CudaSide>(grad_, x_, labels_, c_, dist_);
   const int64_t b = x_.size(0), nc = c_.size(0), dim = x_.size(1);
   const ScalarType acc_st =
       x_.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  check_vector(grad_, x_, b, acc_st, kOp, "grad");
-  check_matrix(dist_, x_, b, nc, acc_st, kOp, "dist");
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   const Tensor x = torch::stable::contiguous(x_), c = torch::stable::contiguous(c_);

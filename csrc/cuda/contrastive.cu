@@ -19,6 +19,7 @@
 #include "common/pair_losses.h"
 #include "cuda/all_pairs.cuh"
 #include "cuda/contrastive_kernels.cuh"
+#include "cuda/contract_cuda.cuh"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/launchers.cuh"
 #include "cuda/sweep_plan.h"
@@ -35,15 +36,6 @@ ContrastiveParams<acc_t> make_params(double pos_margin, double neg_margin, doubl
   return ContrastiveParams<acc_t>{static_cast<acc_t>(pos_margin), static_cast<acc_t>(neg_margin),
                                   static_cast<acc_t>(power), triangle, has_exclude,
                                   exclude_offset};
-}
-
-void check_args(const Tensor& x, const Tensor& labels, const Tensor& ref,
-                const Tensor& ref_labels, int64_t metric, const char* op) {
-  check_pair(x, ref, op);
-  STD_TORCH_CHECK(metric >= kEuclidean && metric <= kCosine, "fastmine.", op,
-                  ": unknown metric id ", metric);
-  check_vector(labels, x, x.size(0), ScalarType::Long, op, "labels");
-  check_vector(ref_labels, x, ref.size(0), ScalarType::Long, op, "ref_labels");
 }
 
 // ---- forward ---------------------------------------------------------------------------------
@@ -87,7 +79,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> contrastive_cuda(
     Tensor x_, Tensor labels_, Tensor ref_, Tensor ref_labels_, double pos_margin,
     double neg_margin, double power, int64_t metric, bool triangle, bool has_exclude,
     int64_t exclude_offset, bool allow_tf32) {
-  check_args(x_, labels_, ref_, ref_labels_, metric, kFwd);
+  contract::contrastive<CudaSide>(kFwd, x_, labels_, ref_, ref_labels_, pos_margin, neg_margin,
+                                  power, metric, triangle, has_exclude, exclude_offset);
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
@@ -148,12 +141,11 @@ std::tuple<Tensor, Tensor> contrastive_backward_cuda(
     Tensor grad_pos_, Tensor grad_neg_, Tensor x_, Tensor labels_, Tensor ref_, Tensor ref_labels_,
     double pos_margin, double neg_margin, double power, int64_t metric, bool triangle,
     bool has_exclude, int64_t exclude_offset, bool allow_tf32) {
-  check_args(x_, labels_, ref_, ref_labels_, metric, kBwd);
+  contract::contrastive_backward<CudaSide>(grad_pos_, grad_neg_, x_, labels_, ref_, ref_labels_,
+                                           pos_margin, neg_margin, power, metric, triangle,
+                                           has_exclude, exclude_offset);
   const int64_t b = x_.size(0), m = ref_.size(0), dim = x_.size(1);
   const ScalarType st = x_.scalar_type();
-  const ScalarType loss_st = st == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  check_vector(grad_pos_, x_, b, loss_st, kBwd, "grad_pos");
-  check_vector(grad_neg_, x_, b, loss_st, kBwd, "grad_neg");
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");

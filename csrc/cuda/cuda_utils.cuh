@@ -1,5 +1,6 @@
 // Host and device plumbing shared by every CUDA kernel of fastmine: error checks, the
-// current stream, the dtype dispatch, element conversions for half/bfloat16, argument checks.
+// current stream, the dtype dispatch, element conversions for half/bfloat16. (Argument
+// checks: common/op_contracts.h, through cuda/contract_cuda.cuh.)
 //
 // Everything here uses torch's *stable* ABI only (torch/csrc/stable, torch/headeronly and the
 // AOTI C shim), so that this module compiles and links against the CPU-only torch wheel too.
@@ -143,63 +144,6 @@ void dispatch_floating_tf32(ScalarType st, bool allow_tf32, const char* op, Fn&&
 template <typename acc_t>
 constexpr ScalarType scalar_type_of() {
   return std::is_same_v<acc_t, double> ? ScalarType::Double : ScalarType::Float;
-}
-
-// ---- argument checks (direct torch.ops calls must not read out of bounds) ------------------
-
-inline void check_cuda(const Tensor& t, const char* op, const char* name) {
-  STD_TORCH_CHECK(t.is_cuda(), "fastmine.", op, ": ", name, " must be a CUDA tensor");
-}
-
-inline void check_embeddings(const Tensor& t, const char* op, const char* name) {
-  check_cuda(t, op, name);
-  STD_TORCH_CHECK(t.dim() == 2, "fastmine.", op, ": ", name, " must be 2-D (N, D), got ",
-                  t.dim(), " dims");
-  const ScalarType st = t.scalar_type();
-  STD_TORCH_CHECK(st == ScalarType::Float || st == ScalarType::Double ||
-                      st == ScalarType::Half || st == ScalarType::BFloat16,
-                  "fastmine.", op, ": ", name,
-                  " must be float32, float64, float16 or bfloat16, got ",
-                  torch::headeronly::toString(st));
-}
-
-inline void check_pair(const Tensor& x, const Tensor& y, const char* op) {
-  check_embeddings(x, op, "x");
-  check_embeddings(y, op, "ref");
-  STD_TORCH_CHECK(x.size(1) == y.size(1), "fastmine.", op,
-                  ": x and ref must have the same D, got ", x.size(1), " and ", y.size(1));
-  STD_TORCH_CHECK(x.scalar_type() == y.scalar_type(), "fastmine.", op,
-                  ": x and ref must have the same dtype");
-  STD_TORCH_CHECK(x.get_device_index() == y.get_device_index(), "fastmine.", op,
-                  ": x and ref must be on the same device");
-}
-
-inline void check_same_device(const Tensor& t, const Tensor& like, const char* op,
-                              const char* name) {
-  check_cuda(t, op, name);
-  STD_TORCH_CHECK(t.get_device_index() == like.get_device_index(), "fastmine.", op, ": ",
-                  name, " must be on the same device as x");
-}
-
-// A 1-D tensor of n elements of dtype st, on the device of `like`.
-inline void check_vector(const Tensor& t, const Tensor& like, int64_t n, ScalarType st,
-                         const char* op, const char* name) {
-  check_same_device(t, like, op, name);
-  STD_TORCH_CHECK(t.dim() == 1 && t.size(0) == n, "fastmine.", op, ": ", name,
-                  " must have shape (", n, ",)");
-  STD_TORCH_CHECK(t.scalar_type() == st, "fastmine.", op, ": ", name, " must be ",
-                  torch::headeronly::toString(st), ", got ",
-                  torch::headeronly::toString(t.scalar_type()));
-}
-
-inline void check_matrix(const Tensor& t, const Tensor& like, int64_t rows, int64_t cols,
-                         ScalarType st, const char* op, const char* name) {
-  check_same_device(t, like, op, name);
-  STD_TORCH_CHECK(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, "fastmine.", op,
-                  ": ", name, " must have shape (", rows, ", ", cols, ")");
-  STD_TORCH_CHECK(t.scalar_type() == st, "fastmine.", op, ": ", name, " must be ",
-                  torch::headeronly::toString(st), ", got ",
-                  torch::headeronly::toString(t.scalar_type()));
 }
 
 template <typename T>

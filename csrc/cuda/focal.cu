@@ -7,6 +7,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "cuda/contract_cuda.cuh"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/focal_kernels.cuh"
 
@@ -29,18 +30,6 @@ void dispatch_bool(bool b, F&& f) {
     f(std::true_type{});
   } else {
     f(std::false_type{});
-  }
-}
-
-void check_elementwise(const Tensor& x, const Tensor& t, const char* op) {
-  check_cuda(x, op, "logits");
-  check_same_device(t, x, op, "targets");
-  STD_TORCH_CHECK(t.scalar_type() == x.scalar_type(), "fastmine.", op,
-                  ": targets must have the dtype of logits");
-  STD_TORCH_CHECK(t.dim() == x.dim(), "fastmine.", op, ": targets must have the shape of logits");
-  for (int64_t d = 0; d < x.dim(); ++d) {
-    STD_TORCH_CHECK(t.size(d) == x.size(d), "fastmine.", op,
-                    ": targets must have the shape of logits");
   }
 }
 
@@ -67,13 +56,6 @@ Tensor run_elementwise(const Tensor& x_, const Tensor& t_, bool reduce, const Te
                         : (reduce ? torch::stable::new_empty(x, {}, loss_st)
                                   : torch::stable::new_empty(x, shape, loss_st));
   Tensor upstream = backward ? torch::stable::contiguous(*upstream_) : out;
-  if (backward) {
-    check_same_device(upstream, x, op, "grad");
-    STD_TORCH_CHECK(upstream.scalar_type() == loss_st, "fastmine.", op,
-                    ": grad must have the loss dtype");
-    STD_TORCH_CHECK(upstream.dim() == 0 || upstream.numel() == x.numel(), "fastmine.", op,
-                    ": grad must be 0-d or have the shape of logits");
-  }
   const int64_t n = x.numel();
   if (n == 0) {
     if (reduce && !backward) torch::stable::zero_(out);
@@ -142,39 +124,34 @@ constexpr const char* kStar = "focal_star_loss";
 
 Tensor sigmoid_focal_cuda(Tensor logits, Tensor targets, double alpha, double gamma,
                           bool reduce) {
-  check_elementwise(logits, targets, kSigmoid);
+  contract::sigmoid_focal<CudaSide>(logits, targets, alpha, gamma);
   return run_elementwise(logits, targets, reduce, nullptr, kSigmoid,
                          SigmoidFocalLaunch{alpha, gamma});
 }
 
 Tensor sigmoid_focal_backward_cuda(Tensor grad, Tensor logits, Tensor targets, double alpha,
                                    double gamma) {
-  check_elementwise(logits, targets, kSigmoid);
+  contract::sigmoid_focal_backward<CudaSide>(grad, logits, targets, alpha, gamma);
   return run_elementwise(logits, targets, false, &grad, kSigmoid,
                          SigmoidFocalLaunch{alpha, gamma});
 }
 
 Tensor focal_star_cuda(Tensor logits, Tensor targets, double gamma, double beta, bool reduce) {
-  check_elementwise(logits, targets, kStar);
-  STD_TORCH_CHECK(gamma > 0, "fastmine.focal_star_loss: gamma must be > 0");
+  contract::focal_star<CudaSide>(logits, targets, gamma, beta);
   return run_elementwise(logits, targets, reduce, nullptr, kStar, FocalStarLaunch{gamma, beta});
 }
 
 Tensor focal_star_backward_cuda(Tensor grad, Tensor logits, Tensor targets, double gamma,
                                 double beta) {
-  check_elementwise(logits, targets, kStar);
-  STD_TORCH_CHECK(gamma > 0, "fastmine.focal_star_loss: gamma must be > 0");
+  contract::focal_star_backward<CudaSide>(grad, logits, targets, gamma, beta);
   return run_elementwise(logits, targets, false, &grad, kStar, FocalStarLaunch{gamma, beta});
 }
 
 std::tuple<Tensor, Tensor> softmax_focal_cuda(Tensor logits_, Tensor target_, Tensor alpha_,
                                               double gamma, bool with_grad) {
   constexpr const char* kOp = "softmax_focal_loss";
-  check_cuda(logits_, kOp, "logits");
-  STD_TORCH_CHECK(logits_.dim() == 2, "fastmine.", kOp, ": logits must be (N, C)");
+  contract::softmax_focal<CudaSide>(logits_, target_, alpha_, gamma);
   const int64_t n = logits_.size(0), c = logits_.size(1);
-  check_vector(target_, logits_, n, ScalarType::Long, kOp, "target");
-  check_vector(alpha_, logits_, c, logits_.scalar_type(), kOp, "alpha");
   const int32_t dev = logits_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   const Tensor x = torch::stable::contiguous(logits_);
@@ -184,7 +161,6 @@ std::tuple<Tensor, Tensor> softmax_focal_cuda(Tensor logits_, Tensor target_, Te
   Tensor loss = torch::stable::new_empty(x, {n}, loss_st);
   Tensor grad = with_grad ? torch::stable::new_empty(x, {n, c}) : torch::stable::new_empty(x, {0});
   if (n == 0) return {loss, grad};
-  STD_TORCH_CHECK(c > 0, "fastmine.", kOp, ": logits has C = 0 classes");
   const cudaStream_t stream = current_stream(dev);
   const int64_t blocks = std::min<int64_t>(ceil_div(n, kFocalWarps), int64_t(1) << 16);
   dispatch_floating(x.scalar_type(), kOp, [&](auto tag) {

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common/miners.h"
+#include "cuda/contract_cuda.cuh"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/launchers.cuh"
 #include "cuda/miners_kernels.cuh"
@@ -167,17 +168,9 @@ std::tuple<Tensor, Tensor, Tensor> mine_triplets_cuda(Tensor x_, Tensor labels_,
                                                       Tensor ref_labels_, double margin,
                                                       int64_t type, int64_t metric,
                                                       bool has_exclude, int64_t exclude_offset) {
-  check_pair(x_, ref_, kOp);
-  STD_TORCH_CHECK(metric >= kEuclidean && metric <= kCosine, "fastmine.", kOp,
-                  ": unknown metric id ", metric);
-  STD_TORCH_CHECK(type >= kTripletAll && type <= kTripletEasy, "fastmine.", kOp,
-                  ": unknown type id ", type);
+  contract::mine_triplets<CudaSide>(x_, labels_, ref_, ref_labels_, margin, type, metric,
+                                    has_exclude, exclude_offset);
   const ScalarType st = x_.scalar_type();
-  STD_TORCH_CHECK(st == ScalarType::Float || st == ScalarType::Double, "fastmine.", kOp,
-                  ": CUDA inputs must be float32 or float64 (fastmine.mine_triplets upcasts "
-                  "half inputs)");
-  check_vector(labels_, x_, x_.size(0), ScalarType::Long, kOp, "labels");
-  check_vector(ref_labels_, x_, ref_.size(0), ScalarType::Long, kOp, "ref_labels");
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");

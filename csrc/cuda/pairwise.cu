@@ -13,6 +13,7 @@
 // atomics anywhere: bitwise reproducible. The two GEMMs go through torch's matmul (cuBLAS)
 // in float32 (float32/float16/bfloat16 inputs) or float64.
 #include "common/distance.h"
+#include "cuda/contract_cuda.cuh"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/launchers.cuh"
 #include "cuda/pairwise_kernels.cuh"
@@ -45,9 +46,7 @@ void pairwise_forward(const Tensor& x, const Tensor& y, int64_t metric, Tensor& 
 }
 
 Tensor pairwise_distance_cuda(Tensor x_, Tensor y_, int64_t metric, bool allow_tf32) {
-  check_pair(x_, y_, kFwd);
-  STD_TORCH_CHECK(metric >= kEuclidean && metric <= kCosine, "fastmine.", kFwd,
-                  ": unknown metric id ", metric);
+  contract::pairwise_distance<CudaSide>(x_, y_, metric);
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
@@ -120,12 +119,8 @@ void pairwise_backward(const Tensor& grad, const Tensor& x, const Tensor& y, con
 
 std::tuple<Tensor, Tensor> pairwise_distance_backward_cuda(Tensor grad_, Tensor x_, Tensor y_,
                                                            Tensor dist_, int64_t metric) {
-  check_pair(x_, y_, kBwd);
-  STD_TORCH_CHECK(metric >= kEuclidean && metric <= kCosine, "fastmine.", kBwd,
-                  ": unknown metric id ", metric);
+  contract::pairwise_distance_backward<CudaSide>(grad_, x_, y_, dist_, metric);
   const int64_t b = x_.size(0), m = y_.size(0);
-  check_matrix(grad_, x_, b, m, x_.scalar_type(), kBwd, "grad");
-  check_matrix(dist_, x_, b, m, x_.scalar_type(), kBwd, "dist");
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");

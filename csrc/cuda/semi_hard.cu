@@ -25,6 +25,7 @@
 
 #include "common/distance.h"
 #include "common/semi_hard.h"
+#include "cuda/contract_cuda.cuh"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/launchers.cuh"
 #include "cuda/pairwise_kernels.cuh"
@@ -141,12 +142,9 @@ void nonfinite_flag(const Tensor& t, int* flag, cudaStream_t stream) {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> semi_hard_triplet_cuda(
     Tensor x_, Tensor labels_, Tensor ref_, Tensor ref_labels_, double margin, int64_t metric,
     bool has_exclude, int64_t exclude_offset) {
-  check_pair(x_, ref_, kFwd);
-  STD_TORCH_CHECK(metric >= kEuclidean && metric <= kCosine, "fastmine.", kFwd,
-                  ": unknown metric id ", metric);
+  contract::semi_hard_triplet<CudaSide>(x_, labels_, ref_, ref_labels_, margin, metric,
+                                        has_exclude, exclude_offset);
   const int64_t b = x_.size(0), m = ref_.size(0);
-  check_vector(labels_, x_, b, ScalarType::Long, kFwd, "labels");
-  check_vector(ref_labels_, x_, m, ScalarType::Long, kFwd, "ref_labels");
   STD_TORCH_CHECK(m <= INT_MAX, "fastmine.", kFwd, ": too many reference rows (", m, ")");
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
@@ -231,23 +229,6 @@ void sort_edges(const Tensor& like, const Tensor& keys_in, const Tensor& ids_in,
   check_launch("segment_bounds_kernel");
 }
 
-// Whether every index of the (P,) tensors lies in its range (one host sync).
-bool indices_in_range(const Tensor& ai, int64_t b, const Tensor& pi, const Tensor& ni, int64_t m,
-                      cudaStream_t stream) {
-  Tensor flag = torch::stable::new_zeros(ai, {1}, ScalarType::Int);
-  const int64_t n = ai.size(0);
-  const unsigned blocks = grid_1d(std::min<int64_t>(ceil_div(n, kRowThreads), 4096), kBwd);
-  sh_index_check_kernel<<<blocks, kRowThreads, 0, stream>>>(cptr<int64_t>(ai), n, b, mptr<int>(flag));
-  sh_index_check_kernel<<<blocks, kRowThreads, 0, stream>>>(cptr<int64_t>(pi), n, m, mptr<int>(flag));
-  sh_index_check_kernel<<<blocks, kRowThreads, 0, stream>>>(cptr<int64_t>(ni), n, m, mptr<int>(flag));
-  check_launch("sh_index_check_kernel");
-  int h = 0;
-  FM_CUDA_CHECK(cudaMemcpyAsync(&h, flag.data_ptr(), sizeof(int), cudaMemcpyDeviceToHost, stream),
-                "cudaMemcpyAsync");
-  FM_CUDA_CHECK(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  return h == 0;
-}
-
 template <typename T>
 void semi_hard_backward(const Tensor& gl, const Tensor& gpd, const Tensor& gnd, const Tensor& x,
                         const Tensor& ref, const Tensor& ai, const Tensor& pi, const Tensor& ni,
@@ -294,21 +275,11 @@ std::tuple<Tensor, Tensor> semi_hard_triplet_backward_cuda(
     Tensor grad_loss_, Tensor grad_pos_dist_, Tensor grad_neg_dist_, Tensor x_, Tensor ref_,
     Tensor anchor_idx_, Tensor pos_idx_, Tensor neg_idx_, Tensor pos_dist_, Tensor neg_dist_,
     double margin, int64_t metric) {
-  check_pair(x_, ref_, kBwd);
-  STD_TORCH_CHECK(metric >= kEuclidean && metric <= kCosine, "fastmine.", kBwd,
-                  ": unknown metric id ", metric);
+  contract::semi_hard_triplet_backward<CudaSide>(grad_loss_, grad_pos_dist_, grad_neg_dist_, x_,
+                                                 ref_, anchor_idx_, pos_idx_, neg_idx_, pos_dist_,
+                                                 neg_dist_, margin, metric);
   const int64_t b = x_.size(0), m = ref_.size(0), dim = x_.size(1);
-  const int64_t p = anchor_idx_.dim() == 1 ? anchor_idx_.size(0) : -1;
-  const ScalarType st = x_.scalar_type();
-  const ScalarType loss_st = st == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  check_vector(anchor_idx_, x_, p, ScalarType::Long, kBwd, "anchor_idx");
-  check_vector(pos_idx_, x_, p, ScalarType::Long, kBwd, "pos_idx");
-  check_vector(neg_idx_, x_, p, ScalarType::Long, kBwd, "neg_idx");
-  check_vector(grad_loss_, x_, p, loss_st, kBwd, "grad_loss");
-  check_vector(grad_pos_dist_, x_, p, loss_st, kBwd, "grad_pos_dist");
-  check_vector(grad_neg_dist_, x_, p, loss_st, kBwd, "grad_neg_dist");
-  check_vector(pos_dist_, x_, p, loss_st, kBwd, "pos_dist");
-  check_vector(neg_dist_, x_, p, loss_st, kBwd, "neg_dist");
+  const int64_t p = anchor_idx_.size(0);
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
@@ -319,10 +290,7 @@ std::tuple<Tensor, Tensor> semi_hard_triplet_backward_cuda(
   const Tensor ai = torch::stable::contiguous(anchor_idx_), pi = torch::stable::contiguous(pos_idx_),
                ni = torch::stable::contiguous(neg_idx_);
   const cudaStream_t stream = current_stream(dev);
-  // Indices come from the forward; a hand-made out-of-range one must not be read through.
-  STD_TORCH_CHECK(indices_in_range(ai, b, pi, ni, m, stream), "fastmine.", kBwd,
-                  ": index out of range");
-  dispatch_floating(st, kBwd, [&](auto tag) {
+  dispatch_floating(x.scalar_type(), kBwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
     semi_hard_backward<T>(torch::stable::contiguous(grad_loss_), torch::stable::contiguous(grad_pos_dist_),
                           torch::stable::contiguous(grad_neg_dist_), x, ref, ai, pi, ni,

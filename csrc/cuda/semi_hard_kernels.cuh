@@ -225,18 +225,6 @@ __global__ void sh_nonfinite_value_kernel(const int* __restrict__ flag, acc_t* _
 
 // ---- backward ---------------------------------------------------------------------------------------
 
-// flag |= 1 where some idx[e] is outside [0, limit).
-__global__ void __launch_bounds__(kRowThreads)
-    sh_index_check_kernel(const int64_t* __restrict__ idx, int64_t n, int64_t limit,
-                          int* __restrict__ flag) {
-  int bad = 0;
-  for (int64_t e = int64_t(blockIdx.x) * kRowThreads + threadIdx.x; e < n;
-       e += int64_t(gridDim.x) * kRowThreads) {
-    bad |= idx[e] < 0 || idx[e] >= limit;
-  }
-  if (bad) atomicOr(flag, 1);
-}
-
 using sh_key_t = unsigned long long;
 
 // One warp per pair q: edges 2q (to the positive) and 2q + 1 (to the negative), each with
