@@ -19,7 +19,6 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import torch
 
-from . import _validate as check
 from . import functional as F
 from ._ops import ops
 from .semi_hard import semi_hard_triplet_loss
@@ -73,15 +72,13 @@ def _semi_hard(emb, labels, ref, ref_labels, offset, options, symmetric):
 
 
 def _contrastive(emb, labels, ref, ref_labels, offset, options, symmetric):
-    # The op's per-anchor sums and counts (pos_sum, pos_nonzero, pos_pairs, neg_...), through
-    # the same argument resolution as fastmine.contrastive_loss (which validates first).
+    # The op's per-anchor sums and counts (pos_sum, pos_nonzero, pos_pairs, neg_...), from
+    # the arguments fastmine.contrastive_loss gives it (checked the same way).
     opts = dict(options)
     reduction = opts.pop("reduction")
-    _validate_contrastive(opts)
-    x, lab, r, rlab, has_exclude, off = F._reference_set(emb, labels, ref, ref_labels, offset)
-    pos_sum, pos_nz, pos_n, neg_sum, neg_nz, neg_n = ops.contrastive(
-        x, lab, r, rlab, float(opts["pos_margin"]), float(opts["neg_margin"]),
-        float(opts["power"]), check.metric(opts["metric"]), False, has_exclude, off)
+    args = F._contrastive_args(emb, labels, ref, ref_labels, offset, opts["pos_margin"],
+                               opts["neg_margin"], opts["power"], opts["metric"], triangle=False)
+    pos_sum, pos_nz, pos_n, neg_sum, neg_nz, neg_n = ops.contrastive(*args)
     # symmetric: the single-process equivalent pairs the batch with itself, i < j; here each
     # unordered pair is seen twice (from both anchors), so sums are halved. Means need no
     # halving: numerator and denominator both doubled.
@@ -92,17 +89,6 @@ def _contrastive(emb, labels, ref, ref_labels, offset, options, symmetric):
     if reduction == "mean":
         return Parts([Term(pos + neg, pos_n.sum() + neg_n.sum())], None)
     return Parts([Term(pos, pos_nz.sum()), Term(neg, neg_nz.sum())], None)
-
-
-def _validate_contrastive(opts):
-    # What fastmine.contrastive_loss checks before calling the op (the tensors are checked
-    # by F._reference_set).
-    check.finite_number(opts["pos_margin"], "pos_margin")
-    check.finite_number(opts["neg_margin"], "neg_margin")
-    power = check.finite_number(opts["power"], "power")
-    if power <= 0:
-        raise ValueError(f"power must be positive, got {power}")
-    check.metric(opts["metric"])
 
 
 _DECOMPOSERS: Dict[Callable[..., Any], Callable[..., Parts]] = {

@@ -34,7 +34,8 @@ def centroid_triplet_loss(
         embeddings: (B, D) float tensor, B >= 1.
         labels: (B,) integer class ids in [0, C): row ``labels[i]`` of centroids is sample
             i's class centre (ValueError otherwise; on CUDA that check synchronises, and under
-            torch.compile it is skipped there, an out-of-range label then giving NaN).
+            torch.compile the op checks it itself: a ValueError on the CPU, a RuntimeError on
+            CUDA).
         centroids: (C, D) float tensor, C >= 2, same dtype and device as embeddings (e.g.
             :func:`onehot_centroids`, or learnable).
         reduction: ``"mean"`` over samples (default), ``"sum"`` or ``"none"`` ((B,)).
@@ -55,14 +56,10 @@ def centroid_triplet_loss(
     check.same_device([("embeddings", embeddings), ("labels", labels), ("centroids", centroids)])
     check.same_features(embeddings, "embeddings", centroids, "centroids")
     c = centroids.shape[0]
-    if c < 2:
-        raise ValueError(f"centroids must hold C >= 2 classes (the bound divides by C - 1), got C = {c}")
+    check.centroid_count(c)
     check.reduction(reduction, CENTROID_REDUCTIONS)
     require_kernel("centroid_triplet", "centroid_triplet_loss", embeddings.device)
-    if embeddings.device.type == "cuda" and not torch.compiler.is_compiling():
-        bad = (labels < 0) | (labels >= c)
-        if bool(bad.any()):  # the CPU kernel checks this itself
-            raise ValueError(f"labels must be in [0, C) = [0, {c}), got {labels[bad][0].item()}")
+    check.class_indices(labels, c, "labels must be in [0, C) =")
     x = check.compute_dtype(embeddings).contiguous()
     cc = check.compute_dtype(centroids).contiguous()
     per_sample, _ = ops.centroid_triplet(x, labels.contiguous(), cc)
@@ -91,9 +88,8 @@ def onehot_centroids(
                 [0., 2., 0., 0.],
                 [0., 0., 2., 0.]])
     """
-    for name, v in (("num_classes", num_classes), ("dim", dim)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, got {type(v).__name__}")
+    check.integer(num_classes, "num_classes")
+    check.integer(dim, "dim")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if dim < num_classes:

@@ -131,11 +131,8 @@ class DistributedLoss(torch.nn.Module):
 
     def __init__(self, loss: MinedLoss, group=None, *, ddp_average: bool = True) -> None:
         super().__init__()
-        if not isinstance(loss, MinedLoss) or not _parts.supports(type(loss).functional):
-            raise TypeError("loss must be a fastmine.nn loss module that takes a reference set "
-                            f"(e.g. fastmine.nn.BatchHardTripletLoss), got {type(loss).__name__}")
-        if not isinstance(ddp_average, bool):
-            raise TypeError(f"ddp_average must be a bool, got {type(ddp_average).__name__}")
+        check.mined_loss_module(loss)
+        check.boolean(ddp_average, "ddp_average")
         self.loss = loss
         self.group = group
         self.ddp_average = ddp_average

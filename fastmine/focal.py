@@ -14,63 +14,12 @@ import torch
 from . import _validate as check
 from ._ops import ops, require_kernel
 
+# The option rules, under the names the nn modules' option_checks use.
+from ._validate import focal_gamma, sigmoid_alpha, softmax_alpha, star_gamma  # noqa: F401
+
 __all__ = ["sigmoid_focal_loss", "softmax_focal_loss", "focal_star_loss"]
 
 FOCAL_REDUCTIONS = ("none", "mean", "sum")
-_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _logits(t, name: str = "logits") -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
-    if t.device.type not in ("cpu", "cuda", "meta"):
-        raise ValueError(f"{name} is on {t.device}; fastmine supports cpu and cuda")
-    if t.device.type == "cuda" and not check.CUDA_AVAILABLE:
-        raise RuntimeError(f"{name} is on CUDA but fastmine's CUDA module is not built/loaded")
-    return t
-
-
-def _same_shape_targets(targets, logits: torch.Tensor, name: str, *, allow_int: bool) -> None:
-    if not isinstance(targets, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(targets).__name__}")
-    if targets.dtype.is_complex or not (targets.dtype.is_floating_point or allow_int):
-        kinds = "a float, integer or bool" if allow_int else "a floating-point"
-        raise TypeError(f"{name} must have {kinds} dtype, got {targets.dtype}")
-    if targets.shape != logits.shape:
-        raise ValueError(f"{name} must have the shape of logits {tuple(logits.shape)}, "
-                         f"got {tuple(targets.shape)} (nothing is broadcast)")
-    if targets.requires_grad:
-        raise ValueError(f"{name} requires grad, but fastmine computes no gradient with respect "
-                         f"to {name}: pass {name}.detach()")
-    check.same_device([("logits", logits), (name, targets)])
-
-
-def sigmoid_alpha(value, name: str = "alpha") -> float:
-    """sigmoid_focal_loss's alpha: in [0, 1], or negative to disable the weighting."""
-    value = check.finite_number(value, name)
-    if value > 1:
-        raise ValueError(f"{name} must be in [0, 1] (or negative to disable it), got {value}")
-    return value
-
-
-def focal_gamma(value, name: str = "gamma") -> float:
-    """The focusing exponent of the sigmoid and softmax focal losses: >= 0."""
-    value = check.finite_number(value, name)
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
-
-
-def star_gamma(value, name: str = "gamma") -> float:
-    """FL*'s gamma: > 0 (the loss divides by it)."""
-    value = check.finite_number(value, name)
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0 (the loss divides by it), got {value}")
-    return value
-
-
 def _finish(loss: torch.Tensor, reduction: str, count: int) -> torch.Tensor:
     """The kernel returns the per-element loss ("none") or its sum; "mean" divides here."""
     if reduction == "mean":
@@ -113,10 +62,10 @@ def sigmoid_focal_loss(
         >>> targets = (torch.rand(4, 80) > 0.9).float()
         >>> fastmine.sigmoid_focal_loss(logits, targets, reduction="mean").backward()
     """
-    _logits(logits)
-    _same_shape_targets(targets, logits, "targets", allow_int=False)
-    alpha = sigmoid_alpha(alpha)
-    gamma = focal_gamma(gamma)
+    check.logits(logits)
+    check.same_shape_targets(targets, logits, "targets", allow_int=False)
+    alpha = check.sigmoid_alpha(alpha)
+    gamma = check.focal_gamma(gamma)
     check.reduction(reduction, FOCAL_REDUCTIONS)
     require_kernel("sigmoid_focal", "sigmoid_focal_loss", logits.device)
     x = check.compute_dtype(logits).contiguous()
@@ -150,9 +99,9 @@ def focal_star_loss(
         >>> y = torch.randint(0, 2, (1000,)) * 2 - 1            # {-1, +1}
         >>> fastmine.focal_star_loss(logits, y, gamma=2.0, beta=1.0).backward()
     """
-    _logits(logits)
-    _same_shape_targets(targets, logits, "targets", allow_int=True)
-    gamma = star_gamma(gamma)
+    check.logits(logits)
+    check.same_shape_targets(targets, logits, "targets", allow_int=True)
+    gamma = check.star_gamma(gamma)
     beta = check.finite_number(beta, "beta")
     check.reduction(reduction, FOCAL_REDUCTIONS)
     require_kernel("focal_star", "focal_star_loss", logits.device)
@@ -179,7 +128,8 @@ def softmax_focal_loss(
             F.cross_entropy (that layout is moved to (N*d1*..., C) first: a copy).
         target: int64 class indices in [0, C), shape (N,) or (N, d1, ...). Out of range is a
             ValueError (on CUDA this check costs a device synchronisation; under
-            torch.compile it is skipped there, and an out-of-range row gives NaN).
+            torch.compile the op checks it itself: a ValueError on the CPU, a RuntimeError
+            on CUDA).
         alpha: None (no weighting), a float (every class), or a (C,) tensor of class
             weights (no gradient flows to it).
         gamma: focusing exponent >= 0 (default 2).
@@ -193,22 +143,11 @@ def softmax_focal_loss(
         >>> target = torch.randint(0, 5, (8,))
         >>> fastmine.softmax_focal_loss(logits, target, alpha=torch.ones(5)).backward()
     """
-    _logits(logits)
-    if logits.dim() < 2:
-        raise ValueError(f"logits must be (N, C) or (N, C, d1, ...), got shape {tuple(logits.shape)}")
-    c = logits.shape[1]
-    if c == 0:
-        raise ValueError("logits has C = 0 classes")
-    if not isinstance(target, torch.Tensor):
-        raise TypeError(f"target must be a torch.Tensor of class indices, got {type(target).__name__}")
-    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
-    expected = (logits.shape[0],) + tuple(logits.shape[2:])
-    if tuple(target.shape) != expected:
-        raise ValueError(f"target must have shape {expected} to match logits {tuple(logits.shape)}, "
-                         f"got {tuple(target.shape)}")
+    check.logits(logits)
+    c = check.class_logits(logits)
+    expected = check.class_targets(target, logits)
     check.same_device([("logits", logits), ("target", target)])
-    gamma = focal_gamma(gamma)
+    gamma = check.focal_gamma(gamma)
     check.reduction(reduction, FOCAL_REDUCTIONS)
     require_kernel("softmax_focal", "softmax_focal_loss", logits.device)
     x = check.compute_dtype(logits)
@@ -217,10 +156,7 @@ def softmax_focal_loss(
     x = x.reshape(-1, c).contiguous()
     y = target.reshape(-1).to(torch.int64).contiguous()
     a = _class_weights(alpha, c, x)
-    if x.device.type == "cuda" and not torch.compiler.is_compiling() and y.numel():
-        if bool(((y < 0) | (y >= c)).any()):  # the CPU kernel checks this itself
-            bad = y[(y < 0) | (y >= c)][0].item()
-            raise ValueError(f"target must hold class indices in [0, {c}), got {bad}")
+    check.class_indices(y, c, "target must hold class indices in")
     with_grad = torch.is_grad_enabled() and logits.requires_grad
     loss, _ = ops.softmax_focal(x, y, a, gamma, with_grad)
     if reduction == "none":
@@ -228,32 +164,12 @@ def softmax_focal_loss(
     return _finish(loss.sum(), reduction, y.numel())
 
 
-def softmax_alpha(alpha, name: str = "alpha") -> Union[None, float, torch.Tensor]:
-    """softmax_focal_loss's alpha without the class count: None, a finite float, or a 1-D
-    floating-point tensor that does not require grad."""
-    if alpha is None:
-        return None
-    if isinstance(alpha, torch.Tensor):
-        if alpha.dim() != 1:
-            raise ValueError(f"{name} must be a float or a (C,) tensor of class weights, got shape "
-                             f"{tuple(alpha.shape)}")
-        if not alpha.dtype.is_floating_point:
-            raise TypeError(f"{name} must be a floating-point tensor, got {alpha.dtype}")
-        if alpha.requires_grad:
-            raise ValueError(f"{name} requires grad, but fastmine computes no gradient with respect "
-                             f"to {name}: pass {name}.detach()")
-        return alpha
-    return check.finite_number(alpha, name)
-
-
 def _class_weights(alpha, c: int, x: torch.Tensor) -> torch.Tensor:
-    alpha = softmax_alpha(alpha)
+    alpha = check.softmax_alpha(alpha)
     if alpha is None:
         return torch.ones(c, dtype=x.dtype, device=x.device)
     if isinstance(alpha, torch.Tensor):
-        if alpha.shape[0] != c:
-            raise ValueError(f"alpha must be a float or a ({c},) tensor of class weights, got shape "
-                             f"{tuple(alpha.shape)}")
+        check.class_weights_shape(alpha, c)
         check.same_device([("logits", x), ("alpha", alpha)])
         return alpha.to(x.dtype).contiguous()
     return torch.full((c,), alpha, dtype=x.dtype, device=x.device)

@@ -69,29 +69,6 @@ def _tile_tf32(x: torch.Tensor) -> bool:
     return x.device.type == "cuda" and x.dtype == torch.float32 and bool(torch.backends.cuda.matmul.allow_tf32)
 
 
-def _reference_set(embeddings, labels, ref_embeddings, ref_labels, self_offset):
-    """Resolves the reference set and the excluded (anchor, itself) column."""
-    check.embeddings(embeddings, "embeddings")
-    b = embeddings.shape[0]
-    labels = check.labels(labels, b, "labels", "embeddings")
-    if (ref_embeddings is None) != (ref_labels is None):
-        raise ValueError("ref_embeddings and ref_labels must be given together")
-    if ref_embeddings is None:
-        check.self_offset(self_offset, False, b, b)
-        check.same_device([("embeddings", embeddings), ("labels", labels)])
-        x = check.compute_dtype(embeddings)
-        return x, labels, x, labels, True, 0
-    check.embeddings(ref_embeddings, "ref_embeddings")
-    m = ref_embeddings.shape[0]
-    ref_labels = check.labels(ref_labels, m, "ref_labels", "ref_embeddings")
-    check.same_device([("embeddings", embeddings), ("labels", labels),
-                       ("ref_embeddings", ref_embeddings), ("ref_labels", ref_labels)])
-    check.same_features(embeddings, "embeddings", ref_embeddings, "ref_embeddings")
-    offset = check.self_offset(self_offset, True, b, m)
-    x, r = check.compute_dtype(embeddings), check.compute_dtype(ref_embeddings)
-    return x, labels, r, ref_labels, offset is not None, offset or 0
-
-
 def _count(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask.sum().clamp(min=1).to(dtype)
 
@@ -147,7 +124,7 @@ def batch_hard_triplet_loss(
     margin = check.finite_number(margin, "margin")
     metric_id = check.metric(metric)
     check.reduction(reduction, BATCH_HARD_REDUCTIONS)
-    x, lab, ref, ref_lab, has_exclude, offset = _reference_set(
+    x, lab, ref, ref_lab, has_exclude, offset = check.reference_set(
         embeddings, labels, ref_embeddings, ref_labels, self_offset
     )
     per_anchor, pos_idx, neg_idx, pos_dist, neg_dist = ops.batch_hard_triplet(
@@ -217,7 +194,7 @@ def batch_all_triplet_loss(
     margin = check.finite_number(margin, "margin")
     metric_id = check.metric(metric)
     check.reduction(reduction, BATCH_ALL_REDUCTIONS)
-    x, lab, ref, ref_lab, has_exclude, offset = _reference_set(
+    x, lab, ref, ref_lab, has_exclude, offset = check.reference_set(
         embeddings, labels, ref_embeddings, ref_labels, self_offset
     )
     if x.device.type == "cuda":
@@ -277,21 +254,11 @@ def contrastive_loss(
         >>> labels = torch.arange(8).repeat_interleave(4)
         >>> fastmine.contrastive_loss(emb, labels, neg_margin=1.0).backward()
     """
-    pos_margin = check.finite_number(pos_margin, "pos_margin")
-    neg_margin = check.finite_number(neg_margin, "neg_margin")
-    power = check.finite_number(power, "power")
-    if power <= 0:
-        raise ValueError(f"power must be positive, got {power}")
-    metric_id = check.metric(metric)
     check.reduction(reduction, CONTRASTIVE_REDUCTIONS)
-    x, lab, ref, ref_lab, has_exclude, offset = _reference_set(
-        embeddings, labels, ref_embeddings, ref_labels, self_offset
-    )
-    if x.device.type == "cuda":
-        require_kernel("contrastive", "contrastive_loss", x.device)
     triangle = ref_embeddings is None  # the batch against itself: each pair once
-    args = (x, lab, ref, ref_lab, pos_margin, neg_margin, power, metric_id, triangle,
-            has_exclude and not triangle, offset, _tile_tf32(x))
+    args = _contrastive_args(embeddings, labels, ref_embeddings, ref_labels, self_offset,
+                             pos_margin, neg_margin, power, metric, triangle)
+    x, ref = args[0], args[2]
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or ref.requires_grad)
     if reduction != "mean_nonzero" and needs_grad and x.device.type in CONTRASTIVE_WITH_GRAD_DEVICES:
         # One scalar scales the whole gradient: computed in the forward's pass, no recompute.
@@ -306,6 +273,22 @@ def contrastive_loss(
     return pos_total / _count_sum(pos_nz, None, pos_total.dtype) + neg_total / _count_sum(
         neg_nz, None, neg_total.dtype
     )
+
+
+def _contrastive_args(embeddings, labels, ref_embeddings, ref_labels, self_offset, pos_margin,
+                     neg_margin, power, metric, triangle: bool) -> tuple:
+    """The arguments of ``ops.contrastive`` (and ``contrastive_with_grad``), checked:
+    ``contrastive_loss`` and the pieces of a cross-batch or distributed loss call the op
+    the same way. ``triangle``: the batch against itself, each unordered pair once."""
+    pos_margin, neg_margin, power = check.contrastive_options(pos_margin, neg_margin, power)
+    metric_id = check.metric(metric)
+    x, lab, ref, ref_lab, has_exclude, offset = check.reference_set(
+        embeddings, labels, ref_embeddings, ref_labels, self_offset
+    )
+    if x.device.type == "cuda":
+        require_kernel("contrastive", "contrastive_loss", x.device)
+    return (x, lab, ref, ref_lab, pos_margin, neg_margin, power, metric_id, triangle,
+            has_exclude and not triangle, offset, _tile_tf32(x))
 
 
 def _count_sum(a: torch.Tensor, b: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:

@@ -17,7 +17,6 @@ import torch
 
 from . import _validate as check
 from ._ops import ops, require_kernel
-from .functional import _reference_set
 
 __all__ = ["mine_batch_hard", "mine_triplets", "TRIPLET_TYPES"]
 
@@ -76,7 +75,7 @@ def mine_batch_hard(
     """
     metric_id = check.metric(metric)
     with torch.no_grad():
-        x, lab, ref, ref_lab, has_exclude, offset = _reference_set(
+        x, lab, ref, ref_lab, has_exclude, offset = check.reference_set(
             _detached(embeddings), labels, _detached(ref_embeddings), ref_labels, self_offset
         )
         # The loss terms that come with the indices cost O(B) on top of the mining.
@@ -142,17 +141,16 @@ def mine_triplets(
         True
     """
     margin = check.finite_number(margin, "margin")
-    if type not in TRIPLET_TYPES:
-        raise ValueError(f"type must be one of {list(TRIPLET_TYPES)}, got {type!r}")
+    check.one_of(type, list(TRIPLET_TYPES), "type")
     metric_id = check.metric(metric)
     with torch.no_grad():
-        x, lab, ref, ref_lab, has_exclude, offset = _reference_set(
+        x, lab, ref, ref_lab, has_exclude, offset = check.reference_set(
             _detached(embeddings), labels, _detached(ref_embeddings), ref_labels, self_offset
         )
         if x.device.type == "cuda":
             require_kernel("mine_triplets", "mine_triplets", x.device)
             # The CUDA kernels compare float32/float64 distances; half inputs are upcast
-            # (on the CPU _reference_set has done it already).
+            # (on the CPU check.reference_set has done it already).
             if x.dtype in (torch.float16, torch.bfloat16):
                 x, ref = x.float(), ref.float()
         args = (x, lab, ref, ref_lab, margin, TRIPLET_TYPES[type], metric_id, has_exclude, offset)

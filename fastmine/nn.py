@@ -34,34 +34,16 @@ __all__ = [
 ]
 
 
-def _bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
-def _positive(value: Any, name: str) -> float:
-    value = check.finite_number(value, name)
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return value
-
-
-def _metric(value: Any, name: str) -> str:
-    check.metric(value)
-    return value
-
-
 # One check per option name, shared by every module (reduction is checked per class; a
 # class whose option of the same name means something else overrides it in option_checks).
 _OPTION_CHECKS: Dict[str, Callable[[Any, str], Any]] = {
     "margin": check.finite_number,
     "pos_margin": check.finite_number,
     "neg_margin": check.finite_number,
-    "power": _positive,
-    "metric": _metric,
-    "soft": _bool,
-    "gamma": _focal.focal_gamma,
+    "power": check.positive_number,
+    "metric": check.metric_name,
+    "soft": check.boolean,
+    "gamma": check.focal_gamma,
     "beta": check.finite_number,
 }
 
@@ -268,7 +250,7 @@ class CentroidTripletLoss(OptionsLoss):
                  reduction: str = "mean") -> None:
         super().__init__(reduction=reduction)
         centroids = onehot_centroids(num_classes, dim, scale=scale)
-        if _bool(learnable, "learnable"):
+        if check.boolean(learnable, "learnable"):
             self.centroids = torch.nn.Parameter(centroids)
         else:
             self.register_buffer("centroids", centroids)
@@ -316,7 +298,7 @@ class SigmoidFocalLoss(FocalLoss):
 
     functional = staticmethod(_focal.sigmoid_focal_loss)
     reductions = _focal.FOCAL_REDUCTIONS
-    option_checks = {"alpha": _focal.sigmoid_alpha}
+    option_checks = {"alpha": check.sigmoid_alpha}
 
     def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none") -> None:
         super().__init__(alpha=alpha, gamma=gamma, reduction=reduction)
@@ -334,7 +316,7 @@ class SoftmaxFocalLoss(FocalLoss):
 
     functional = staticmethod(_focal.softmax_focal_loss)
     reductions = _focal.FOCAL_REDUCTIONS
-    option_checks = {"alpha": _focal.softmax_alpha}
+    option_checks = {"alpha": check.softmax_alpha}
 
     def __init__(self, *, alpha: Union[None, float, torch.Tensor] = None, gamma: float = 2.0,
                  reduction: str = "mean") -> None:
@@ -362,7 +344,7 @@ class FocalStarLoss(FocalLoss):
 
     functional = staticmethod(_focal.focal_star_loss)
     reductions = _focal.FOCAL_REDUCTIONS
-    option_checks = {"gamma": _focal.star_gamma}
+    option_checks = {"gamma": check.star_gamma}
 
     def __init__(self, *, gamma: float = 2.0, beta: float = 0.0, reduction: str = "mean") -> None:
         super().__init__(gamma=gamma, beta=beta, reduction=reduction)

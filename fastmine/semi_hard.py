@@ -11,7 +11,6 @@ import torch
 from . import _validate as check
 from ._ops import ops, require_kernel
 from ._types import SemiHardInfo
-from .functional import _reference_set
 
 __all__ = ["semi_hard_triplet_loss", "mine_semi_hard"]
 
@@ -21,7 +20,7 @@ SEMI_HARD_REDUCTIONS = ("mean", "sum", "none")
 def _semi_hard(embeddings, labels, margin, metric, ref_embeddings, ref_labels, self_offset):
     """Validates, then runs the fused op: (per_pair, anchor, pos, neg, pos_d, neg_d, nonfinite)."""
     metric_id = check.metric(metric)
-    x, lab, ref, ref_lab, has_exclude, offset = _reference_set(
+    x, lab, ref, ref_lab, has_exclude, offset = check.reference_set(
         embeddings, labels, ref_embeddings, ref_labels, self_offset
     )
     if x.device.type == "cuda":

@@ -57,14 +57,10 @@ class CrossBatchMemory(torch.nn.Module):
                  dtype: torch.dtype = torch.float32,
                  device: Optional[torch.device] = None) -> None:
         super().__init__()
-        if not isinstance(loss, MinedLoss) or not _parts.supports(type(loss).functional):
-            raise TypeError("loss must be a fastmine.nn loss module that takes a reference set "
-                            f"(e.g. fastmine.nn.BatchHardTripletLoss), got {type(loss).__name__}")
-        for name, value in (("size", size), ("dim", dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-            raise TypeError(f"dtype must be a floating dtype fastmine supports, got {dtype}")
+        check.mined_loss_module(loss)
+        check.positive_int(size, "size")
+        check.positive_int(dim, "dim")
+        check.float_dtype(dtype)
         self.loss = loss
         self.size = size
         self.dim = dim

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import fastmine
+import fastmine.nn
 from fastmine import functional as F
 
 ops = torch.ops.fastmine
@@ -71,3 +72,30 @@ def test_opcheck_with_the_flag(flag):
     torch.library.opcheck(ops.contrastive.default, (x, lab, x, lab, 0.0, 1.0, 2.0, 0, True, False, 0, flag))
     torch.library.opcheck(ops.batch_all_triplet.default, (x, lab, x, lab, 0.3, 0, False, True, 0, flag))
     torch.library.opcheck(ops.pairwise_distance.default, (x, x.detach(), 0, flag))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "mean_nonzero"])
+def test_cross_batch_and_distributed_contrastive_pass_the_flag(monkeypatch, reduction):
+    """Cross-batch memory and torch.distributed compute contrastive in pieces (fastmine._parts);
+    each piece must call the op with the flag the functional API would give it. The CPU never
+    sets it, so the test makes the flag's source say True and records what the op receives."""
+    monkeypatch.setattr(F, "_tile_tf32", lambda x: True)
+    seen = []
+    real = ops.contrastive
+
+    class Recorder:
+        def __getattr__(self, name):
+            return getattr(ops, name)
+
+        def contrastive(self, *args):
+            seen.append(args[-1])
+            return real(*args)
+
+    from fastmine import _parts
+
+    monkeypatch.setattr(_parts, "ops", Recorder())
+    x, lab = _data()
+    xbm = fastmine.CrossBatchMemory(fastmine.nn.ContrastiveLoss(reduction=reduction), size=64, dim=20)
+    xbm(x[:40], lab[:40])
+    xbm(x[40:], lab[40:])  # wraps around the ring: two pieces through _parts
+    assert seen and all(flag is True for flag in seen), seen

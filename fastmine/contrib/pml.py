@@ -76,7 +76,6 @@ the farthest negative. Pairs in row-major (a, p) order.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Tuple
 
 import torch
@@ -93,6 +92,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
     ) from exc
 
 import fastmine
+from fastmine import _validate as check
 from fastmine.miners import TRIPLET_TYPES
 
 __all__ = ["TripletMarginLoss", "ContrastiveLoss", "BatchHardMiner", "TripletMarginMiner",
@@ -130,16 +130,21 @@ def _no_regularizer(loss) -> None:
         raise ValueError("embedding_regularizer is not supported by fastmine.contrib.pml")
 
 
+def _require_labels(labels, ref_emb, ref_labels, users: str) -> None:
+    if labels is None:
+        raise ValueError(f"labels are required by fastmine.contrib.pml {users}")
+    if ref_emb is not None and ref_labels is None:
+        # PML would silently pair ref_emb with the batch's labels (or fail on a shape)
+        raise ValueError("ref_labels are required with ref_emb")
+
+
 def _reference(embeddings, labels, ref_emb, ref_labels, normalize) -> Tuple[dict, bool]:
     """The fastmine reference-set keywords for PML's (ref_emb, ref_labels), and whether the
     batch is paired with itself."""
-    if labels is None:
-        raise ValueError("labels are required by fastmine.contrib.pml losses (or pass an "
-                         "indices_tuple to use PML's own computation)")
+    _require_labels(labels, ref_emb, ref_labels, "losses (or pass an indices_tuple to use PML's "
+                    "own computation)")
     if ref_emb is None:
         return {}, True
-    if ref_labels is None:
-        raise ValueError("ref_labels are required with ref_emb")
     ref = torch.nn.functional.normalize(ref_emb, p=2, dim=1) if normalize else ref_emb
     kw = dict(ref_embeddings=ref, ref_labels=ref_labels.to(ref_emb.device))
     if ref_labels is labels:  # PML then drops the diagonal (get_matches_and_diffs)
@@ -267,11 +272,7 @@ class _MinerInputs(NamedTuple):
 def _miner_inputs(miner, embeddings, labels, ref_emb, ref_labels) -> _MinerInputs:
     """fastmine's inputs for what PML's BaseMiner.forward hands ``mine`` (there ref_emb is
     never None: set_ref_emb has put the batch itself, the same objects, in its place)."""
-    if labels is None:
-        raise ValueError("labels are required by fastmine.contrib.pml miners")
-    if ref_labels is None:
-        # PML would silently pair ref_emb with the batch's labels (or fail on a shape)
-        raise ValueError("ref_labels are required with ref_emb")
+    _require_labels(labels, ref_emb, ref_labels, "miners")
     _, normalize = _metric(miner.distance)
     _distance_stats(miner.distance, embeddings, ref_emb)
     x = torch.nn.functional.normalize(embeddings, p=2, dim=1) if normalize else embeddings
@@ -402,13 +403,9 @@ class TripletMarginMiner(_miners.TripletMarginMiner):
         self._fastmine_options()
 
     def _fastmine_options(self) -> dict:
-        if self.type_of_triplets not in TRIPLET_TYPES:
-            # PML treats any other string as "all"; a typo should not mine silently
-            raise ValueError(f"type_of_triplets must be one of {list(TRIPLET_TYPES)}, got "
-                             f"{self.type_of_triplets!r}")
-        margin = float(self.margin)
-        if not math.isfinite(margin):
-            raise ValueError(f"margin must be finite, got {margin}")
+        # PML treats any other string as "all"; a typo should not mine silently
+        check.one_of(self.type_of_triplets, list(TRIPLET_TYPES), "type_of_triplets")
+        margin = check.finite_number(float(self.margin), "margin")
         return dict(margin=margin, type=self.type_of_triplets, metric=_metric(self.distance)[0])
 
     def mine(self, embeddings, labels, ref_emb, ref_labels):
