@@ -3,6 +3,8 @@
 #   make test                      venv + pinned CPU torch + deps, build, run the test suite
 #   make bench                     same set-up, build, run the default benchmark
 #   make build                     (re)build the compiled modules in place (incremental)
+#   make sanitize                  the CPU module with ASan + UBSan in build-sanitize/, then
+#                                  the raw-op contract and oracle-parity tests against it
 #   make TORCH=system test         use the torch already importable by $(PYTHON) (e.g. your
 #                                  own CUDA build) instead of installing the pinned one
 #   make TORCH="torch==2.11.0" ... another pinned torch
@@ -16,7 +18,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-stamp
 INSTALLED := $(VENV)/.install-stamp
 
-.PHONY: all setup build test bench clean
+.PHONY: all setup build test bench sanitize clean
 
 all: test
 
@@ -49,8 +51,12 @@ build: $(INSTALLED)
 test: build
 	$(PY) -m pytest -q tests
 
+# Any sanitizer report fails it (scripts/sanitize.sh says how).
+sanitize: $(DEPS)
+	PY=$(PY) bash scripts/sanitize.sh
+
 bench: build
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
-	rm -rf build fastmine/*.so *.egg-info
+	rm -rf build build-sanitize fastmine/*.so *.egg-info

@@ -5,6 +5,9 @@
   compile and link against the CPU-only torch wheel too (its ATen/cuda headers are absent).
   Built whenever ``nvcc`` is found; loaded at import only when ``torch.cuda.is_available()``.
   ``FASTMINE_NO_CUDA=1`` skips it; ``FASTMINE_REQUIRE_CUDA=1`` makes its absence an error.
+
+``FASTMINE_SANITIZE=1`` builds the CPU module with AddressSanitizer and UndefinedBehavior-
+Sanitizer (``make sanitize`` does so into build-sanitize/, apart from the normal build).
 """
 import glob
 import os
@@ -44,6 +47,12 @@ def _rel(pattern):
 common_cxx = ["-O3", "-std=c++20", "-fopenmp"]
 if os.environ.get("FASTMINE_PORTABLE") != "1":
     common_cxx.append("-march=native")
+cpu_link = ["-fopenmp"]
+if os.environ.get("FASTMINE_SANITIZE") == "1":
+    # -O1 keeps the reports' stacks readable; every report is fatal (see scripts/sanitize.sh).
+    sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all"]
+    common_cxx = [f for f in common_cxx if f != "-O3"] + ["-O1", "-g"] + sanitize
+    cpu_link = cpu_link + sanitize
 include_dirs = [os.path.join(ROOT, "csrc")]
 
 ext_modules = [
@@ -52,7 +61,7 @@ ext_modules = [
         sources=_rel("csrc/ops.cpp") + _rel("csrc/cpu/*.cpp"),
         include_dirs=include_dirs,
         extra_compile_args={"cxx": common_cxx},
-        extra_link_args=["-fopenmp"],
+        extra_link_args=cpu_link,
     )
 ]
 
