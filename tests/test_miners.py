@@ -289,7 +289,8 @@ def test_opcheck_mine_triplets(type, ref, dtype):
     else:
         r = torch.cat([torch.randn(2, 5, dtype=dtype), x])
         ry = torch.cat([torch.tensor([0, 7]), y])
-        args = (x, y, r, ry, 0.5, type, 0, ref == "self_offset", 2)
+        has_exclude = ref == "self_offset"
+        args = (x, y, r, ry, 0.5, type, 0, has_exclude, 2 if has_exclude else 0)
     torch.library.opcheck(ops.mine_triplets.default, args)
 
 

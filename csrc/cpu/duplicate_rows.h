@@ -31,7 +31,8 @@ std::vector<std::pair<int64_t, int64_t>> duplicate_rows(const T* p, int64_t n, i
     for (size_t a = s + 1; a < e; ++a) {
       for (size_t c = s; c < a; ++c) {
         const int64_t j = keyed[a].second, f = keyed[c].second;
-        if (std::memcmp(p + j * dim, p + f * dim, dim * sizeof(T)) == 0) {
+        // D = 0: every row is the empty row (and p may be null, which memcmp must not see).
+        if (dim == 0 || std::memcmp(p + j * dim, p + f * dim, dim * sizeof(T)) == 0) {
           out.emplace_back(j, f);  // f < j: keyed is sorted by (hash, index)
           break;
         }
