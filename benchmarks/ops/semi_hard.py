@@ -55,6 +55,14 @@ def _pair_masks(labels: torch.Tensor):
     return pos, neg
 
 
+def _mining_precision(x: torch.Tensor) -> torch.Tensor:
+    """Half inputs upcast to float32 (a differentiable copy): which negative is semi-hard
+    turns on distance differences below bfloat16's resolution, so mining in half precision
+    picks other triplets (12% off fastmine's loss, seen at B = 256), and fastmine, too,
+    computes the distances of half inputs in float32."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def eager_semi_hard(x: torch.Tensor, labels: torch.Tensor, margin: float = MARGIN):
     """TF-Addons' triplet_semihard_loss written in PyTorch eager: for each (anchor, positive)
     the mask of negatives farther than the positive, its masked minimum (else the masked
@@ -62,6 +70,7 @@ def eager_semi_hard(x: torch.Tensor, labels: torch.Tensor, margin: float = MARGI
     (B*B, B) mask; here it is the same mask chunked over anchors so that it fits in memory,
     and the choice is made without autograd (the graph would keep every chunk of the cube:
     ~40 GB at B = 2048), the chosen distances then gathered with gradient."""
+    x = _mining_precision(x)
     dist = torch.cdist(x, x)
     pos, neg = _pair_masks(labels)
     with torch.no_grad():
@@ -84,6 +93,7 @@ def eager_semi_hard(x: torch.Tensor, labels: torch.Tensor, margin: float = MARGI
 def eager_semi_hard_sorted(x: torch.Tensor, labels: torch.Tensor, margin: float = MARGIN):
     """A smarter vectorized version (O(B^2 log B), not B^3): each row's negative distances
     sorted once, every positive's distance binary-searched among them (searchsorted)."""
+    x = _mining_precision(x)
     dist = torch.cdist(x, x)
     pos, neg = _pair_masks(labels)
     inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dist.device)
