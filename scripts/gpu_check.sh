@@ -198,15 +198,22 @@ sanitize_chain() {
       echo "$name: rc=$rc ($(( $(date +%s) - t0 )) s$([ $rc -eq 124 ] && echo ', stopped at its limit'))"
       grep -E "SUMMARY|^FAILED|^gpu_sanitize:|^ops reached|^checked pass|Error:|error:" \
         "$WORK/sanitizers/$name.log" | head -n 12 | sed 's/^/  /'
+      [ $rc -eq 0 ] || tail -n 3 "$WORK/sanitizers/$name.log" | sed 's/^/  | /'
     } >> "$log"
   }
   one workload 60 "$PY" $w --device $dev
   if command -v compute-sanitizer > /dev/null && [ "$DRY" != 1 ]; then
-    local cs=(compute-sanitizer --error-exitcode 9 --print-limit 50)
+    # Options this compute-sanitizer knows (an unknown one would end a step at once).
+    local help cs=(compute-sanitizer --error-exitcode 9) only=()
+    help=$(compute-sanitizer --help 2>&1)
+    grep -q -- '--print-limit' <<< "$help" && cs+=(--print-limit 50)
+    grep -q -- '--kernel-name ' <<< "$help" && only=(--kernel-name kns=fastmine)
+    echo "compute-sanitizer $(compute-sanitizer --version 2>&1 | grep -o 'Version [0-9.]*' | head -n 1)," \
+      "options: ${cs[*]:1} ${only[*]}" >> "$log"
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 one memcheck 100 "${cs[@]}" --tool memcheck "$PY" $w --no-coverage
-    one racecheck 100 "${cs[@]}" --tool racecheck --kernel-name kns=fastmine "$PY" $w --no-coverage
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 one initcheck 80 "${cs[@]}" --tool initcheck \
-      --kernel-name kns=fastmine "$PY" $w --no-coverage
+    one racecheck 100 "${cs[@]}" --tool racecheck "${only[@]}" "$PY" $w --no-coverage
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 one initcheck 80 "${cs[@]}" --tool initcheck "${only[@]}" \
+      "$PY" $w --no-coverage
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 one memcheck_large 90 "${cs[@]}" --tool memcheck "$PY" $w \
       --large --dtypes float32,bfloat16 --no-coverage
   else
