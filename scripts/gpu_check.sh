@@ -35,7 +35,7 @@
 #                sanitizers one process): pytest -m cuda -n 16, a per-test
 #                timeout, -v so a cut-off log still shows each result;
 #                meanwhile the workload plain (coverage of every op), then
-#                memcheck, racecheck, initcheck on it, then memcheck --large  <= 210 s
+#                memcheck, racecheck, initcheck on it, then memcheck --large  <= 240 s
 #   benchmarks   alone on the GPU, in order of the targets' weight:
 #                batch-hard B = 16384 vs cuBLAS and B = 4096 vs eager (bf16, fp32);
 #                the B = 262144 scale rows (batch-hard, batch-all,
