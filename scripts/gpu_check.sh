@@ -107,6 +107,7 @@ finish() {
     echo "archive over 15 MiB: left out $(wc -l < "$WORK/left_out.txt") files over 2 MiB" >> "$OUT/summary.txt"
   fi
   ls -la "$OUT" >> "$OUT/summary.txt"
+  rm -rf "$WORK" "$WORK.site"  # everything is in $OUT now
 }
 trap finish EXIT
 
