@@ -149,6 +149,7 @@ def run_size(methods, inp: Inputs, device, args, counter) -> dict:
         r = s["methods"][name]
         r["times_ms"] = [t * 1e3 for t in ts]
         r["median_ms"] = timing.median(r["times_ms"])
+        r["min_ms"] = min(r["times_ms"])  # the floor of the noise, beside the median
     progress(" " + ", ".join(f"{n} {s['methods'][n]['median_ms']:.3g} ms" for n in times))
     return s
 

@@ -71,6 +71,9 @@ def _verdict(t: Target, s: Dict) -> str:
     v = s["speedup"].get(t.baseline)
     if v is None:
         return f"speed-up vs {t.baseline} n/a (goal ≥ {t.bound:g}×)"
+    if t.bound < 1:
+        head = f"{1 / v:.2f}× {t.baseline}'s time (goal {t.describe()})"
+        return head + (": met" if v >= t.bound else f": MISSED by {t.bound / v:.2f}×")
     head = f"{v:.2f}× faster than {t.baseline} (goal ≥ {t.bound:g}×)"
     return head + (": met" if v >= t.bound else
                    f": MISSED by {t.bound / v:.2f}× (fastmine would need to be that much faster)")
@@ -100,7 +103,9 @@ def target_lines(op: OpBench, verdicts: List[Dict]) -> str:
     for dev in dict.fromkeys(v["device"] for v in verdicts):
         vs = [v for v in verdicts if v["device"] == dev]
         if all(v["status"] == "not measured" for v in vs):
-            goals = "; ".join(f"B={v['B']} D={v['D']} {v['goal']}" for v in vs)
+            goals = "; ".join(f"B={v['B']} D={v['D']}"
+                              f"{'' if v['dtype'] == 'float32' else ' ' + v['dtype']} {v['goal']}"
+                              for v in vs)
             lines.append(f"- {DEVICE_TITLE.get(dev, dev)} ({goals}): {vs[0]['text']}")
             continue
         parts = [f"B={v['B']} D={v['D']} {v['dtype']}: {v['text']}" for v in vs]

@@ -119,6 +119,7 @@ print("MISSING:" + ",".join(missing))
 """
 
 
+@pytest.mark.cuda(gpu_optional=True)
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on PATH: the CUDA module is not built")
 def test_cuda_module_built_and_registers_cuda_kernels():
     cpu = glob.glob(os.path.join(PKG, "_C.*.so"))
@@ -151,6 +152,7 @@ def test_focal_centroid_cuda_sources_register_their_ops():
     assert set(FOCAL_CENTROID_CUDA_OPS) <= set(schema_ops())
 
 
+@pytest.mark.cuda(gpu_optional=True)
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on PATH: the CUDA module is not built")
 def test_cuda_module_registers_focal_centroid_kernels():
     cuda = glob.glob(os.path.join(PKG, "_C_cuda*.so"))

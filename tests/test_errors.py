@@ -186,16 +186,19 @@ def test_margin_arguments_are_per_loss():
         fastmine.contrastive_loss(emb(), lab(), return_info=True)
 
 
+@pytest.mark.cuda(gpu_optional=True)
 def test_labels_on_other_device(bh):
     with pytest.raises(ValueError, match="labels"):
         bh(labels=lab().to(OTHER_DEVICE))
 
 
+@pytest.mark.cuda(gpu_optional=True)
 def test_ref_embeddings_on_other_device(bh):
     with pytest.raises(ValueError, match="ref_embeddings"):
         bh(ref_embeddings=emb(8).to(OTHER_DEVICE), ref_labels=lab(8))
 
 
+@pytest.mark.cuda(gpu_optional=True)
 def test_ref_labels_on_other_device(bh):
     with pytest.raises(ValueError, match="ref_labels"):
         bh(ref_embeddings=emb(8), ref_labels=lab(8).to(OTHER_DEVICE))
@@ -264,6 +267,7 @@ def test_pairwise_dtype_mismatch():
         fastmine.pairwise_distance(emb(dtype=torch.float32), emb())
 
 
+@pytest.mark.cuda(gpu_optional=True)
 def test_pairwise_other_device():
     with pytest.raises(ValueError, match="y"):
         fastmine.pairwise_distance(emb(), emb().to(OTHER_DEVICE))

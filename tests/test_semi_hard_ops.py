@@ -168,6 +168,7 @@ def test_non_floating_embeddings(fn):
         fn(torch.ones(6, 3, dtype=torch.int64))
 
 
+@pytest.mark.cuda(gpu_optional=True)
 def test_reference_set_errors(fn):
     r = torch.randn(5, 3, dtype=F64)
     with pytest.raises(ValueError, match="ref_labels"):

@@ -66,6 +66,14 @@ def _pml(inp: Inputs):
     return fwd_bwd(loss_fn, inp)
 
 
+def _fastmine_batch_hard(inp: Inputs):
+    """fastmine's batch-hard on the same inputs: batch-all's goal is a bounded cost over it
+    (one triplet per anchor against all of them), so its time is a row of this table."""
+    import fastmine
+
+    return fwd_bwd(lambda x, y: fastmine.batch_hard_triplet_loss(x, y, margin=MARGIN), inp)
+
+
 OP = OpBench(
     name="batch_all",
     order=1,
@@ -77,6 +85,7 @@ OP = OpBench(
         Method("eager", _eager),
         _compiled(),
         Method("pml", _pml),
+        Method("batch-hard", _fastmine_batch_hard, compare_loss=False),
         matmul_floor(),
     ],
     default_sizes={"cpu": "512x128,16384x128", "cuda": "512x128,8192x128"},
@@ -84,5 +93,10 @@ OP = OpBench(
         Target("cpu", 512, 128, "eager", 20.0),
         Target("cpu", 16384, 128, "seconds", 60.0),
         Target("cpu", 16384, 128, "memory", 1024.0),
+        # GPU: within 3x of batch-hard (its time / ours >= 1/3), and O(B) memory at a B whose
+        # B x B float32 matrix alone (256 GiB) would not fit the card.
+        *[Target("cuda", 16384, d, "batch-hard", 1 / 3, dtype=dt)
+          for d in (128, 512) for dt in ("float32", "bfloat16")],
+        *[Target("cuda", 262144, 256, "memory", 1024.0, dtype=dt) for dt in ("float32", "bfloat16")],
     ],
 )

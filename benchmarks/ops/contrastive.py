@@ -60,5 +60,8 @@ OP = OpBench(
         Target("cpu", 4096, 128, "eager", 5.0),
         Target("cpu", 4096, 128, "floor", 2.0),
         Target("cuda", 4096, 128, "floor", 2.5),
+        *[Target("cuda", 16384, d, "floor", 1.5, dtype=dt)
+          for d in (128, 512) for dt in ("float32", "bfloat16")],
+        *[Target("cuda", 262144, 256, "memory", 1024.0, dtype=dt) for dt in ("float32", "bfloat16")],
     ],
 )
