@@ -83,3 +83,47 @@ def test_semi_hard_nan(emu):
     x[2, 1] = float("nan")
     x[4, 0] = float("inf")
     _semi_hard(emu, x, lab, 0)
+
+
+# ---- contrastive ----------------------------------------------------------------------------
+
+# (pos_margin, neg_margin, power, triangle)
+CONTRASTIVE = [(0.0, 1.0, 1.0, True), (0.1, 2.0, 2.0, False), (0.0, 1.5, 1.5, True)]
+
+
+def _contrastive(emu, x, lab, metric, params, ref=None, ref_lab=None, has_exclude=True, offset=0, tf32=False):
+    pm, nm, pw, tri = params
+    ref = x if ref is None else ref
+    ref_lab = lab if ref_lab is None else ref_lab
+    args = (x, lab, ref, ref_lab, pm, nm, pw, metric, tri, has_exclude, offset)
+    half = x.dtype in HALF or tf32
+    f = compare(emu, "contrastive", *args, tf32, half=half, exact_index=not half)
+    g = torch.Generator().manual_seed(x.shape[0])
+    gp, gn = (torch.randn(x.shape[0], generator=g).to(f[0].dtype) for _ in range(2))
+    compare(emu, "contrastive_backward", gp, gn, *args, tf32, half=half)
+    return f
+
+
+@pytest.mark.parametrize("b, d, dtype, metric, ekind, lkind", CASES, ids=IDS)
+def test_contrastive(emu, b, d, dtype, metric, ekind, lkind):
+    x, lab = _inputs(b, d, dtype, ekind, lkind, seed=b * 100 + d + 1)
+    _contrastive(emu, x, lab, metric, CONTRASTIVE[(b + d + metric) % len(CONTRASTIVE)])
+
+
+@pytest.mark.parametrize("params", CONTRASTIVE)
+def test_contrastive_ref_set_tf32(emu, params):
+    g = torch.Generator().manual_seed(4)
+    x, lab = embeddings("random", 33, 20, torch.float32, g), labels_of("pk", 33, g)
+    ref = torch.randn(70, 20, generator=g)
+    ref_lab = torch.randint(0, 11, (70,), generator=g)
+    _contrastive(emu, x, lab, 0, params, ref, ref_lab, has_exclude=False)
+    _contrastive(emu, x, lab, 2, params, ref, ref_lab, has_exclude=False, tf32=True)
+
+
+@pytest.mark.parametrize("rows, labels", [([[float("nan")]], [0]), ([[-1.0], [float("inf")]], [0, 1]),
+                                          ([[1.0, 2.0], [float("nan"), 0.0], [0.5, 0.5]], [0, 0, 1])])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_contrastive_nonfinite(emu, rows, labels, dtype):
+    """A non-finite anchor row gives NaN sums, pairs or not (B = 1 included)."""
+    x, lab = torch.tensor(rows, dtype=dtype), torch.tensor(labels)
+    _contrastive(emu, x, lab, 0, CONTRASTIVE[0])
