@@ -38,12 +38,14 @@ namespace {
 constexpr const char* kFwd = "semi_hard_triplet";
 constexpr const char* kBwd = "semi_hard_triplet_backward";
 
-// Panel rows: ~256 MiB of scratch (distances, sort keys and columns, in and out), and a
-// panel's element count within cub's int item count.
+// Panel rows: ~256 MiB of scratch (distances, sort keys and columns, in and out), a panel's
+// element count within cub's int item count, and its row tiles within grid.y (65535): a tall
+// batch against a small reference set would otherwise ask for a taller panel.
 inline int64_t sh_panel_rows(int64_t b, int64_t m, int64_t acc_bytes) {
   const int64_t per_row = m * (3 * acc_bytes + 2 * int64_t(sizeof(int32_t)));
   int64_t rows = (int64_t(256) << 20) / std::max<int64_t>(per_row, 1);
   rows = std::min<int64_t>(rows, INT_MAX / std::max<int64_t>(m, 1));
+  rows = std::min<int64_t>(rows, int64_t(65535) * TileCfg::BM);
   return std::max<int64_t>(1, std::min(rows, b));
 }
 
