@@ -56,3 +56,25 @@ def test_float32_embeddings_are_not_downcast_under_autocast(name):
         inside = fn(emb, labels)
     assert inside.dtype == torch.float32
     assert torch.equal(inside, outside)
+
+
+def _distance_sum(x, labels):
+    return fastmine.pairwise_distance(x).sum()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", sorted(LOSSES) + ["pairwise"])
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_cuda_backward_inside_autocast(name, amp_dtype):
+    """backward() called inside the autocast region: the engine runs the op's backward with
+    autocast on, so its GEMMs come back in half precision (they must be cast, not refused)."""
+    fn = _distance_sum if name == "pairwise" else LOSSES[name][0]
+    net, inp, labels = _model_and_data(2)
+    emb = net(inp).detach()
+    x = emb.cuda().requires_grad_(True)
+    with torch.autocast("cuda", dtype=amp_dtype):
+        fn(x, labels.cuda()).backward()
+    xc = emb.clone().requires_grad_(True)
+    fn(xc, labels).backward()
+    assert x.grad.dtype == torch.float32
+    torch.testing.assert_close(x.grad.cpu(), xc.grad, rtol=2e-2, atol=2e-2 * float(xc.grad.abs().max()))

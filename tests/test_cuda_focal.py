@@ -85,6 +85,16 @@ def test_softmax_focal(dtype, n, c):
     assert_close_rel(ours.cpu(), R.softmax_focal_loss(xd.double(), y, alpha=a.double(), reduction="sum"), _tol(dtype))
 
 
+@pytest.mark.parametrize("need_c", [True, False])
+def test_centroid_backward_without_features(need_c):
+    """D = 0 (raw op calls, opcheck): zero-size gradients, no launch of an empty grid."""
+    x, c = torch.empty(5, 0, device="cuda"), torch.empty(3, 0, device="cuda")
+    labels = torch.tensor([0, 1, 2, 0, 1], device="cuda")
+    loss, dist = torch.ops.fastmine.centroid_triplet(x, labels, c)
+    gx, gc = torch.ops.fastmine.centroid_triplet_backward(torch.ones(5, device="cuda"), x, labels, c, dist, need_c)
+    assert gx.shape == (5, 0) and gc.shape == ((3, 0) if need_c else (0,))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("b, d, nc", [(1, 1, 2), (7, 3, 3), (300, 64, 10), (2000, 129, 5)])
 def test_centroid(dtype, b, d, nc):

@@ -71,6 +71,21 @@ def test_matches_cpu_op(metric):
     assert_close_rel(b.cpu()[same], a[same], 1e-5)
 
 
+def test_tall_batch_against_tiny_reference_set():
+    """65535 * 64 + 1 anchors against 2 reference rows: the scratch budget alone would allow
+    one panel of every row, more row tiles than grid.y takes; the panel is clamped."""
+    b = 65535 * 64 + 1
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(b, 1, generator=g).cuda()
+    lab = torch.randint(0, 2, (b,), generator=g).cuda()
+    ref, ref_lab = torch.tensor([[0.0], [1.0]]).cuda(), torch.tensor([0, 1]).cuda()
+    loss, ai, pi, ni, pd, nd, _ = torch.ops.fastmine.semi_hard_triplet(x, lab, ref, ref_lab, 0.3, 0, False, 0)
+    assert torch.equal(ai, torch.arange(b, device="cuda"))
+    assert torch.equal(pi, lab) and torch.equal(ni, 1 - lab)
+    torch.testing.assert_close(pd, (x[:, 0] - lab.float()).abs())
+    torch.testing.assert_close(nd, (x[:, 0] - (1 - lab).float()).abs())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_two_huge_classes_4096(dtype):
     """2 classes in a batch of 4096: 2047 positives per anchor, 8.4M pairs."""

@@ -40,6 +40,13 @@ FM_HD acc_t contrastive_term_grad(acc_t d, bool same, acc_t pos_margin, acc_t ne
   return same ? hinge_pow_grad(d - pos_margin, power) : -hinge_pow_grad(neg_margin - d, power);
 }
 
+// Whether a contrastive anchor's sums are NaN: its row is not finite (its squared norm is
+// NaN or inf), so that it never yields a finite loss, pairs or not (as batch-hard).
+template <typename acc_t>
+FM_HD bool contrastive_anchor_poisoned(acc_t sqnorm) {
+  return !(sqnorm - sqnorm == acc_t(0));
+}
+
 // Which reference columns pair with anchor row i. `triangle`: the batch against itself,
 // each unordered pair once (j > i). Otherwise every column but the excluded one.
 FM_HD bool pair_allowed(int64_t i, int64_t j, bool triangle, bool has_exclude,

@@ -72,8 +72,7 @@ void contrastive_forward_impl(const Panels<T>& p, const int64_t* lab, const int6
           pn += p_ok;
           nn += n_ok;
         }
-        if (!std::isfinite(double(p.nx2[i]))) {
-          // A non-finite anchor must not yield a finite loss, pairs or not (as batch-hard).
+        if (contrastive_anchor_poisoned(p.nx2[i])) {
           ps = ns = std::numeric_limits<double>::quiet_NaN();
         }
         pos_sum[i] = T(ps); pos_nz[i] = pnz; pos_n[i] = pn;

@@ -76,15 +76,14 @@ class AllPairsGrad {
     Tensor xs = torch::stable::narrow(x_acc_, 0, r0, nr);
     Tensor rs = torch::stable::narrow(r_acc_, 0, c0, nc);
     // gx rows: a * x + W R.
-    const Tensor wr = torch::stable::contiguous(torch::stable::matmul(w, rs));
+    const Tensor wr = matmul_in(w, rs, acc_st);
     check_product(wr, nr);
     T* out = mptr<T>(gx) + (row_map == nullptr ? r0 * dim_ : 0);
     launch_combine<T, acc_t>(cptr<acc_t>(row_coef), cptr<T>(x_) + r0 * dim_, cptr<acc_t>(wr),
                              nr, dim_, out, stream_, row_map == nullptr ? nullptr : row_map + r0);
     // gr rows [c0, M): += W^T X_panel.
     if (nc > 0) {
-      const Tensor wtx = torch::stable::contiguous(
-          torch::stable::matmul(torch::stable::transpose(w, 0, 1), xs));
+      const Tensor wtx = matmul_in(torch::stable::transpose(w, 0, 1), xs, acc_st);
       check_product(wtx, nc);
       launch_add_into<acc_t>(mptr<acc_t>(gr_acc_) + c0 * dim_, cptr<acc_t>(wtx), nc * dim_,
                              stream_);

@@ -60,7 +60,7 @@ std::tuple<Tensor, Tensor> centroid_triplet_backward_cuda(Tensor grad_, Tensor x
   const Tensor grad = torch::stable::contiguous(grad_), dist = torch::stable::contiguous(dist_);
   Tensor gx = torch::stable::new_empty(x, {b, dim});
   Tensor gc = need_c ? torch::stable::new_empty(c, {nc, dim}) : torch::stable::new_empty(c, {0});
-  if (b == 0) {
+  if (b == 0 || dim == 0) {  // nothing to launch over (a grid of 0 blocks is an error)
     if (need_c) torch::stable::zero_(gc);
     return {gx, gc};
   }

@@ -8,7 +8,8 @@
 //     the epilogue turns each dot product into a distance (tile_distance: exact where the
 //     expanded form cancels), then the per-row sums and counts of the terms, reduced over the
 //     16 lanes of a row and written as [n_splits, B] partials;
-//  3. contrastive_finalize_kernel: the partials summed in split order.
+//  3. contrastive_finalize_kernel: the partials summed in split order; NaN sums for an
+//     anchor whose row is not finite.
 // The split plan depends on M only (sweep_plan.h): bitwise-identical results on every run
 // and every GPU. Sums of non-negative terms in the accumulation type (float for
 // float32/float16/bfloat16): at most ~M/32 sequential additions per thread, then fixed trees.
@@ -69,7 +70,8 @@ void contrastive_forward(const Tensor& x, const Tensor& labels, const Tensor& re
   }
   contrastive_finalize_kernel<acc_t>
       <<<grid_1d(ceil_div(b, kRowThreads), kFwd), kRowThreads, 0, stream>>>(
-          b, sp.n_splits, cptr<acc_t>(part_sum), cptr<int64_t>(part_cnt), mptr<acc_t>(out[0]),
+          b, sp.n_splits, cptr<acc_t>(nx2), cptr<acc_t>(part_sum), cptr<int64_t>(part_cnt),
+          mptr<acc_t>(out[0]),
           mptr<int64_t>(out[1]), mptr<int64_t>(out[2]), mptr<acc_t>(out[3]),
           mptr<int64_t>(out[4]), mptr<int64_t>(out[5]));
   check_launch("contrastive_finalize_kernel");

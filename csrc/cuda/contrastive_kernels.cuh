@@ -123,10 +123,12 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
 
 // ---- forward: finalize ------------------------------------------------------------------------
 
-// One thread per anchor: the splits' partials summed in split order (deterministic).
+// One thread per anchor: the splits' partials summed in split order (deterministic); NaN sums
+// for a non-finite anchor row (nx2: the squared row norms).
 template <typename acc_t>
 __global__ void __launch_bounds__(kRowThreads)
-    contrastive_finalize_kernel(int64_t b, int64_t n_splits, const acc_t* __restrict__ part_sum,
+    contrastive_finalize_kernel(int64_t b, int64_t n_splits, const acc_t* __restrict__ nx2,
+                                const acc_t* __restrict__ part_sum,
                                 const int64_t* __restrict__ part_cnt,
                                 acc_t* __restrict__ pos_sum, int64_t* __restrict__ pos_nonzero,
                                 int64_t* __restrict__ pos_pairs, acc_t* __restrict__ neg_sum,
@@ -142,6 +144,7 @@ __global__ void __launch_bounds__(kRowThreads)
     for (int q = 0; q < kSums; ++q) s[q] += part_sum[q * plane + o];
     for (int q = 0; q < kCounts; ++q) c[q] += part_cnt[q * plane + o];
   }
+  if (contrastive_anchor_poisoned(nx2[i])) s[kPosSum] = s[kNegSum] = quiet_nan<acc_t>();
   pos_sum[i] = s[kPosSum];
   neg_sum[i] = s[kNegSum];
   pos_nonzero[i] = c[kPosNonzero];

@@ -54,6 +54,10 @@ inline void check_launch(const char* kernel) {
 // already-loaded libtorch_cuda.so (torch loads its libraries RTLD_LOCAL, so RTLD_DEFAULT
 // alone would not see it), then in the global scope. torch >= 2.13 also offers the
 // device-generic aoti_torch_get_current_stream + torch_stream_native_handle: the fallback.
+#if defined(FASTMINE_CUDA_EMULATOR)
+// The host emulator (tests/emu/) has one in-order stream, the default one.
+inline cudaStream_t current_stream(int32_t) { return nullptr; }
+#else
 using GetCudaStreamFn = AOTITorchError (*)(int32_t, void**);
 using NativeHandleFn = AOTITorchError (*)(StreamHandle, void**);
 
@@ -90,6 +94,7 @@ inline cudaStream_t current_stream(int32_t device_index) {
   STD_TORCH_CHECK(rc == TORCH_SUCCESS, "fastmine: torch_stream_native_handle failed");
   return static_cast<cudaStream_t>(stream);
 }
+#endif  // FASTMINE_CUDA_EMULATOR
 
 inline int sm_count(int32_t device_index) {
   int n = 0;

@@ -52,5 +52,14 @@ void launch_add_into(acc_t* dst, const acc_t* src, int64_t n, cudaStream_t strea
   check_launch("add_into_kernel");
 }
 
+// a @ b in acc_st. Inside torch.autocast (which the autograd engine carries into a
+// backward) the dispatcher's matmul returns float16/bfloat16 for float32 operands: the
+// product is cast back, so that the kernels reading it see acc_t.
+inline Tensor matmul_in(const Tensor& a, const Tensor& b, ScalarType acc_st) {
+  Tensor p = torch::stable::matmul(a, b);
+  if (p.scalar_type() != acc_st) p = torch::stable::to(p, acc_st);
+  return torch::stable::contiguous(p);
+}
+
 }  // namespace
 }  // namespace fastmine::cuda

@@ -104,9 +104,8 @@ void pairwise_backward(const Tensor& grad, const Tensor& x, const Tensor& y, con
   // The GEMMs: cuBLAS through the dispatcher, on the current stream, in acc_t.
   const Tensor x_acc = std::is_same_v<T, acc_t> ? x : torch::stable::to(x, acc_st);
   const Tensor y_acc = std::is_same_v<T, acc_t> ? y : torch::stable::to(y, acc_st);
-  const Tensor wy = torch::stable::contiguous(torch::stable::matmul(w, y_acc));
-  const Tensor wtx =
-      torch::stable::contiguous(torch::stable::matmul(torch::stable::transpose(w, 0, 1), x_acc));
+  const Tensor wy = matmul_in(w, y_acc, acc_st);
+  const Tensor wtx = matmul_in(torch::stable::transpose(w, 0, 1), x_acc, acc_st);
   STD_TORCH_CHECK(wy.scalar_type() == acc_st && wy.size(0) == b && wy.size(1) == dim &&
                       wtx.scalar_type() == acc_st && wtx.size(0) == m && wtx.size(1) == dim,
                   "fastmine.", kBwd, ": unexpected matmul result");

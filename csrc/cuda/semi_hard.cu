@@ -7,7 +7,8 @@
 //     the pair offsets are summed on the host (P is data-dependent: the outputs' size).
 //  2. Row panels of the distance matrix (pairwise_distance_kernel, in acc_t: half inputs are
 //     upcast first), then per panel:
-//     sh_keys_kernel (negatives' distances as sort keys, others pushed last) and
+//     sh_keys_kernel (negatives' distances as order-preserving integer keys, others pushed
+//     last) and
 //     cub::DeviceSegmentedSort::StableSortPairs of every row (ties stay in column order:
 //     the lowest index first), and sh_pick_kernel (one block per anchor): each positive,
 //     in column order, binary-searches the sorted negatives for the first one farther than
@@ -38,12 +39,14 @@ namespace {
 constexpr const char* kFwd = "semi_hard_triplet";
 constexpr const char* kBwd = "semi_hard_triplet_backward";
 
-// Panel rows: ~256 MiB of scratch (distances, sort keys and columns, in and out), and a
-// panel's element count within cub's int item count.
+// Panel rows: ~256 MiB of scratch (distances, sort keys and columns, in and out), a panel's
+// element count within cub's int item count, and its row tiles within grid.y (65535): a tall
+// batch against a small reference set would otherwise ask for a taller panel.
 inline int64_t sh_panel_rows(int64_t b, int64_t m, int64_t acc_bytes) {
   const int64_t per_row = m * (3 * acc_bytes + 2 * int64_t(sizeof(int32_t)));
   int64_t rows = (int64_t(256) << 20) / std::max<int64_t>(per_row, 1);
   rows = std::min<int64_t>(rows, INT_MAX / std::max<int64_t>(m, 1));
+  rows = std::min<int64_t>(rows, int64_t(65535) * TileCfg::BM);
   return std::max<int64_t>(1, std::min(rows, b));
 }
 
@@ -72,8 +75,10 @@ void semi_hard_forward(const Tensor& x, const Tensor& labels, const Tensor& ref,
 
   const int64_t rows = sh_panel_rows(b, m, sizeof(acc_t));
   Tensor dist = torch::stable::new_empty(x, {rows * m}, acc_st);
-  Tensor keys_in = torch::stable::new_empty(x, {rows * m}, acc_st);
-  Tensor keys_out = torch::stable::new_empty(x, {rows * m}, acc_st);
+  using key_t = sort_key_t<acc_t>;  // stored in a tensor of the signed type of its width
+  constexpr ScalarType key_st = sizeof(key_t) == 4 ? ScalarType::Int : ScalarType::Long;
+  Tensor keys_in = torch::stable::new_empty(x, {rows * m}, key_st);
+  Tensor keys_out = torch::stable::new_empty(x, {rows * m}, key_st);
   Tensor cols_in = torch::stable::new_empty(x, {rows * m}, ScalarType::Int);
   Tensor cols_out = torch::stable::new_empty(x, {rows * m}, ScalarType::Int);
   Tensor seg = torch::stable::new_empty(x, {rows + 1}, ScalarType::Long);
@@ -97,12 +102,12 @@ void semi_hard_forward(const Tensor& x, const Tensor& labels, const Tensor& ref,
     sh_keys_kernel<acc_t><<<grid_1d(std::min<int64_t>(ceil_div(n, kRowThreads), 65535), kFwd),
                             kRowThreads, 0, stream>>>(
         cptr<acc_t>(dist), cptr<int64_t>(labels), cptr<int64_t>(ref_labels), r0, nr, m,
-        mptr<acc_t>(keys_in), mptr<int32_t>(cols_in));
+        mptr<key_t>(keys_in), mptr<int32_t>(cols_in));
     check_launch("sh_keys_kernel");
     const int64_t* seg_begin = cptr<int64_t>(seg);
     size_t bytes = 0;
     FM_CUDA_CHECK(cub::DeviceSegmentedSort::StableSortPairs(
-                      nullptr, bytes, cptr<acc_t>(keys_in), mptr<acc_t>(keys_out),
+                      nullptr, bytes, cptr<key_t>(keys_in), mptr<key_t>(keys_out),
                       cptr<int32_t>(cols_in), mptr<int32_t>(cols_out), static_cast<int>(n),
                       static_cast<int>(nr), seg_begin, seg_begin + 1, stream),
                   "cub::DeviceSegmentedSort::StableSortPairs (size query)");
@@ -111,13 +116,13 @@ void semi_hard_forward(const Tensor& x, const Tensor& labels, const Tensor& ref,
       temp_cap = bytes;
     }
     FM_CUDA_CHECK(cub::DeviceSegmentedSort::StableSortPairs(
-                      temp.data_ptr(), bytes, cptr<acc_t>(keys_in), mptr<acc_t>(keys_out),
+                      temp.data_ptr(), bytes, cptr<key_t>(keys_in), mptr<key_t>(keys_out),
                       cptr<int32_t>(cols_in), mptr<int32_t>(cols_out), static_cast<int>(n),
                       static_cast<int>(nr), seg_begin, seg_begin + 1, stream),
                   "cub::DeviceSegmentedSort::StableSortPairs");
     check_launch("cub::DeviceSegmentedSort::StableSortPairs");
     sh_pick_kernel<acc_t><<<grid_1d(nr, kFwd), kShThreads, 0, stream>>>(
-        cptr<acc_t>(dist), cptr<acc_t>(keys_out), cptr<int32_t>(cols_out), cptr<int64_t>(labels),
+        cptr<acc_t>(dist), cptr<key_t>(keys_out), cptr<int32_t>(cols_out), cptr<int64_t>(labels),
         cptr<int64_t>(ref_labels), cptr<int64_t>(offsets), cptr<int64_t>(negs), r0, m,
         has_exclude, exclude_offset, mptr<int64_t>(anchor_idx), mptr<int64_t>(pos_idx),
         mptr<int64_t>(neg_idx));

@@ -4,6 +4,8 @@
 // one translation unit that includes this header.
 #pragma once
 
+#include <cstring>
+
 #include "common/distance.h"
 #include "common/semi_hard.h"
 #include "cuda/device_utils.cuh"
@@ -14,11 +16,44 @@ namespace {
 
 constexpr int kShThreads = 256;  // one block per anchor row in the count and pick kernels
 
-// A NaN that sorts after every canonical NaN: the key of a column that is not a negative.
-template <typename acc_t> __device__ __forceinline__ acc_t not_negative_key();
-template <> __device__ __forceinline__ float not_negative_key<float>() { return __int_as_float(0x7fffffff); }
-template <> __device__ __forceinline__ double not_negative_key<double>() {
-  return __longlong_as_double(0x7fffffffffffffffLL);
+// Sort keys: unsigned integers whose `<` is the order the pick kernel needs: the numbers
+// ascending (-0 and +0 equal), then NaN, then the columns that are not negatives. The sort
+// must see a total order under `<`: CUB's segmented sort runs short segments through a merge
+// sort that compares with `<`, under which a NaN key is unordered and leaves its row unsorted.
+template <typename acc_t> struct SortKey;
+template <> struct SortKey<float> { using type = uint32_t; };
+template <> struct SortKey<double> { using type = uint64_t; };
+template <typename acc_t> using sort_key_t = typename SortKey<acc_t>::type;
+
+template <typename acc_t>
+constexpr sort_key_t<acc_t> kNotNegativeKey = ~sort_key_t<acc_t>(0);
+template <typename acc_t>
+constexpr sort_key_t<acc_t> kNanKey = ~sort_key_t<acc_t>(0) - 1;
+
+// The key of a distance: NaN -> kNanKey; otherwise the IEEE bits made monotonic (negative
+// values flipped, positive ones offset by the sign bit). d + 0 turns -0 into +0. Numbers map
+// below kNanKey: +inf's key is 0xff80...0.
+template <typename acc_t>
+__device__ __forceinline__ sort_key_t<acc_t> distance_key(acc_t d) {
+  using K = sort_key_t<acc_t>;
+  if (fm_isnan(d)) return kNanKey<acc_t>;
+  const acc_t v = d + acc_t(0);
+  K u;
+  static_assert(sizeof(K) == sizeof(acc_t));
+  memcpy(&u, &v, sizeof(K));
+  const K sign = K(1) << (8 * sizeof(K) - 1);
+  return (u & sign) ? K(~u) : K(u | sign);
+}
+
+// The distance of a number's key (key < kNanKey): distance_key's inverse.
+template <typename acc_t>
+__device__ __forceinline__ acc_t key_distance(sort_key_t<acc_t> k) {
+  using K = sort_key_t<acc_t>;
+  const K sign = K(1) << (8 * sizeof(K) - 1);
+  const K u = (k & sign) ? K(k & ~sign) : K(~k);
+  acc_t v;
+  memcpy(&v, &u, sizeof(K));
+  return v;
 }
 
 // Block-wide sum of one int per thread (fixed tree; integers: exact anyway).
@@ -62,35 +97,30 @@ __global__ void __launch_bounds__(kShThreads)
 
 // ---- 2. sort keys of a panel's rows ------------------------------------------------------------
 
-// key(r, j) = the distance for a negative (-0 made +0, NaN made the canonical NaN, so that a
-// radix sort puts numbers first, then NaNs in column order); not_negative_key otherwise.
+// key(r, j) = distance_key(d) for a negative, kNotNegativeKey otherwise.
 template <typename acc_t>
 __global__ void __launch_bounds__(kRowThreads)
     sh_keys_kernel(const acc_t* __restrict__ dist, const int64_t* __restrict__ labels,
                    const int64_t* __restrict__ ref_labels, int64_t r0, int64_t nr, int64_t m,
-                   acc_t* __restrict__ keys, int32_t* __restrict__ cols) {
+                   sort_key_t<acc_t>* __restrict__ keys, int32_t* __restrict__ cols) {
   const int64_t n = nr * m;
   for (int64_t e = int64_t(blockIdx.x) * kRowThreads + threadIdx.x; e < n;
        e += int64_t(gridDim.x) * kRowThreads) {
     const int64_t r = e / m, j = e % m;
-    const acc_t d = dist[e];
-    acc_t key;
-    if (ref_labels[j] == labels[r0 + r]) key = not_negative_key<acc_t>();
-    else if (fm_isnan(d)) key = quiet_nan<acc_t>();
-    else key = d + acc_t(0);
-    keys[e] = key;
+    keys[e] = ref_labels[j] == labels[r0 + r] ? kNotNegativeKey<acc_t> : distance_key(dist[e]);
     cols[e] = static_cast<int32_t>(j);
   }
 }
 
 // ---- 3. one triplet per positive -----------------------------------------------------------------
 
-// First position in [lo, hi) whose key is > v (upper_bound), over ascending numeric keys.
+// First position in [lo, hi) whose distance is > v (upper_bound), over ascending number keys.
 template <typename acc_t>
-__device__ __forceinline__ int64_t upper_bound_keys(const acc_t* keys, int64_t lo, int64_t hi, acc_t v) {
+__device__ __forceinline__ int64_t upper_bound_keys(const sort_key_t<acc_t>* keys, int64_t lo,
+                                                    int64_t hi, acc_t v) {
   while (lo < hi) {
     const int64_t mid = lo + (hi - lo) / 2;
-    if (semi_hard_candidate(keys[mid], v)) hi = mid;
+    if (semi_hard_candidate(key_distance<acc_t>(keys[mid]), v)) hi = mid;
     else lo = mid + 1;
   }
   return lo;
@@ -102,7 +132,7 @@ __device__ __forceinline__ int64_t upper_bound_keys(const acc_t* keys, int64_t l
 // d_ij: the nearest semi-hard one with the lowest column on ties; else the easiest.
 template <typename acc_t>
 __global__ void __launch_bounds__(kShThreads)
-    sh_pick_kernel(const acc_t* __restrict__ dist, const acc_t* __restrict__ keys,
+    sh_pick_kernel(const acc_t* __restrict__ dist, const sort_key_t<acc_t>* __restrict__ keys,
                    const int32_t* __restrict__ cols, const int64_t* __restrict__ labels,
                    const int64_t* __restrict__ ref_labels, const int64_t* __restrict__ offsets,
                    const int64_t* __restrict__ negs, int64_t r0, int64_t m, bool has_exclude,
@@ -113,7 +143,7 @@ __global__ void __launch_bounds__(kShThreads)
   const int64_t r = blockIdx.x, i = r0 + r;
   const int64_t off = offsets[i];
   if (offsets[i + 1] == off) return;  // block-uniform: no pair
-  const acc_t* krow = keys + r * m;
+  const sort_key_t<acc_t>* krow = keys + r * m;
   const int32_t* crow = cols + r * m;
   const acc_t* drow = dist + r * m;
   if (threadIdx.x == 0) {
@@ -121,14 +151,14 @@ __global__ void __launch_bounds__(kShThreads)
     int64_t lo = 0, hi = n_neg;  // first NaN among the negatives
     while (lo < hi) {
       const int64_t mid = lo + (hi - lo) / 2;
-      if (fm_isnan(krow[mid])) hi = mid;
+      if (krow[mid] >= kNanKey<acc_t>) hi = mid;
       else lo = mid + 1;
     }
     n_num_s = lo;
     nan_s = lo < n_neg ? crow[lo] : -1;
     easy_s = -1;
     if (lo > 0) {  // the farthest: the first of the run equal to the last number
-      const acc_t top = krow[lo - 1];
+      const sort_key_t<acc_t> top = krow[lo - 1];
       int64_t a = 0, b = lo - 1;
       while (a < b) {
         const int64_t mid = a + (b - a) / 2;

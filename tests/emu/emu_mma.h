@@ -61,7 +61,7 @@ template <int M, int N, int K, typename Decode, typename APos, typename BPos>
 void mma_collective(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
                     int elems_per_reg, Decode decode, APos a_pos, BPos b_pos) {
   const unsigned lane = threadIdx.x % 32, w = threadIdx.x / 32;
-  EmuWarp& warp = *emu_block->warps[w];
+  EmuWarp& warp = emu_block->warps[w];
   static_assert(sizeof(MmaSlot) == 40);
   // The warp's shuffle slots hold 8 bytes per lane: a side table of 32 slots per warp
   // instead (a block's warps may reuse a finished block's addresses: every lane writes its
@@ -78,13 +78,7 @@ void mma_collective(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2
   std::memcpy(mine.b, b, sizeof(mine.b));
   std::memcpy(mine.c, d, sizeof(mine.c));
   warp.bar.arrive_and_wait();
-  for (int l = 0; l < 32; ++l) {
-    if (warp.exited[l].load()) {
-      fprintf(stderr, "EMU: mma.sync with exited lane %d\n", l);
-      emu_errors++;
-      break;
-    }
-  }
+  emu_full_warp("mma.sync with an exited or missing lane");
   double A[M][K], B[K][N], C[M][N];
   for (int l = 0; l < 32; ++l) {
     const int g = l >> 2, t = l % 4;  // groupID, threadID_in_group

@@ -1,0 +1,3 @@
+// The host emulator's CUB (tests/emu/shim/emu_cub.h).
+#pragma once
+#include "emu_cub.h"
