@@ -57,6 +57,7 @@ OP = OpBench(
         Method("pml", _pml),
         matmul_floor(),
     ],
+    quick_size={"cpu": "4096x128", "cuda": "4096x128"},
     # Issue 2, "Targets".
     targets=[
         Target("cpu", 4096, 128, "eager", 5.0),
