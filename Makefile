@@ -1,9 +1,12 @@
 # fastmine: `make bench` and `make test` set everything up from a fresh clone.
 #
-#   make test                      venv + pinned CPU torch + deps, build, run the test suite
+#   make test                      venv + pinned CPU torch + deps, lint, type check, build, run
+#                                  the test suite
 #   make bench                     same set-up, build, time every op once (~2 min on 2 cores);
 #                                  results in bench_out/ (ignored), never benchmarks/results/
 #   make build                     (re)build the compiled modules in place (incremental)
+#   make lint / make typecheck     ruff check / mypy on the typed package (both in make test)
+#   make format / make format-check  ruff format + clang-format over csrc/ (check: change nothing)
 #   make TORCH=system test         use the torch already importable by $(PYTHON) (e.g. your
 #                                  own CUDA build) instead of installing the pinned one
 #   make TORCH="torch==2.11.0" ... another pinned torch
@@ -18,7 +21,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-stamp
 INSTALLED := $(VENV)/.install-stamp
 
-.PHONY: all setup build test bench clean
+.PHONY: all setup build test bench clean lint typecheck format format-check
 
 all: test
 
@@ -48,8 +51,24 @@ $(INSTALLED): $(DEPS)
 build: $(INSTALLED)
 	$(PY) setup.py --quiet build_ext --inplace
 
-test: build
+test: lint typecheck build
 	$(PY) -m pytest -q tests
+
+lint: $(DEPS)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(DEPS)
+	$(VENV)/bin/mypy
+
+CSRC = $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+
+format: $(DEPS)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $(CSRC)
+
+format-check: $(DEPS)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(CSRC)
 
 # Without a visible GPU the benchmark never loads the CUDA module: skip its minutes-long
 # compile (make build and make test still build it).

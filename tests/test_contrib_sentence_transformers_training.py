@@ -80,13 +80,17 @@ PAIRS = [
 @pytest.mark.parametrize("ours,theirs,kw", PAIRS, ids=[p[0].__name__ for p in PAIRS])
 def test_trainer_trajectory_equals_sentence_transformers(ours, theirs, kw, tmp_path, monkeypatch):
     batches = []  # the label sets fastmine was given, step by step
-    for name in ("batch_hard_triplet_loss", "batch_all_triplet_loss", "semi_hard_triplet_loss",
-                 "contrastive_loss"):
-        def spy(emb, labels, *args, _real=getattr(fm_st.fastmine, name), **kwargs):
+
+    def spy(real):
+        def wrapper(emb, labels, *args, **kwargs):
             if "ref_embeddings" not in kwargs:
                 batches.append(labels.tolist())
-            return _real(emb, labels, *args, **kwargs)
-        monkeypatch.setattr(fm_st.fastmine, name, spy)
+            return real(emb, labels, *args, **kwargs)
+        return wrapper
+
+    for name in ("batch_hard_triplet_loss", "batch_all_triplet_loss", "semi_hard_triplet_loss",
+                 "contrastive_loss"):
+        monkeypatch.setattr(fm_st.fastmine, name, spy(getattr(fm_st.fastmine, name)))
     model_ours, traj_ours = _train(ours, tmp_path / "ours", **kw)
     monkeypatch.undo()
     assert len(batches) == 12, "every step must compute through fastmine"

@@ -39,16 +39,15 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple, cast
 
-import torch
 from torch import Tensor
 
 try:
     from sentence_transformers.sentence_transformer import losses as _st_losses
 except ImportError:  # releases before the per-model-type layout
     try:
-        from sentence_transformers import losses as _st_losses  # type: ignore[no-redef]
+        from sentence_transformers import losses as _st_losses  # type: ignore[attr-defined,no-redef]
     except ImportError as exc:  # pragma: no cover - exercised by a test that hides the package
         raise ImportError(
             "fastmine.contrib.sentence_transformers needs sentence-transformers: `pip install "
@@ -124,6 +123,12 @@ class _Fused:
         return metric
 
 
+def _loss(value: object) -> Tensor:
+    """A loss function's result without return_info: the loss alone (its declared return
+    type also allows the (loss, info) pair)."""
+    return cast(Tensor, value)
+
+
 def _all_same(labels: Tensor) -> bool:
     return bool((labels == labels[0]).all())
 
@@ -135,9 +140,9 @@ def _batch_hard(embeddings: Tensor, labels: Tensor, margin: float, metric: str, 
     row maximum to the non-negatives, and the anchor itself, at distance 0, is then the
     minimum)."""
     b = embeddings.shape[0]
-    total, info = fastmine.batch_hard_triplet_loss(
+    total, info = cast(Tuple[Tensor, fastmine.BatchHardInfo], fastmine.batch_hard_triplet_loss(
         embeddings, labels, margin=margin, metric=metric, soft=soft, reduction="sum", return_info=True
-    )
+    ))
     if int(info.num_valid) == b:  # the documented case: every label at least twice
         return total / b
     if _all_same(labels):
@@ -148,10 +153,10 @@ def _batch_hard(embeddings: Tensor, labels: Tensor, margin: float, metric: str, 
     # negatives are all the others: fastmine's batch-hard of those rows is then exactly
     # sentence-transformers' term, with its gradient.
     once = ~info.valid
-    singles = fastmine.batch_hard_triplet_loss(
+    singles = _loss(fastmine.batch_hard_triplet_loss(
         embeddings[once], labels[once], ref_embeddings=embeddings, ref_labels=labels,
         margin=margin, metric=metric, soft=soft, reduction="sum",
-    )
+    ))
     return (total + singles) / b
 
 
@@ -203,10 +208,10 @@ class BatchAllTripletLoss(_Fused, _st_losses.BatchAllTripletLoss):
         metric = self._metric_or_fallback()
         if metric is None:
             return super().batch_all_triplet_loss(labels, embeddings)
-        return fastmine.batch_all_triplet_loss(
+        return _loss(fastmine.batch_all_triplet_loss(
             embeddings, labels.view(-1), margin=float(self.triplet_margin), metric=metric,
             reduction="mean_positive",
-        )
+        ))
 
 
 class BatchSemiHardTripletLoss(_Fused, _st_losses.BatchSemiHardTripletLoss):
@@ -237,4 +242,4 @@ class BatchSemiHardTripletLoss(_Fused, _st_losses.BatchSemiHardTripletLoss):
             )
         # With two labels or more every anchor has a negative, so fastmine's pairs are all of
         # sentence-transformers' positive pairs and the two means agree.
-        return fastmine.semi_hard_triplet_loss(embeddings, labels, margin=margin, metric=metric)
+        return _loss(fastmine.semi_hard_triplet_loss(embeddings, labels, margin=margin, metric=metric))
