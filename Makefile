@@ -7,6 +7,7 @@
 #   make build                     (re)build the compiled modules in place (incremental)
 #   make lint / make typecheck     ruff check / mypy on the typed package (both in make test)
 #   make format / make format-check  ruff format + clang-format over csrc/ (check: change nothing)
+#   make sdist-check               build the sdist, install it into a fresh venv, smoke-test it
 #   make TORCH=system test         use the torch already importable by $(PYTHON) (e.g. your
 #                                  own CUDA build) instead of installing the pinned one
 #   make TORCH="torch==2.11.0" ... another pinned torch
@@ -21,7 +22,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-stamp
 INSTALLED := $(VENV)/.install-stamp
 
-.PHONY: all setup build test bench clean lint typecheck format format-check
+.PHONY: all setup build test bench clean lint typecheck format format-check sdist sdist-check
 
 all: test
 
@@ -70,6 +71,15 @@ format-check: $(DEPS)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/clang-format --dry-run --Werror $(CSRC)
 
+# What a user with their own torch installs: an sdist, built without isolation (which would
+# download a second torch), then installed into a fresh venv and checked from outside the tree.
+sdist: $(DEPS)
+	rm -rf dist
+	$(PY) -m build --sdist --no-isolation --outdir dist .
+
+sdist-check: sdist
+	PYTHON=$(PYTHON) TORCH="$(TORCH)" bash scripts/sdist_smoke.sh dist/fastmine-*.tar.gz
+
 # Without a visible GPU the benchmark never loads the CUDA module: skip its minutes-long
 # compile (make build and make test still build it).
 bench: $(INSTALLED)
@@ -78,4 +88,4 @@ bench: $(INSTALLED)
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
-	rm -rf build fastmine/*.so *.egg-info
+	rm -rf build dist fastmine/*.so fastmine/_build_info.json *.egg-info
