@@ -1,14 +1,20 @@
 # fastmine: `make bench` and `make test` set everything up from a fresh clone.
 #
-#   make test                      venv + pinned CPU torch + deps, build, run the test suite
-#   make bench                     same set-up, build, run the default benchmark
+#   make test                      venv + pinned CPU torch + deps, lint, type check, build, run
+#                                  the test suite
+#   make bench                     same set-up, build, time every op once (~2 min on 2 cores);
+#                                  results in bench_out/ (ignored), never benchmarks/results/
 #   make build                     (re)build the compiled modules in place (incremental)
 #   make sanitize                  the CPU module with ASan + UBSan in build-sanitize/, then
 #                                  the raw-op contract and oracle-parity tests against it
+#   make lint / make typecheck     ruff check / mypy on the typed package (both in make test)
+#   make format / make format-check  ruff format + clang-format over csrc/ (check: change nothing)
+#   make sdist-check               build the sdist, install it into a fresh venv, smoke-test it
 #   make TORCH=system test         use the torch already importable by $(PYTHON) (e.g. your
 #                                  own CUDA build) instead of installing the pinned one
 #   make TORCH="torch==2.11.0" ... another pinned torch
-#   make BENCH_ARGS="--full" bench arguments for python -m benchmarks (see --help)
+#   make BENCH_ARGS="--sweep" bench arguments for python -m benchmarks (see --help): --sweep
+#                                  the committed results' sizes, --full the report grid
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +24,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-stamp
 INSTALLED := $(VENV)/.install-stamp
 
-.PHONY: all setup build test bench sanitize clean
+.PHONY: all setup build test bench sanitize clean lint typecheck format format-check sdist sdist-check
 
 all: test
 
@@ -48,15 +54,44 @@ $(INSTALLED): $(DEPS)
 build: $(INSTALLED)
 	$(PY) setup.py --quiet build_ext --inplace
 
-test: build
+test: lint typecheck build
 	$(PY) -m pytest -q tests
 
 # Any sanitizer report fails it (scripts/sanitize.sh says how).
 sanitize: $(DEPS)
 	PY=$(PY) bash scripts/sanitize.sh
 
-bench: build
+lint: $(DEPS)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(DEPS)
+	$(VENV)/bin/mypy
+
+CSRC = $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+
+format: $(DEPS)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $(CSRC)
+
+format-check: $(DEPS)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(CSRC)
+
+# What a user with their own torch installs: an sdist, built without isolation (which would
+# download a second torch), then installed into a fresh venv and checked from outside the tree.
+sdist: $(DEPS)
+	rm -rf dist
+	$(PY) -m build --sdist --no-isolation --outdir dist .
+
+sdist-check: sdist
+	PYTHON=$(PYTHON) TORCH="$(TORCH)" bash scripts/sdist_smoke.sh dist/fastmine-*.tar.gz
+
+# Without a visible GPU the benchmark never loads the CUDA module: skip its minutes-long
+# compile (make build and make test still build it).
+bench: $(INSTALLED)
+	FASTMINE_NO_CUDA=$$($(PY) -c "import torch; print(int(not torch.cuda.is_available()))") \
+		$(PY) setup.py --quiet build_ext --inplace
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
-	rm -rf build build-sanitize fastmine/*.so *.egg-info
+	rm -rf build build-sanitize dist fastmine/*.so fastmine/_build_info.json *.egg-info

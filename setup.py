@@ -10,9 +10,14 @@
 Sanitizer (``make sanitize`` does so into build-sanitize/, apart from the normal build).
 """
 import glob
+import json
 import os
+import platform
 import shutil
+import subprocess
+import sys
 
+import torch
 from setuptools import setup
 from torch.utils import cpp_extension
 from torch.utils.cpp_extension import BuildExtension, CppExtension
@@ -90,7 +95,66 @@ if cuda_home is not None:
         )
     )
 
+def _version_line(cmd, marker=""):
+    """The first line of ``cmd``'s output that holds ``marker``, or None if it cannot run."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return next((line.strip() for line in out.splitlines() if marker in line), None)
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def build_info():
+    """What `python -m fastmine.info` reports about this build: a -march=native module runs
+    only on CPUs with the build machine's instruction set, and the CUDA module only on the
+    architectures it was compiled for."""
+    cxx = os.environ.get("CXX", "c++")
+    info = {
+        "modules": [ext.name for ext in ext_modules],
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "cxx": _version_line([cxx, "--version"]),
+        "cxx_flags": common_cxx,
+        "march": next((f.split("=", 1)[1] for f in common_cxx if f.startswith("-march=")), None),
+        "build_cpu": _cpu_model(),
+        "cuda": None,
+    }
+    if cuda_home is not None:
+        info["cuda"] = {
+            "cuda_home": cuda_home,
+            "nvcc": _version_line([os.path.join(cuda_home, "bin", "nvcc"), "--version"], "release"),
+            "arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST"),
+            "stable_abi_target": TORCH_TARGET_VERSION,
+            "nvcc_flags": ext_modules[-1].extra_compile_args["nvcc"],
+        }
+    return info
+
+
+class BuildExtensionWithInfo(BuildExtension.with_options(use_ninja=True)):
+    """Also writes fastmine/_build_info.json next to the compiled modules (in the source
+    tree for --inplace, in the wheel otherwise)."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(os.path.dirname(self.get_ext_fullpath("fastmine._C")), "_build_info.json")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "w") as f:
+            json.dump(build_info(), f, indent=1)
+            f.write("\n")
+
+
 setup(
     ext_modules=ext_modules,
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtensionWithInfo},
 )

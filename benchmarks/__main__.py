@@ -1,5 +1,14 @@
 """python -m benchmarks: time fastmine against its baselines, print a table, write JSON + PNG.
 
+Three runs:
+  (default)  quick: every op once, at one telling size, 3 timed calls, no torch.compile
+             (its first call compiles for 10-30 s per op); about two minutes on 2 cores.
+  --sweep    each op at the sizes of the committed reference results (benchmarks/results/),
+             10 timed calls, with torch.compile.
+  --full     the report grid (B up to 64K, D up to 2048, float32 and bfloat16).
+Output goes to bench_out/ (ignored by git); refresh the committed results on purpose with
+``--sweep --out benchmarks/results``.
+
 Each size builds one set of inputs that every method sees. Per method: setup, warm-up
 calls (the first one compiles under torch.compile and is excluded), one call measured for
 peak memory. Then the timed calls, methods taking turns; the median is reported.
@@ -10,6 +19,7 @@ import argparse
 import datetime
 import os
 import sys
+import time
 import traceback
 
 import torch
@@ -22,6 +32,12 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64,
 # CPU: the issue's target size, plus a smaller batch; both fit the ~5 min budget on 2 cores.
 # CUDA: the issue's two GPU targets.
 DEFAULT_SIZES = {"cpu": "4096x128,1024x128", "cuda": "4096x128,4096x512"}
+# Where results go unless --out says otherwise: an ignored folder at the repository root, so
+# that a newcomer's run never rewrites the committed reference results.
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench_out")
+# Per-run defaults: (timed calls, warm-up calls, --max-seconds, torch.compile baseline).
+QUICK = {"cpu": (3, 1, 2.0, False), "cuda": (10, 2, 2.0, False)}
+THOROUGH = {"cpu": (10, 2, 20.0, True), "cuda": (50, 5, 20.0, True)}
 # --full (issue 5's report): B in {1K, 4K, 16K, 64K} x D in {128, 512, 2048} x {fp32, bf16}
 # on CUDA. On the CPU the grid stops at B = 4K, D = 512 (B = 16K takes minutes per method on
 # a few cores, 64K needs 16 GiB for one B x B float32 matrix of the eager baseline).
@@ -39,8 +55,11 @@ def parse_args(argv=None):
                    help="auto = cuda when available (default)")
     p.add_argument("--op", default="all",
                    help="which op (benchmarks/ops/*.py), or all (default) for every op")
-    p.add_argument("--sizes", help="comma-separated BxD, e.g. 4096x128,1024x128 "
-                   f"(default: cpu {DEFAULT_SIZES['cpu']}; cuda {DEFAULT_SIZES['cuda']})")
+    p.add_argument("--sizes", help="comma-separated BxD, e.g. 4096x128,1024x128, for every op "
+                   "(with --sweep's repeats and torch.compile; default: each op's own sizes)")
+    p.add_argument("--sweep", action="store_true",
+                   help="each op at the sizes of the committed reference results, 10 timed "
+                   "calls, with torch.compile (the default is the quick run: one size per op)")
     p.add_argument("--classes-per-batch", type=int, metavar="P",
                    help="P classes per batch (overrides --samples-per-class)")
     p.add_argument("--samples-per-class", type=int, default=4, metavar="K",
@@ -51,13 +70,21 @@ def parse_args(argv=None):
                    help="issue 5's report grid: every op at B in 1K..64K x D in 128..2048 x "
                    f"{{float32, bfloat16}} on CUDA (CPU: {FULL_SIZES['cpu']}); --sizes and "
                    "--dtype still override")
-    p.add_argument("--repeats", type=int, help="timed calls per method (default cpu 10, cuda 50)")
-    p.add_argument("--warmup", type=int, help="untimed calls first (default cpu 2, cuda 5)")
-    p.add_argument("--max-seconds", type=float, default=20.0,
-                   help="stop a method's repeats after this long (at least 3 kept)")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
-                   help="directory for <op>_<device>_<dtype>.json/.png (default benchmarks/results)")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    p.add_argument("--repeats", type=int, help="timed calls per method (default: quick run "
+                   "cpu 3, cuda 10; otherwise cpu 10, cuda 50)")
+    p.add_argument("--warmup", type=int, help="untimed calls first (default: quick run cpu 1, "
+                   "cuda 2; otherwise cpu 2, cuda 5)")
+    p.add_argument("--max-seconds", type=float,
+                   help="stop a method's repeats after this long, at least 3 kept (default: "
+                   "quick run 2, otherwise 20)")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help="directory for <op>_<device>_<dtype>.json/.png (default bench_out/, "
+                   "ignored by git; --out benchmarks/results refreshes the committed results)")
+    compile_flags = p.add_mutually_exclusive_group()
+    compile_flags.add_argument("--compile", action="store_true",
+                               help="add the torch.compile baseline to the quick run")
+    compile_flags.add_argument("--no-compile", action="store_true",
+                               help="skip the torch.compile baseline")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -194,6 +221,20 @@ def ratios(op, size_result: dict) -> None:
             size_result["speedup"][m.name] = r["median_ms"] / ref["median_ms"]
 
 
+def run_defaults(args, device_type: str) -> None:
+    """Fills in what the command line left open: the quick run unless --sweep, --full or
+    --sizes asks for more."""
+    args.quick = not (args.sweep or args.full or args.sizes)
+    repeats, warmup, max_seconds, with_compile = (QUICK if args.quick else THOROUGH)[device_type]
+    args.repeats = args.repeats or repeats
+    args.warmup = max(1, args.warmup or warmup)
+    args.max_seconds = max_seconds if args.max_seconds is None else args.max_seconds
+    args.no_compile = args.no_compile or not (with_compile or args.compile)
+    if args.full:
+        args.sizes = args.sizes or FULL_SIZES[device_type]
+        args.dtype = FULL_DTYPES if args.dtype == "float32" else args.dtype
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device == "auto":
@@ -201,12 +242,7 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch.cuda.is_available() is False")
     device = torch.device(args.device)
-    on_gpu = device.type == "cuda"
-    args.repeats = args.repeats or (50 if on_gpu else 10)
-    args.warmup = max(1, args.warmup or (5 if on_gpu else 2))
-    if args.full:
-        args.sizes = args.sizes or FULL_SIZES[device.type]
-        args.dtype = FULL_DTYPES if args.dtype == "float32" else args.dtype
+    run_defaults(args, device.type)
     dtype_names = [d.strip() for d in args.dtype.split(",") if d.strip()]
     unknown = [d for d in dtype_names if d not in DTYPES]
     if unknown or not dtype_names:
@@ -216,11 +252,20 @@ def main(argv=None) -> int:
     if args.op != "all" and args.op not in ops:
         sys.exit(f"--op {args.op}: unknown; known: all, {', '.join(sorted(ops))}")
     chosen = sorted(ops.values(), key=lambda o: o.order) if args.op == "all" else [ops[args.op]]
-    failed = []
+    failed, summary = [], []
+    started = time.perf_counter()
     for name in dtype_names:
         args.dtype = name
         for op in chosen:
-            failed += run_op(op, args, device, DTYPES[name])
+            failed += run_op(op, args, device, DTYPES[name], summary)
+    if len(summary) > 1:
+        print(f"\n## Summary ({device.type}, {', '.join(dtype_names)}, "
+              f"{time.perf_counter() - started:.0f} s)\n")
+        print(report.summary_table(summary))
+        if args.no_compile:
+            print("\nNo torch.compile baseline in this run: add --compile (its first call "
+                  "compiles for 10-30 s per op), or run --sweep.")
+        progress(f"results in {_shown(args.out)}")
     if failed:
         bar = "!" * 78
         progress(f"\n{bar}\nBENCHMARK INVALID: baselines do not compute fastmine's loss, or "
@@ -229,10 +274,27 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_op(op, args, device, dtype) -> list:
-    """Benchmarks one op at its sizes; prints its table, writes its JSON and plot. Returns
-    the reasons the run is invalid (empty when it is fine)."""
-    sizes = parse_sizes(args.sizes or op.default_sizes.get(device.type) or DEFAULT_SIZES[device.type])
+def op_sizes(op, args, device) -> str:
+    """The "BxD,..." an op runs at: --sizes, else its quick size (the default run), else
+    its sweep sizes, else the harness's."""
+    if args.sizes:
+        return args.sizes
+    sweep = op.sweep_sizes.get(device.type) or DEFAULT_SIZES[device.type]
+    if args.quick:
+        return op.quick_size.get(device.type) or sweep.split(",")[0]
+    return sweep
+
+
+def _shown(path: str) -> str:
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def run_op(op, args, device, dtype, summary: list) -> list:
+    """Benchmarks one op at its sizes; prints its table, writes its JSON and plot, appends
+    (op, size result) rows to ``summary``. Returns the reasons the run is invalid (empty
+    when it is fine)."""
+    sizes = parse_sizes(op_sizes(op, args, device))
     methods = [m for m in op.methods if not (args.no_compile and m.name == "compile")]
 
     busy = sysinfo.cpu_busy_percent()
@@ -274,7 +336,8 @@ def run_op(op, args, device, dtype) -> list:
         "elapsed_s": round(elapsed, 1), "cpu_busy_before_pct": busy,
         "cpu_busy_others_during_pct": busy_during, **info, "versions": sysinfo.versions(),
         "dtype": args.dtype, "sizes": [[B, D] for B, D in sizes],
-        "config": {"repeats": args.repeats, "warmup": args.warmup,
+        "config": {"run": "quick" if args.quick else "full" if args.full else "sweep",
+                   "repeats": args.repeats, "warmup": args.warmup,
                    "max_seconds": args.max_seconds, "seed": args.seed,
                    "classes_per_batch": args.classes_per_batch,
                    "samples_per_class": args.samples_per_class, "compile": not args.no_compile},
@@ -297,8 +360,8 @@ def run_op(op, args, device, dtype) -> list:
                 progress(f"speed-up plot skipped: {why_not}")
             else:
                 written.append(stem + "_speedup.png")
-    shown = [w if os.path.relpath(w).startswith("..") else os.path.relpath(w) for w in written]
-    progress(f"wrote {', '.join(shown)} ({elapsed:.0f} s)")
+    progress(f"wrote {', '.join(_shown(w) for w in written)} ({elapsed:.0f} s)")
+    summary += [(op, s) for s in results]
 
     failed = [f"{op.name}: {m}" for m in mismatches]
     if any(s["methods"].get(op.reference, {}).get("status") != "ok" for s in results):

@@ -79,8 +79,12 @@ class OpBench:
     methods: List[Method]
     targets: List[Target] = field(default_factory=list)
     reference: str = "fastmine"  # the method every ratio is taken against
-    # Default "BxD,..." per device type ("cpu", "cuda"); the harness's own otherwise.
-    default_sizes: Dict[str, str] = field(default_factory=dict)
+    # "BxD,..." per device type ("cpu", "cuda") of the --sweep run, the sizes of the
+    # committed reference results; the harness's own otherwise.
+    sweep_sizes: Dict[str, str] = field(default_factory=dict)
+    # The one "BxD" per device type of the default, quick run: large enough that fastmine's
+    # lead shows, small enough that the slowest baseline's few calls take seconds.
+    quick_size: Dict[str, str] = field(default_factory=dict)
     order: int = 100  # position in `--op all` runs
     issue: int = 2  # the issue whose targets these are
     # Builds the inputs of one "BxD" size (same signature as pk_inputs); None: pk_inputs.

@@ -118,3 +118,27 @@ def write_json(path: str, record: Dict) -> None:
     with open(path, "w") as f:
         json.dump(record, f, indent=1)
         f.write("\n")
+
+
+def summary_table(rows: List) -> str:
+    """One line per (op, size): fastmine's time, then each other method's time and how many
+    times slower than fastmine it is (the floor: fastmine's time over it)."""
+    lines = ["| op | B × D | fastmine (ms) | the others: time (ms), × fastmine's |",
+             "|---|---|--:|---|"]
+    for op, s in rows:
+        ref = s["methods"].get(op.reference, {})
+        own = _fmt_ms(ref["median_ms"]) if ref.get("status") == "ok" else ref.get("status", "n/a")
+        others = []
+        for name, r in s["methods"].items():
+            if name == op.reference:
+                continue
+            if r["status"] != "ok":
+                others.append(f"{name} {'out of memory' if r['status'] == 'oom' else 'n/a'}")
+            elif name in s.get("speedup", {}):
+                others.append(f"{name} {_fmt_ms(r['median_ms'])} ({s['speedup'][name]:.1f}× slower)")
+            elif s.get("x_floor"):
+                others.append(f"{name} {_fmt_ms(r['median_ms'])} (fastmine {s['x_floor']:.2f}×)")
+            else:
+                others.append(f"{name} {_fmt_ms(r['median_ms'])}")
+        lines.append(f"| {op.name} | {s['B']} × {s['D']} | {own} | {'; '.join(others)} |")
+    return "\n".join(lines)

@@ -8,6 +8,7 @@ torch.distributed), :mod:`fastmine.contrib.pml` (pytorch-metric-learning drop-in
 on demand: it needs that package).
 """
 from ._ops import CUDA_AVAILABLE
+from ._version import __version__
 from ._types import BatchAllInfo, BatchHardInfo, SemiHardInfo
 from .centroid import centroid_triplet_loss, onehot_centroids
 from .focal import focal_star_loss, sigmoid_focal_loss, softmax_focal_loss
@@ -24,8 +25,6 @@ from .xbm import CrossBatchMemory
 # Submodules reachable as attributes (fastmine.nn.*, fastmine.distributed.*); imported after
 # the functions they wrap.
 from . import distributed, nn  # noqa: E402,I001
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CUDA_AVAILABLE",

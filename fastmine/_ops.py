@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 from typing import Optional
 
 import torch
@@ -29,11 +30,28 @@ def _load(name: str) -> bool:
     return True
 
 
+def _missing_module_message() -> str:
+    """Why fastmine/_C*.so is absent, in the terms of the likely mistake: importing the
+    source tree (e.g. Python started in a clone's root, whose fastmine/ shadows the
+    installed package) rather than a build."""
+    msg = f"fastmine's compiled module {os.path.join(_HERE, '_C')}*.so is missing"
+    if not os.path.isfile(os.path.join(os.path.dirname(_HERE), "setup.py")):
+        return msg + ": reinstall fastmine (`pip install --no-build-isolation fastmine-*.tar.gz`)"
+    msg += (f". This is fastmine's uncompiled source tree ({os.path.dirname(_HERE)}), imported "
+            "because it comes first on sys.path (Python was started in it, or PYTHONPATH names it)")
+    elsewhere = [
+        d for d in (os.path.join(os.path.abspath(p or os.curdir), "fastmine") for p in sys.path)
+        if os.path.realpath(d) != os.path.realpath(_HERE)
+        and glob.glob(os.path.join(d, "_C.*.so")) + glob.glob(os.path.join(d, "_C.*.pyd"))
+    ]
+    if elsewhere:
+        msg += f"; it shadows the installed fastmine at {elsewhere[0]}: run from another directory"
+    return msg + (", or build the tree in place: `make build` (or `python setup.py build_ext "
+                  "--inplace`, or `pip install --no-build-isolation -e .`)")
+
+
 if not _load("_C"):
-    raise ImportError(
-        "fastmine's compiled module fastmine/_C*.so is missing: build it with `make build` "
-        "(or `pip install --no-build-isolation -e .`)"
-    )
+    raise ImportError(_missing_module_message())
 
 #: True when the CUDA kernels are loaded (a GPU is visible and the module was built).
 CUDA_AVAILABLE: bool = torch.cuda.is_available() and _load("_C_cuda")

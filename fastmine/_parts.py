@@ -15,7 +15,7 @@ A new loss slots in by adding one function to ``_DECOMPOSERS``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, cast
 
 import torch
 
@@ -115,10 +115,10 @@ def loss_parts(functional, embeddings, labels, ref, ref_labels, self_offset, opt
 
 def combine(terms_per_piece: List[List[Term]], dtype: torch.dtype) -> torch.Tensor:
     """The loss from the pieces' terms (all pieces have the same number of terms)."""
-    loss = None
+    loss: Optional[torch.Tensor] = None
     for k in range(len(terms_per_piece[0])):
-        num = sum(p[k].numerator for p in terms_per_piece)
+        num = cast(torch.Tensor, sum(p[k].numerator for p in terms_per_piece))
         dens = [p[k].denominator for p in terms_per_piece]
-        value = num if dens[0] is None else num / sum(dens).clamp(min=1).to(dtype)
+        value = num if dens[0] is None else num / cast(torch.Tensor, sum(dens)).clamp(min=1).to(dtype)
         loss = value if loss is None else loss + value
-    return loss
+    return cast(torch.Tensor, loss)

@@ -23,7 +23,7 @@ Outside an initialised process group (or with one process) it is the plain loss.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.distributed as dist

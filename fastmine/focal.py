@@ -7,7 +7,7 @@ row also gives d loss / d logits, which the backward scales. Formulas: SPEC.md "
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Union
 
 import torch
 

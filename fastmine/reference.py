@@ -101,7 +101,7 @@ def batch_hard_masks(
     ref_labels every pair counts except (i, self_offset + i) when self_offset is given.
     """
     has_ref = ref_labels is not None
-    if not has_ref:
+    if ref_labels is None:
         ref_labels = labels
     same = labels[:, None] == ref_labels[None, :]
     b, m = same.shape

@@ -15,7 +15,7 @@ anchors only, not through the reference rows (which include the batch's detached
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 
@@ -52,6 +52,9 @@ class CrossBatchMemory(torch.nn.Module):
         >>> loss = xbm(model(images), labels)     # mined against batch and memory
         >>> loss.backward()
     """
+
+    embedding_memory: torch.Tensor  # buffers, registered in __init__
+    label_memory: torch.Tensor
 
     def __init__(self, loss: MinedLoss, size: int, dim: int, *,
                  dtype: torch.dtype = torch.float32,
@@ -129,5 +132,5 @@ class CrossBatchMemory(torch.nn.Module):
         parts = [_parts.loss_parts(functional, embeddings[lo:hi], labels[lo:hi], ref, ref_labels,
                                    at, options) for lo, hi, at in pieces]
         if parts[0].per_anchor is not None:  # reduction="none"
-            return torch.cat([p.per_anchor for p in parts])
+            return torch.cat([cast(torch.Tensor, p.per_anchor) for p in parts])
         return _parts.combine([p.terms for p in parts], parts[0].terms[0].numerator.dtype)

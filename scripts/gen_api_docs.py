@@ -4,7 +4,8 @@
     python scripts/gen_api_docs.py --check    # exit 1 if docs/api.md is out of date
 
 Public = ``__all__`` of fastmine, fastmine.nn, fastmine.distributed and (when
-pytorch-metric-learning is installed) fastmine.contrib.pml. Each entry: the call signature
+pytorch-metric-learning is installed) fastmine.contrib.pml, (when sentence-transformers is)
+fastmine.contrib.sentence_transformers. Each entry: the call signature
 (names and defaults) and the docstring's first paragraph. tests/test_api_docs.py fails when
 the file is stale, so a new public function shows up here by re-running this script.
 """
@@ -23,6 +24,8 @@ MODULES = [
     ("fastmine.nn", "Loss modules (`torch.nn.Module`): the functional ops with stored options."),
     ("fastmine.distributed", "Mining over the global batch of a torch.distributed job."),
     ("fastmine.contrib.pml", "Drop-ins for pytorch-metric-learning's losses and miners (needs that package)."),
+    ("fastmine.contrib.sentence_transformers",
+     "Drop-ins for sentence-transformers' batch triplet losses (needs that package)."),
 ]
 HEADER = """# fastmine API reference
 
@@ -54,8 +57,16 @@ def _signature(obj) -> str:
         if p.kind is p.VAR_KEYWORD:
             parts.append("**" + p.name)
             continue
-        parts.append(p.name if p.default is p.empty else f"{p.name}={p.default!r}")
+        parts.append(p.name if p.default is p.empty else f"{p.name}={_default(p.default)}")
     return "(" + ", ".join(parts) + ")"
+
+
+def _default(value) -> str:
+    """A default as written in code: a function by its qualified name (its repr holds a
+    memory address, which would change the file at every run)."""
+    if inspect.isfunction(value):
+        return value.__qualname__
+    return repr(value)
 
 
 def _summary(obj) -> str:

@@ -15,7 +15,6 @@ oracle on the same inputs, then checks, per SPEC.md:
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 

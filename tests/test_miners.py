@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import fastmine
 from fastmine import reference as R
 from miners_check import TRIPLET_TYPES, check_batch_hard, check_triplets
-from strategies import Case, batch_hard_cases, examples, make_embeddings, make_labels
+from strategies import Case, batch_hard_cases, examples, make_embeddings
 
 METRICS = R.METRICS
 MARGINS = (0.0, 0.2, 1.0, 2.0, -0.5)

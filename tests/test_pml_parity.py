@@ -77,10 +77,10 @@ def test_mined_triplets_match_pml(seed):
 def test_mean_nonzero_matches_avg_nonzero_reducer(seed):
     x, lab = _data(seed, 32, 6, "pk")
     for margin in (0.1, 1.0, 5.0):
-        ours, (g1,) = _grad(lambda t: fastmine.batch_hard_triplet_loss(
-            t, lab, margin=margin, reduction="mean_nonzero"), x)
-        theirs, (g2,) = _grad(lambda t: pml_batch_hard(
-            t, lab, margin, reducer=reducers.AvgNonZeroReducer())[0], x)
+        ours, (g1,) = _grad(lambda t, m=margin: fastmine.batch_hard_triplet_loss(
+            t, lab, margin=m, reduction="mean_nonzero"), x)
+        theirs, (g2,) = _grad(lambda t, m=margin: pml_batch_hard(
+            t, lab, m, reducer=reducers.AvgNonZeroReducer())[0], x)
         assert_close_rel(ours, theirs, 1e-9, floor=1.0, what="mean_nonzero vs AvgNonZeroReducer")
         assert_close_rel(g1, g2, 1e-9, what="grad mean_nonzero")
 

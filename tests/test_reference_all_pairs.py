@@ -49,7 +49,7 @@ def _loop_batch_all(x, y, rx, ry, self_offset, has_ref, margin, metric, soft, re
         for p, (vp, lp) in enumerate(zip(rx, ry)):
             if lp != li or _excluded(i, p, has_ref, self_offset):
                 continue
-            for n, (vn, ln) in enumerate(zip(rx, ry)):
+            for vn, ln in zip(rx, ry):
                 if ln == li:
                     continue
                 z = _loop_distance(u, vp, metric) - _loop_distance(u, vn, metric) + margin

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import fastmine
 from fastmine import reference as R
 from helpers import assert_bitwise, assert_close_rel
-from semi_hard_checks import check_semi_hard, run_semi_hard, tfa_semihard_loss
+from semi_hard_checks import check_semi_hard, tfa_semihard_loss
 from strategies import Case, batch_hard_cases, make_embeddings, make_labels, shape_labels
 
 METRICS = R.METRICS

@@ -73,6 +73,7 @@ OP = OpBench(
         Method("sentence-transformers", _sentence_transformers),
         matmul_floor(),
     ],
+    quick_size={"cpu": "4096x128", "cuda": "4096x128"},
     # Issue 2, "Targets"; the GPU verification run's (B = 16384 against cuBLAS, torch.compile,
     # the B = 262144 memory bound) after them.
     targets=[

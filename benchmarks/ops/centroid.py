@@ -73,5 +73,6 @@ OP = OpBench(
         Method("eager", _step(eager_centroid)),
         Method("compile", _compile_setup),
     ],
-    default_sizes={"cpu": "1024x128", "cuda": "4096x128"},
+    sweep_sizes={"cpu": "1024x128", "cuda": "4096x128"},
+    quick_size={"cpu": "1024x128", "cuda": "4096x128"},
 )

@@ -55,7 +55,8 @@ OP = OpBench(
         Method("pml", _pml, compare_loss=False),
         matmul_floor(),
     ],
-    default_sizes={"cpu": "4096x128", "cuda": "4096x128,8192x128"},
+    sweep_sizes={"cpu": "4096x128", "cuda": "4096x128,8192x128"},
+    quick_size={"cpu": "2048x128", "cuda": "4096x128"},
     targets=[
         Target("cpu", 4096, 128, "eager", 5.0),
         Target("cpu", 4096, 128, "floor", 2.0),

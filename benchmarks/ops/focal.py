@@ -68,7 +68,8 @@ OP = OpBench(
         compiled("compile", torchvision_focal),
         bandwidth_floor(),
     ],
-    default_sizes={"cpu": "10000x1000,1000x1000", "cuda": "10000x1000,100000x1000"},
+    sweep_sizes={"cpu": "10000x1000,1000x1000", "cuda": "10000x1000,100000x1000"},
+    quick_size={"cpu": "1000x1000", "cuda": "10000x1000"},
     targets=[Target("cpu", 10000, 1000, "eager", 3.0)],
     make_inputs=logits_inputs,
 )

@@ -47,5 +47,6 @@ OP = OpBench(
         Method("pml", _pml, forward_only=True),
         matmul_floor(),
     ],
-    default_sizes={"cpu": "1024x128,2048x128", "cuda": "1024x128,2048x128"},
+    sweep_sizes={"cpu": "1024x128,2048x128", "cuda": "1024x128,2048x128"},
+    quick_size={"cpu": "1024x128", "cuda": "2048x128"},
 )

@@ -76,7 +76,7 @@ the farthest negative. Pairs in row-major (a, p) order.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Tuple
+from typing import NamedTuple, Optional, Tuple, cast
 
 import torch
 
@@ -115,7 +115,7 @@ def _metric(distance) -> Tuple[str, bool]:
 
 
 def _single_reducer(reducer, allowed: dict, what: str) -> str:
-    kind = type(reducer)
+    kind: Optional[type] = type(reducer)
     if kind is _reducers.AvgNonZeroReducer and (reducer.low != 0 or reducer.high is not None):
         kind = None
     for cls, name in allowed.items():
@@ -191,7 +191,8 @@ class TripletMarginLoss(_losses.TripletMarginLoss):
         normalize = opts.pop("normalize")
         ref_kw, _ = _reference(embeddings, labels, ref_emb, ref_labels, normalize)
         x = torch.nn.functional.normalize(embeddings, p=2, dim=1) if normalize else embeddings
-        return fastmine.batch_all_triplet_loss(x, labels.to(x.device), **ref_kw, **opts)
+        # return_info is False: the loss alone (the declared return type also allows the pair)
+        return cast(torch.Tensor, fastmine.batch_all_triplet_loss(x, labels.to(x.device), **ref_kw, **opts))
 
 
 class ContrastiveLoss(_losses.ContrastiveLoss):
