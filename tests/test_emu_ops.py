@@ -21,7 +21,7 @@ def _grid_cases():
     """(b, d, dtype, metric, ekind, lkind): every dtype and metric at every shape, ties on
     the integer grid (euclidean metrics: exact there, so the tie rule is compared)."""
     cases = []
-    for (i, (b, d)), (j, dt), m in itertools.product(enumerate(SHAPES), enumerate(DTYPES), METRICS):
+    for (b, d), dt, m in itertools.product(SHAPES, DTYPES, METRICS):
         cases.append((b, d, dt, m, "random", "pk"))
     for b, d in SHAPES:
         for m in (0, 1):
