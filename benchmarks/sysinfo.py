@@ -8,16 +8,11 @@ from typing import Dict
 
 import torch
 
+from fastmine.info import _cpu_model as cpu_model
+
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model() or platform.machine()
 
 
 def device_info(device: torch.device) -> Dict:

@@ -36,6 +36,16 @@ void labelled_pairs(Args<S>& a, const T& x, const T& labels, const T& ref, const
   a.exclude_offset(has_exclude, exclude_offset, x.size(0), ref.size(0));
 }
 
+// The forward of a triplet loss: the labelled pairs and a finite margin.
+template <class S, class T>
+void mined_with_margin(const char* op, const T& x, const T& labels, const T& ref,
+                       const T& ref_labels, double margin, int64_t metric, bool has_exclude,
+                       int64_t exclude_offset) {
+  Args<S> a(op);
+  labelled_pairs(a, x, labels, ref, ref_labels, metric, has_exclude, exclude_offset);
+  a.finite(margin, "margin");
+}
+
 // (B,) vectors in the loss dtype of x: upstream gradients and saved distances.
 template <class S, class T>
 void loss_vectors(Args<S>& a, const T& x, int64_t n, std::initializer_list<const T*> ts,
@@ -83,9 +93,8 @@ void pairwise_distance_backward(const T& grad, const T& x, const T& y, const T& 
 template <class S, class T>
 void batch_hard_triplet(const T& x, const T& labels, const T& ref, const T& ref_labels,
                         double margin, int64_t metric, bool has_exclude, int64_t exclude_offset) {
-  Args<S> a("batch_hard_triplet");
-  labelled_pairs(a, x, labels, ref, ref_labels, metric, has_exclude, exclude_offset);
-  a.finite(margin, "margin");
+  mined_with_margin<S>("batch_hard_triplet", x, labels, ref, ref_labels, margin, metric,
+                       has_exclude, exclude_offset);
 }
 
 // pos_idx / neg_idx are the forward's: a reference row, or -1 for an invalid anchor.
@@ -112,9 +121,8 @@ void batch_hard_triplet_backward(const T& grad_loss, const T& grad_pos_dist,
 template <class S, class T>
 void batch_all_triplet(const T& x, const T& labels, const T& ref, const T& ref_labels,
                        double margin, int64_t metric, bool has_exclude, int64_t exclude_offset) {
-  Args<S> a("batch_all_triplet");
-  labelled_pairs(a, x, labels, ref, ref_labels, metric, has_exclude, exclude_offset);
-  a.finite(margin, "margin");
+  mined_with_margin<S>("batch_all_triplet", x, labels, ref, ref_labels, margin, metric,
+                       has_exclude, exclude_offset);
 }
 
 template <class S, class T>
@@ -272,9 +280,8 @@ void mine_triplets(const T& x, const T& labels, const T& ref, const T& ref_label
 template <class S, class T>
 void semi_hard_triplet(const T& x, const T& labels, const T& ref, const T& ref_labels,
                        double margin, int64_t metric, bool has_exclude, int64_t exclude_offset) {
-  Args<S> a("semi_hard_triplet");
-  labelled_pairs(a, x, labels, ref, ref_labels, metric, has_exclude, exclude_offset);
-  a.finite(margin, "margin");
+  mined_with_margin<S>("semi_hard_triplet", x, labels, ref, ref_labels, margin, metric,
+                       has_exclude, exclude_offset);
 }
 
 // One entry per triplet (P of them): anchor rows of x, positive and negative rows of ref.
