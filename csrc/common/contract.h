@@ -13,8 +13,8 @@
 //   [[noreturn]] static void fail(Fault, const std::string&);
 //
 // Shapes, sizes and values fail as Fault::Value (a ValueError where the ABI can carry one),
-// dtypes and devices as Fault::Runtime. Any strides are accepted: the kernels read
-// contiguous copies of what is not already contiguous.
+// dtypes and devices as Fault::Runtime. Any strides are accepted: the kernels read dense
+// copies (fresh_strides below) of what is not already laid out as a fresh tensor.
 #pragma once
 
 #include <torch/headeronly/core/ScalarType.h>
@@ -206,5 +206,21 @@ class Args {
   const Tensor* anchor_ = nullptr;
   const char* anchor_name_ = "";
 };
+
+// Whether t has the strides of a fresh (at::empty) tensor of its sizes, which is what each
+// module's dense() hands the kernels. contiguous() is not enough: it keeps any stride on a
+// dimension of size 1, and BLAS/cuBLAS choose their kernels (and so their rounding) by the
+// leading dimension, so a (1, D) row of a wider matrix would give different bits than its
+// copy. Empty tensors have no elements to lay out.
+template <typename Tensor>
+bool fresh_strides(const Tensor& t) {
+  if (t.numel() == 0) return true;
+  int64_t expected = 1;
+  for (int64_t k = t.dim() - 1; k >= 0; --k) {
+    if (t.strides()[k] != expected) return false;
+    expected *= t.sizes()[k];
+  }
+  return true;
+}
 
 }  // namespace fastmine::contract

@@ -117,7 +117,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_all_triplet_cpu(
   at::Tensor loss = at::empty({b}, x.options());
   at::Tensor valid = at::empty({b}, labels.options());
   at::Tensor active = at::empty({b}, labels.options());
-  const at::Tensor lab = labels.contiguous(), rlab = ref_labels.contiguous();
+  const at::Tensor lab = dense(labels), rlab = dense(ref_labels);
   const BatchAllArgs a{margin, soft, has_exclude, exclude_offset};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_all_triplet_cpu", [&] {
     batch_all_forward_impl(Panels<scalar_t>(x, ref, metric), lab.data_ptr<int64_t>(),
@@ -133,8 +133,8 @@ std::tuple<at::Tensor, at::Tensor> batch_all_triplet_backward_cpu(
     int64_t exclude_offset, bool /*allow_tf32: CUDA tiles only*/) {
   contract::batch_all_triplet_backward<CpuSide>(grad_, x, labels, ref, ref_labels, margin, metric,
                                                 has_exclude, exclude_offset);
-  const at::Tensor grad = grad_.contiguous();
-  const at::Tensor lab = labels.contiguous(), rlab = ref_labels.contiguous();
+  const at::Tensor grad = dense(grad_);
+  const at::Tensor lab = dense(labels), rlab = dense(ref_labels);
   at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
   at::Tensor gr = at::zeros_like(ref, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_all_triplet_backward_cpu", [&] {

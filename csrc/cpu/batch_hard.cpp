@@ -204,8 +204,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_har
     int64_t exclude_offset, bool /*allow_tf32: CUDA tiles only*/) {
   contract::batch_hard_triplet<CpuSide>(x_, labels_, ref_, ref_labels_, margin, metric, has_exclude,
                                         exclude_offset);
-  const at::Tensor x = x_.contiguous(), ref = ref_.contiguous();
-  const at::Tensor labels = labels_.contiguous(), ref_labels = ref_labels_.contiguous();
+  const at::Tensor x = dense(x_), ref = dense(ref_);
+  const at::Tensor labels = dense(labels_), ref_labels = dense(ref_labels_);
   const int64_t b = x.size(0);
   at::Tensor loss = at::empty({b}, x.options());
   at::Tensor pos_dist = at::empty({b}, x.options());
@@ -317,13 +317,13 @@ std::tuple<at::Tensor, at::Tensor> batch_hard_triplet_backward_cpu(
   contract::batch_hard_triplet_backward<CpuSide>(grad_loss, grad_pos_dist, grad_neg_dist, x_, ref_,
                                                  pos_idx, neg_idx, pos_dist, neg_dist, margin,
                                                  metric);
-  const at::Tensor x = x_.contiguous(), ref = ref_.contiguous();
+  const at::Tensor x = dense(x_), ref = dense(ref_);
   at::Tensor gx = at::zeros_like(x);
   at::Tensor gr = at::zeros_like(ref);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_hard_triplet_backward_cpu", [&] {
     batch_hard_backward_impl<scalar_t>(
-        grad_loss.contiguous(), grad_pos_dist.contiguous(), grad_neg_dist.contiguous(), x, ref,
-        pos_idx.contiguous(), neg_idx.contiguous(), pos_dist.contiguous(), neg_dist.contiguous(),
+        dense(grad_loss), dense(grad_pos_dist), dense(grad_neg_dist), x, ref,
+        dense(pos_idx), dense(neg_idx), dense(pos_dist), dense(neg_dist),
         margin, metric, soft, gx, gr);
   });
   return {gx, gr};

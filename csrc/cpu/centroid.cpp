@@ -240,7 +240,7 @@ std::tuple<at::Tensor, at::Tensor> centroid_triplet_cpu(const at::Tensor& x_,
                                                         const at::Tensor& labels_,
                                                         const at::Tensor& c_) {
   contract::centroid_triplet<CpuSide>(x_, labels_, c_);
-  const at::Tensor x = x_.contiguous(), labels = labels_.contiguous(), c = c_.contiguous();
+  const at::Tensor x = dense(x_), labels = dense(labels_), c = dense(c_);
   const int64_t b = x.size(0), nc = c.size(0);
   const int64_t* lp = labels.data_ptr<int64_t>();
   at::Tensor loss = at::empty({b}, x.options());
@@ -398,8 +398,8 @@ std::tuple<at::Tensor, at::Tensor> centroid_triplet_backward_cpu(
     const at::Tensor& grad_, const at::Tensor& x_, const at::Tensor& labels_,
     const at::Tensor& c_, const at::Tensor& dist_, bool need_centroid_grad) {
   contract::centroid_triplet_backward<CpuSide>(grad_, x_, labels_, c_, dist_);
-  const at::Tensor x = x_.contiguous(), labels = labels_.contiguous(), c = c_.contiguous();
-  const at::Tensor grad = grad_.contiguous(), dist = dist_.contiguous();
+  const at::Tensor x = dense(x_), labels = dense(labels_), c = dense(c_);
+  const at::Tensor grad = dense(grad_), dist = dense(dist_);
   const int64_t b = x.size(0), d = x.size(1), nc = c.size(0);
   const int64_t* lp = labels.data_ptr<int64_t>();
   at::Tensor gx = at::empty({b, d}, x.options());

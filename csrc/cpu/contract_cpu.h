@@ -10,6 +10,15 @@
 
 namespace fastmine::cpu {
 
+// What every CPU kernel reads its tensor arguments through: t itself when it is laid out as
+// a fresh tensor, else a fresh copy (contract::fresh_strides says why not contiguous()).
+inline at::Tensor dense(const at::Tensor& t) {
+  if (contract::fresh_strides(t)) return t;
+  at::Tensor copy = at::empty(t.sizes(), t.options());
+  copy.copy_(t);
+  return copy;
+}
+
 struct CpuSide {
   using Tensor = at::Tensor;
 
@@ -19,7 +28,7 @@ struct CpuSide {
   static const char* float_dtypes() { return "float32 or float64 on the CPU"; }
 
   static contract::IndexRange index_range(const Tensor& t) {
-    const at::Tensor c = t.contiguous();
+    const at::Tensor c = dense(t);
     const int64_t* p = c.data_ptr<int64_t>();
     contract::IndexRange r{p[0], p[0]};
     for (int64_t i = 1, n = c.numel(); i < n; ++i) {

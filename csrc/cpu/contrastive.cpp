@@ -105,7 +105,7 @@ ContrastiveOutputs contrastive_run(const char* op, const at::Tensor& x, const at
   ContrastiveOutputs o{{at::empty({b}, x.options()), at::empty({b}, labels.options()),
                         at::empty({b}, labels.options()), at::empty({b}, x.options()),
                         at::empty({b}, labels.options()), at::empty({b}, labels.options())}};
-  const at::Tensor lab = labels.contiguous(), rlab = ref_labels.contiguous();
+  const at::Tensor lab = dense(labels), rlab = dense(ref_labels);
   const ContrastiveArgs a{pos_margin, neg_margin, power, triangle, has_exclude, exclude_offset};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "contrastive_cpu", [&] {
     contrastive_forward_impl(Panels<scalar_t>(x, ref, metric), lab.data_ptr<int64_t>(),
@@ -147,8 +147,8 @@ std::tuple<at::Tensor, at::Tensor> contrastive_backward_cpu(
   contract::contrastive_backward<CpuSide>(grad_pos_, grad_neg_, x, labels, ref, ref_labels,
                                           pos_margin, neg_margin, power, metric, triangle,
                                           has_exclude, exclude_offset);
-  const at::Tensor grad_pos = grad_pos_.contiguous(), grad_neg = grad_neg_.contiguous();
-  const at::Tensor lab = labels.contiguous(), rlab = ref_labels.contiguous();
+  const at::Tensor grad_pos = dense(grad_pos_), grad_neg = dense(grad_neg_);
+  const at::Tensor lab = dense(labels), rlab = dense(ref_labels);
   at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
   at::Tensor gr = at::zeros_like(ref, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "contrastive_backward_cpu", [&] {

@@ -105,7 +105,7 @@ double elementwise(const T* x, const T* t, int64_t n, bool reduce, T* loss, T* g
 template <typename Launch>
 at::Tensor run_forward(const at::Tensor& logits_, const at::Tensor& targets_, bool reduce,
                        const Launch& launch) {
-  const at::Tensor x = logits_.contiguous(), t = targets_.contiguous();
+  const at::Tensor x = dense(logits_), t = dense(targets_);
   at::Tensor loss = reduce ? at::empty({}, x.options()) : at::empty(x.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastmine_focal_cpu", [&] {
     using T = scalar_t;
@@ -120,7 +120,7 @@ at::Tensor run_forward(const at::Tensor& logits_, const at::Tensor& targets_, bo
 template <typename Launch>
 at::Tensor run_backward(const at::Tensor& grad_, const at::Tensor& logits_,
                         const at::Tensor& targets_, const Launch& launch) {
-  const at::Tensor x = logits_.contiguous(), t = targets_.contiguous(), g = grad_.contiguous();
+  const at::Tensor x = dense(logits_), t = dense(targets_), g = dense(grad_);
   at::Tensor gx = at::empty(x.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fastmine_focal_backward_cpu", [&] {
     using T = scalar_t;
@@ -242,8 +242,8 @@ std::tuple<at::Tensor, at::Tensor> softmax_focal_cpu(const at::Tensor& logits_,
                                                      bool with_grad) {
   contract::softmax_focal<CpuSide>(logits_, target_, alpha_, gamma);
   const int64_t n = logits_.size(0), c = logits_.size(1);
-  const at::Tensor x = logits_.contiguous(), target = target_.contiguous(),
-                   alpha = alpha_.contiguous();
+  const at::Tensor x = dense(logits_), target = dense(target_),
+                   alpha = dense(alpha_);
   const int64_t* tp = target.data_ptr<int64_t>();
   at::Tensor loss = at::empty({n}, x.options());
   at::Tensor grad = with_grad ? at::empty({n, c}, x.options()) : at::empty({0}, x.options());

@@ -189,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_triplets_cpu(
     int64_t exclude_offset) {
   contract::mine_triplets<CpuSide>(x, labels, ref, ref_labels, margin, type, metric, has_exclude,
                                    exclude_offset);
-  const at::Tensor lab = labels.contiguous(), rlab = ref_labels.contiguous();
+  const at::Tensor lab = dense(labels), rlab = dense(ref_labels);
   const MineArgs a{margin, type, has_exclude, exclude_offset};
   const auto idx = labels.options().dtype(at::kLong);
   at::Tensor out_a, out_p, out_n;

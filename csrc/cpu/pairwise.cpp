@@ -25,13 +25,13 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_backward_cpu(const at::Tens
                                                                   const at::Tensor& dist_,
                                                                   int64_t metric) {
   contract::pairwise_distance_backward<CpuSide>(grad, x, y, dist_, metric);
-  const at::Tensor dist = dist_.contiguous();
+  const at::Tensor dist = dense(dist_);
   at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
   at::Tensor gy = at::zeros_like(y, at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_backward_cpu", [&] {
     using T = scalar_t;
     const Panels<T> p(x, y, metric);
-    const at::Tensor g = grad.contiguous();
+    const at::Tensor g = dense(grad);
     const T* gp = g.data_ptr<T>();
     at::Tensor wbuf = p.panel_buffer();
     for (int64_t r0 = 0; r0 < p.b; r0 += p.rows) {

@@ -13,6 +13,7 @@
 
 #include "common/distance.h"
 #include "cpu/panel_rows.h"
+#include "cpu/contract_cpu.h"
 #include "cpu/dispatch.h"
 #include "cpu/exact_distance.h"
 
@@ -34,7 +35,7 @@ struct Panels {
   std::vector<T> nx2, nr2;  // squared row norms
 
   Panels(const at::Tensor& x_, const at::Tensor& ref_, int64_t metric_)
-      : x(x_.contiguous()), ref(ref_.contiguous()), b(x.size(0)), m(ref.size(0)),
+      : x(dense(x_)), ref(dense(ref_)), b(x.size(0)), m(ref.size(0)),
         dim(x.size(1)), metric(metric_), rows(panel_rows(m, sizeof(T))),
         nx2(row_norms2(x.data_ptr<T>(), b, dim)), nr2(row_norms2(ref.data_ptr<T>(), m, dim)) {}
 

@@ -178,8 +178,8 @@ semi_hard_triplet_cpu(const at::Tensor& x_, const at::Tensor& labels_, const at:
                       bool has_exclude, int64_t exclude_offset) {
   contract::semi_hard_triplet<CpuSide>(x_, labels_, ref_, ref_labels_, margin, metric, has_exclude,
                                        exclude_offset);
-  const at::Tensor x = x_.contiguous(), ref = ref_.contiguous();
-  const at::Tensor labels = labels_.contiguous(), ref_labels = ref_labels_.contiguous();
+  const at::Tensor x = dense(x_), ref = dense(ref_);
+  const at::Tensor labels = dense(labels_), ref_labels = dense(ref_labels_);
   const int64_t b = x.size(0), m = ref.size(0);
   const int64_t* lab = labels.data_ptr<int64_t>();
   const int64_t* rlab = ref_labels.data_ptr<int64_t>();
@@ -276,15 +276,15 @@ std::tuple<at::Tensor, at::Tensor> semi_hard_triplet_backward_cpu(
   contract::semi_hard_triplet_backward<CpuSide>(grad_loss, grad_pos_dist, grad_neg_dist, x_, ref_,
                                                 anchor_idx_, pos_idx_, neg_idx_, pos_dist_,
                                                 neg_dist_, margin, metric);
-  const at::Tensor x = x_.contiguous(), ref = ref_.contiguous();
-  const at::Tensor ai = anchor_idx_.contiguous(), pi = pos_idx_.contiguous(), ni = neg_idx_.contiguous();
+  const at::Tensor x = dense(x_), ref = dense(ref_);
+  const at::Tensor ai = dense(anchor_idx_), pi = dense(pos_idx_), ni = dense(neg_idx_);
   const int64_t p = ai.numel();
   at::Tensor gx = at::zeros_like(x);
   at::Tensor gr = at::zeros_like(ref);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "semi_hard_triplet_backward_cpu", [&] {
-    const at::Tensor gl = grad_loss.contiguous(), gpd = grad_pos_dist.contiguous(),
-                     gnd = grad_neg_dist.contiguous(), pd = pos_dist_.contiguous(),
-                     nd = neg_dist_.contiguous();
+    const at::Tensor gl = dense(grad_loss), gpd = dense(grad_pos_dist),
+                     gnd = dense(grad_neg_dist), pd = dense(pos_dist_),
+                     nd = dense(neg_dist_);
     semi_hard_backward_impl<scalar_t>(
         gl.data_ptr<scalar_t>(), gpd.data_ptr<scalar_t>(), gnd.data_ptr<scalar_t>(), x, ref,
         ai.data_ptr<int64_t>(), pi.data_ptr<int64_t>(), ni.data_ptr<int64_t>(),

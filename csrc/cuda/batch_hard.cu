@@ -105,9 +105,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_hard_triplet_cuda(
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
-  const Tensor x = torch::stable::contiguous(x_), ref = torch::stable::contiguous(ref_);
-  const Tensor labels = torch::stable::contiguous(labels_);
-  const Tensor ref_labels = torch::stable::contiguous(ref_labels_);
+  const Tensor x = dense(x_), ref = dense(ref_);
+  const Tensor labels = dense(labels_);
+  const Tensor ref_labels = dense(ref_labels_);
   const int64_t b = x.size(0);
   // Losses and distances: float32 for half inputs, else the input dtype.
   const ScalarType st = x.scalar_type();

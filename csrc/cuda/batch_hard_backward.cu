@@ -111,20 +111,20 @@ std::tuple<Tensor, Tensor> batch_hard_triplet_backward_cuda(
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
-  const Tensor x = torch::stable::contiguous(x_), ref = torch::stable::contiguous(ref_);
+  const Tensor x = dense(x_), ref = dense(ref_);
   if (b == 0 || m == 0 || dim == 0) {
     // No anchor, no reference row (every anchor invalid) or no coordinate: zero gradients.
     return {torch::stable::new_zeros(x, {b, dim}), torch::stable::new_zeros(ref, {m, dim})};
   }
   Tensor gx = torch::stable::new_empty(x, {b, dim});
   Tensor gr = torch::stable::new_empty(ref, {m, dim});
-  const Tensor grad_loss = torch::stable::contiguous(grad_loss_);
-  const Tensor grad_pd = torch::stable::contiguous(grad_pos_dist_);
-  const Tensor grad_nd = torch::stable::contiguous(grad_neg_dist_);
-  const Tensor pos_idx = torch::stable::contiguous(pos_idx_);
-  const Tensor neg_idx = torch::stable::contiguous(neg_idx_);
-  const Tensor pos_dist = torch::stable::contiguous(pos_dist_);
-  const Tensor neg_dist = torch::stable::contiguous(neg_dist_);
+  const Tensor grad_loss = dense(grad_loss_);
+  const Tensor grad_pd = dense(grad_pos_dist_);
+  const Tensor grad_nd = dense(grad_neg_dist_);
+  const Tensor pos_idx = dense(pos_idx_);
+  const Tensor neg_idx = dense(neg_idx_);
+  const Tensor pos_dist = dense(pos_dist_);
+  const Tensor neg_dist = dense(neg_dist_);
   const cudaStream_t stream = current_stream(dev);
   dispatch_floating(st, kOp, [&](auto tag) {
     using T = typename decltype(tag)::type;

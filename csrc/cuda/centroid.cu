@@ -22,8 +22,8 @@ std::tuple<Tensor, Tensor> centroid_triplet_cuda(Tensor x_, Tensor labels_, Tens
   contract::centroid_triplet<CudaSide>(x_, labels_, c_);
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
-  const Tensor x = torch::stable::contiguous(x_), c = torch::stable::contiguous(c_);
-  const Tensor labels = torch::stable::contiguous(labels_);
+  const Tensor x = dense(x_), c = dense(c_);
+  const Tensor labels = dense(labels_);
   const int64_t b = x.size(0), nc = c.size(0), dim = x.size(1);
   const ScalarType acc_st =
       x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
@@ -55,9 +55,9 @@ std::tuple<Tensor, Tensor> centroid_triplet_backward_cuda(Tensor grad_, Tensor x
       x_.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
-  const Tensor x = torch::stable::contiguous(x_), c = torch::stable::contiguous(c_);
-  const Tensor labels = torch::stable::contiguous(labels_);
-  const Tensor grad = torch::stable::contiguous(grad_), dist = torch::stable::contiguous(dist_);
+  const Tensor x = dense(x_), c = dense(c_);
+  const Tensor labels = dense(labels_);
+  const Tensor grad = dense(grad_), dist = dense(dist_);
   Tensor gx = torch::stable::new_empty(x, {b, dim});
   Tensor gc = need_c ? torch::stable::new_empty(c, {nc, dim}) : torch::stable::new_empty(c, {0});
   if (b == 0 || dim == 0) {  // nothing to launch over (a grid of 0 blocks is an error)

@@ -49,7 +49,7 @@ contract::IndexRange CudaSide::index_range(const Tensor& t) {
   const int32_t dev = t.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
-  const Tensor c = torch::stable::contiguous(t);
+  const Tensor c = dense(t);
   const int64_t n = c.numel();
   const int64_t blocks = std::min<int64_t>(ceil_div(n, kRangeThreads), kRangeMaxBlocks);
   Tensor partial = torch::stable::new_empty(c, {2 * blocks}, ScalarType::Long);

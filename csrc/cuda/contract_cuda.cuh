@@ -34,4 +34,13 @@ struct CudaSide {
   }
 };
 
+// What every CUDA entry point reads its tensor arguments through: t itself when it is laid
+// out as a fresh tensor, else a fresh copy (contract::fresh_strides says why not contiguous()).
+inline Tensor dense(const Tensor& t) {
+  if (contract::fresh_strides(t)) return t;
+  Tensor copy = torch::stable::new_empty(t, t.sizes());
+  torch::stable::copy_(copy, t);
+  return copy;
+}
+
 }  // namespace fastmine::cuda

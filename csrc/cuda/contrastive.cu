@@ -86,9 +86,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> contrastive_cuda(
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
-  const Tensor x = torch::stable::contiguous(x_), ref = torch::stable::contiguous(ref_);
-  const Tensor labels = torch::stable::contiguous(labels_);
-  const Tensor ref_labels = torch::stable::contiguous(ref_labels_);
+  const Tensor x = dense(x_), ref = dense(ref_);
+  const Tensor labels = dense(labels_);
+  const Tensor ref_labels = dense(ref_labels_);
   const int64_t b = x.size(0);
   const ScalarType st = x.scalar_type();
   const ScalarType out_st = st == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
@@ -151,15 +151,15 @@ std::tuple<Tensor, Tensor> contrastive_backward_cuda(
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
-  const Tensor x = torch::stable::contiguous(x_), ref = torch::stable::contiguous(ref_);
+  const Tensor x = dense(x_), ref = dense(ref_);
   if (b == 0 || m == 0 || dim == 0) {
     // No pair (or no coordinate): both gradients are zero.
     return {torch::stable::new_zeros(x, {b, dim}), torch::stable::new_zeros(ref, {m, dim})};
   }
-  const Tensor labels = torch::stable::contiguous(labels_);
-  const Tensor ref_labels = torch::stable::contiguous(ref_labels_);
-  const Tensor grad_pos = torch::stable::contiguous(grad_pos_);
-  const Tensor grad_neg = torch::stable::contiguous(grad_neg_);
+  const Tensor labels = dense(labels_);
+  const Tensor ref_labels = dense(ref_labels_);
+  const Tensor grad_pos = dense(grad_pos_);
+  const Tensor grad_neg = dense(grad_neg_);
   Tensor gx = torch::stable::new_empty(x, {b, dim});
   Tensor gr = torch::stable::new_empty(ref, {m, dim});
   const cudaStream_t stream = current_stream(dev);

@@ -47,7 +47,7 @@ Tensor run_elementwise(const Tensor& x_, const Tensor& t_, bool reduce, const Te
                        const char* op, const Launch& launch) {
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
-  const Tensor x = torch::stable::contiguous(x_), t = torch::stable::contiguous(t_);
+  const Tensor x = dense(x_), t = dense(t_);
   const bool backward = upstream_ != nullptr;
   const ScalarType loss_st =
       x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
@@ -55,7 +55,7 @@ Tensor run_elementwise(const Tensor& x_, const Tensor& t_, bool reduce, const Te
   Tensor out = backward ? torch::stable::new_empty(x, shape)
                         : (reduce ? torch::stable::new_empty(x, {}, loss_st)
                                   : torch::stable::new_empty(x, shape, loss_st));
-  Tensor upstream = backward ? torch::stable::contiguous(*upstream_) : out;
+  Tensor upstream = backward ? dense(*upstream_) : out;
   const int64_t n = x.numel();
   if (n == 0) {
     if (reduce && !backward) torch::stable::zero_(out);
@@ -154,8 +154,8 @@ std::tuple<Tensor, Tensor> softmax_focal_cuda(Tensor logits_, Tensor target_, Te
   const int64_t n = logits_.size(0), c = logits_.size(1);
   const int32_t dev = logits_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
-  const Tensor x = torch::stable::contiguous(logits_);
-  const Tensor target = torch::stable::contiguous(target_), alpha = torch::stable::contiguous(alpha_);
+  const Tensor x = dense(logits_);
+  const Tensor target = dense(target_), alpha = dense(alpha_);
   const ScalarType loss_st =
       x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
   Tensor loss = torch::stable::new_empty(x, {n}, loss_st);

@@ -50,7 +50,7 @@ Tensor pairwise_distance_cuda(Tensor x_, Tensor y_, int64_t metric, bool allow_t
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
-  const Tensor x = torch::stable::contiguous(x_), y = torch::stable::contiguous(y_);
+  const Tensor x = dense(x_), y = dense(y_);
   const int64_t b = x.size(0), m = y.size(0);
   Tensor out = torch::stable::new_empty(x, {b, m});
   if (b == 0 || m == 0) return out;
@@ -123,8 +123,8 @@ std::tuple<Tensor, Tensor> pairwise_distance_backward_cuda(Tensor grad_, Tensor 
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
-  const Tensor x = torch::stable::contiguous(x_), y = torch::stable::contiguous(y_);
-  const Tensor grad = torch::stable::contiguous(grad_), dist = torch::stable::contiguous(dist_);
+  const Tensor x = dense(x_), y = dense(y_);
+  const Tensor grad = dense(grad_), dist = dense(dist_);
   if (b == 0 || m == 0 || x.size(1) == 0) {
     // No pair (or no coordinate): both gradients are zero.
     return {torch::stable::new_zeros(x, {b, x.size(1)}),

@@ -154,9 +154,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> semi_hard_tri
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
-  const Tensor x = torch::stable::contiguous(x_), ref = torch::stable::contiguous(ref_);
-  const Tensor labels = torch::stable::contiguous(labels_);
-  const Tensor ref_labels = torch::stable::contiguous(ref_labels_);
+  const Tensor x = dense(x_), ref = dense(ref_);
+  const Tensor labels = dense(labels_);
+  const Tensor ref_labels = dense(ref_labels_);
   const cudaStream_t stream = current_stream(dev);
   const ScalarType loss_st = x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
 
@@ -288,18 +288,18 @@ std::tuple<Tensor, Tensor> semi_hard_triplet_backward_cuda(
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
-  const Tensor x = torch::stable::contiguous(x_), ref = torch::stable::contiguous(ref_);
+  const Tensor x = dense(x_), ref = dense(ref_);
   Tensor gx = torch::stable::new_zeros(x, {b, dim});
   Tensor gr = torch::stable::new_zeros(ref, {m, dim});
   if (p == 0 || dim == 0) return {gx, gr};
-  const Tensor ai = torch::stable::contiguous(anchor_idx_), pi = torch::stable::contiguous(pos_idx_),
-               ni = torch::stable::contiguous(neg_idx_);
+  const Tensor ai = dense(anchor_idx_), pi = dense(pos_idx_),
+               ni = dense(neg_idx_);
   const cudaStream_t stream = current_stream(dev);
   dispatch_floating(x.scalar_type(), kBwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    semi_hard_backward<T>(torch::stable::contiguous(grad_loss_), torch::stable::contiguous(grad_pos_dist_),
-                          torch::stable::contiguous(grad_neg_dist_), x, ref, ai, pi, ni,
-                          torch::stable::contiguous(pos_dist_), torch::stable::contiguous(neg_dist_),
+    semi_hard_backward<T>(dense(grad_loss_), dense(grad_pos_dist_),
+                          dense(grad_neg_dist_), x, ref, ai, pi, ni,
+                          dense(pos_dist_), dense(neg_dist_),
                           margin, metric, gx, gr, stream);
   });
   return {gx, gr};
