@@ -70,13 +70,21 @@ def assert_same(got, want, *, what, half=False, exact_index=True, rtol=None):
 
 def compare(emu, name, *args, half=None, exact_index=None, rtol=None, skip=()):
     """Runs op `name` emulated and on the CPU, compares every output (those in `skip` aside);
-    returns the emulated outputs."""
+    returns the emulated outputs. A call the CPU op refuses must be refused alike: the same
+    message (the CUDA one prefixed with where it was raised), and the emulated op returns None."""
     if half is None:
         half = any(isinstance(a, torch.Tensor) and a.dtype in HALF for a in args)
     if exact_index is None:
         exact_index = not half
+    try:
+        want = run_cpu(name, *args)
+    except (RuntimeError, ValueError) as refusal:
+        expected = str(refusal).splitlines()[0]
+        with pytest.raises(RuntimeError) as emulated:
+            run_emu(emu, name, *args)
+        assert expected in str(emulated.value), f"{name}: CPU refused with {expected!r}, emulated: {emulated.value}"
+        return None
     got = run_emu(emu, name, *args)
-    want = run_cpu(name, *args)
     assert len(got) == len(want)
     for k, (g, w) in enumerate(zip(got, want)):
         if k not in skip:

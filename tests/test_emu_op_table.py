@@ -3,7 +3,10 @@ emulator on valid calls and compared with the CPU op output by output: the ops t
 test_emu_ops.py does not exercise in depth (pairwise, batch-hard, batch-all, the miner,
 focal, centroid and the backward scatters) get the same treatment there, at small odd
 shapes (partial tiles, one row, a reference set taller and shorter than the batch, the
-anchors excluded inside it) in every dtype each op's CUDA kernel takes.
+anchors excluded inside it) in every dtype each op's CUDA kernel takes, on random inputs
+and on degenerate ones: exact ties, a batch of one class (no negatives), all-distinct labels
+(no positives) and a NaN row. A call the CPU op refuses (the miner's non-finite candidates)
+must be refused alike.
 """
 from __future__ import annotations
 
@@ -35,11 +38,33 @@ CASES = list(_cases())
 IDS = [f"{op}-b{s['b']}m{s['m']}d{s['d']}-{str(dt)[6:]}" for op, s, dt in CASES]
 
 
+def _variant(built, kind, seed):
+    """The valid call's arguments, made degenerate: ``ties`` (embeddings on a small integer
+    grid, so that distances tie exactly), ``one_class`` / ``distinct`` (label sets with no
+    negative / no positive), ``nan_row`` (the primary tensor's first row NaN)."""
+    g = torch.Generator().manual_seed(seed + 1000)
+    args = []
+    for arg, v in built:
+        if kind == "ties" and arg.kind == "emb":
+            v = torch.randint(-2, 3, tuple(v.shape), generator=g).to(v.dtype)
+        elif kind in ("one_class", "distinct") and arg.kind == "long":
+            v = torch.zeros_like(v) if kind == "one_class" else torch.arange(v.numel()) * 7 + 10**12
+        elif kind == "nan_row" and arg.primary and v.numel() > 0:
+            v = v.clone()
+            v[0] = float("nan")
+        args.append(v)
+    return args
+
+
+VARIANTS = ["random", "ties", "one_class", "distinct", "nan_row"]
+
+
 @pytest.mark.parametrize("op, sizes, dtype", CASES, ids=IDS)
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_op_matches_cpu(emu, op, sizes, dtype, seed):
+def test_op_matches_cpu(emu, op, sizes, dtype, variant, seed):
     built = op_table.OPS[op](torch.Generator().manual_seed(seed), sizes, dtype, "cpu")
-    args = [v for _, v in built]
+    args = _variant(built, variant, seed) if variant != "random" else [v for _, v in built]
     if op == "centroid_triplet_backward":
         # The CPU backward recomputes some distances from x and the centroids, the CUDA one
         # reads the saved ones: they agree on the forward's distances, not on arbitrary ones.

@@ -31,7 +31,6 @@
 // the bisections of the forward, the count pass and the weight pass agree exactly.
 // Nothing depends on the device or on timing: bitwise-reproducible results.
 #include <cub/device/device_radix_sort.cuh>
-#include <cub/device/device_segmented_sort.cuh>
 
 #include <climits>
 #include <vector>
@@ -44,6 +43,7 @@
 #include "cuda/batch_all_positives.cuh"
 #include "cuda/contract_cuda.cuh"
 #include "cuda/cuda_utils.cuh"
+#include "cuda/distance_sort.cuh"
 #include "cuda/launchers.cuh"
 #include "cuda/sweep_plan.h"
 
@@ -216,30 +216,14 @@ void build_positive_lists(const LabelGroups<T>& g, int64_t metric, int64_t a0, i
     check_launch("local_offsets_kernel");
     const int64_t* seg = cptr<int64_t>(pl.seg_off);
     size_t bytes = 0;
-    if (with_slots) {
-      FM_CUDA_CHECK(cub::DeviceSegmentedSort::SortPairs(
-                        nullptr, bytes, cptr<acc_t>(pl.pos_d), mptr<acc_t>(pl.pos_sorted),
-                        cptr<int32_t>(pl.slot), mptr<int32_t>(pl.slot_sorted), e, rows, seg,
-                        seg + 1, stream),
-                    "cub::DeviceSegmentedSort::SortPairs (size query)");
-      Tensor temp = byte_buffer(like, bytes);
-      FM_CUDA_CHECK(cub::DeviceSegmentedSort::SortPairs(
-                        temp.data_ptr(), bytes, cptr<acc_t>(pl.pos_d), mptr<acc_t>(pl.pos_sorted),
-                        cptr<int32_t>(pl.slot), mptr<int32_t>(pl.slot_sorted), e, rows, seg,
-                        seg + 1, stream),
-                    "cub::DeviceSegmentedSort::SortPairs");
-    } else {
-      FM_CUDA_CHECK(cub::DeviceSegmentedSort::SortKeys(nullptr, bytes, cptr<acc_t>(pl.pos_d),
-                                                       mptr<acc_t>(pl.pos_sorted), e, rows, seg,
-                                                       seg + 1, stream),
-                    "cub::DeviceSegmentedSort::SortKeys (size query)");
-      Tensor temp = byte_buffer(like, bytes);
-      FM_CUDA_CHECK(cub::DeviceSegmentedSort::SortKeys(temp.data_ptr(), bytes,
-                                                       cptr<acc_t>(pl.pos_d),
-                                                       mptr<acc_t>(pl.pos_sorted), e, rows, seg,
-                                                       seg + 1, stream),
-                    "cub::DeviceSegmentedSort::SortKeys");
-    }
+    const int32_t* slot_in = with_slots ? cptr<int32_t>(pl.slot) : nullptr;
+    int32_t* slot_out = with_slots ? mptr<int32_t>(pl.slot_sorted) : nullptr;
+    sort_distance_segments(nullptr, bytes, mptr<acc_t>(pl.pos_d), mptr<acc_t>(pl.pos_sorted),
+                           slot_in, slot_out, e, rows, seg, seg + 1, stream);
+    Tensor temp = byte_buffer(like, bytes);
+    sort_distance_segments(temp.data_ptr(), bytes, mptr<acc_t>(pl.pos_d),
+                           mptr<acc_t>(pl.pos_sorted), slot_in, slot_out, e, rows, seg, seg + 1,
+                           stream);
   }
   positive_scan_kernel<acc_t>
       <<<grid_1d(ceil_div(rows, kRowsPerBlock), kFwd), kRowThreads, 0, stream>>>(
@@ -317,9 +301,9 @@ std::tuple<Tensor, Tensor, Tensor> batch_all_triplet_cuda(Tensor x_, Tensor labe
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
-  const Tensor x = torch::stable::contiguous(x_), ref = torch::stable::contiguous(ref_);
-  const Tensor labels = torch::stable::contiguous(labels_);
-  const Tensor ref_labels = torch::stable::contiguous(ref_labels_);
+  const Tensor x = dense(x_), ref = dense(ref_);
+  const Tensor labels = dense(labels_);
+  const Tensor ref_labels = dense(ref_labels_);
   const int64_t b = x.size(0);
   const ScalarType st = x.scalar_type();
   const ScalarType out_st = st == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
@@ -418,14 +402,14 @@ std::tuple<Tensor, Tensor> batch_all_triplet_backward_cuda(
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
-  const Tensor x = torch::stable::contiguous(x_), ref = torch::stable::contiguous(ref_);
+  const Tensor x = dense(x_), ref = dense(ref_);
   if (b == 0 || m == 0 || dim == 0) {
     // No triplet (or no coordinate): both gradients are zero.
     return {torch::stable::new_zeros(x, {b, dim}), torch::stable::new_zeros(ref, {m, dim})};
   }
-  const Tensor labels = torch::stable::contiguous(labels_);
-  const Tensor ref_labels = torch::stable::contiguous(ref_labels_);
-  const Tensor grad = torch::stable::contiguous(grad_);
+  const Tensor labels = dense(labels_);
+  const Tensor ref_labels = dense(ref_labels_);
+  const Tensor grad = dense(grad_);
   Tensor gx = torch::stable::new_empty(x, {b, dim});
   Tensor gr = torch::stable::new_empty(ref, {m, dim});
   const cudaStream_t stream = current_stream(dev);

@@ -13,7 +13,6 @@
 //  3. fill, per chunk with something to write: the same distance kernel on the same rows
 //     (the same bits), then mine_fill_kernel writes each anchor's slice in PML's order.
 // No float atomics; each anchor owns its slice: bitwise-reproducible output.
-#include <cub/device/device_segmented_sort.cuh>
 
 #include <algorithm>
 #include <vector>
@@ -21,6 +20,7 @@
 #include "common/miners.h"
 #include "cuda/contract_cuda.cuh"
 #include "cuda/cuda_utils.cuh"
+#include "cuda/distance_sort.cuh"
 #include "cuda/launchers.cuh"
 #include "cuda/miners_kernels.cuh"
 #include "cuda/pairwise_kernels.cuh"
@@ -55,10 +55,8 @@ struct MineChunks {
     n_neg = torch::stable::new_empty(x, {rows}, ScalarType::Long);
     // The sort's scratch, sized once for a full chunk.
     const int64_t* sp = cptr<int64_t>(seg);
-    FM_CUDA_CHECK(cub::DeviceSegmentedSort::SortKeys(nullptr, temp_bytes, cptr<T>(keys),
-                                                     mptr<T>(sorted), rows * m, rows, sp, sp + 1,
-                                                     stream),
-                  "cub::DeviceSegmentedSort::SortKeys (size query)");
+    sort_distance_segments<T>(nullptr, temp_bytes, mptr<T>(keys), mptr<T>(sorted), nullptr,
+                              nullptr, rows * m, rows, sp, sp + 1, stream);
     temp = torch::stable::new_empty(x, {std::max<int64_t>(int64_t(temp_bytes), 1)},
                                     ScalarType::Byte);
   }
@@ -81,10 +79,8 @@ struct MineChunks {
     check_launch("mine_segments_kernel");
     const int64_t* sp = cptr<int64_t>(seg);
     size_t bytes = temp_bytes;
-    FM_CUDA_CHECK(cub::DeviceSegmentedSort::SortKeys(temp.data_ptr(), bytes, cptr<T>(keys),
-                                                     mptr<T>(sorted), nr * m, nr, sp, sp + 1,
-                                                     stream),
-                  "cub::DeviceSegmentedSort::SortKeys");
+    sort_distance_segments<T>(temp.data_ptr(), bytes, mptr<T>(keys), mptr<T>(sorted), nullptr,
+                              nullptr, nr * m, nr, sp, sp + 1, stream);
   }
 };
 
@@ -174,9 +170,9 @@ std::tuple<Tensor, Tensor, Tensor> mine_triplets_cuda(Tensor x_, Tensor labels_,
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
-  const Tensor x = torch::stable::contiguous(x_), ref = torch::stable::contiguous(ref_);
-  const Tensor labels = torch::stable::contiguous(labels_);
-  const Tensor ref_labels = torch::stable::contiguous(ref_labels_);
+  const Tensor x = dense(x_), ref = dense(ref_);
+  const Tensor labels = dense(labels_);
+  const Tensor ref_labels = dense(ref_labels_);
   Tensor out_a, out_p, out_n;
   if (x.size(0) == 0 || ref.size(0) == 0) {
     out_a = torch::stable::new_empty(x, {0}, ScalarType::Long);

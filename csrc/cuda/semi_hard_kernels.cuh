@@ -10,51 +10,18 @@
 #include "common/semi_hard.h"
 #include "cuda/device_utils.cuh"
 #include "cuda/row_ops.cuh"
+#include "cuda/sort_keys.cuh"
 
 namespace fastmine::cuda {
 namespace {
 
 constexpr int kShThreads = 256;  // one block per anchor row in the count and pick kernels
 
-// Sort keys: unsigned integers whose `<` is the order the pick kernel needs: the numbers
-// ascending (-0 and +0 equal), then NaN, then the columns that are not negatives. The sort
-// must see a total order under `<`: CUB's segmented sort runs short segments through a merge
-// sort that compares with `<`, under which a NaN key is unordered and leaves its row unsorted.
-template <typename acc_t> struct SortKey;
-template <> struct SortKey<float> { using type = uint32_t; };
-template <> struct SortKey<double> { using type = uint64_t; };
-template <typename acc_t> using sort_key_t = typename SortKey<acc_t>::type;
-
+// Sort keys (sort_keys.cuh) in the order the pick kernel needs: the negatives' distances
+// ascending, then NaN, then the columns that are not negatives.
 template <typename acc_t>
 constexpr sort_key_t<acc_t> kNotNegativeKey = ~sort_key_t<acc_t>(0);
-template <typename acc_t>
-constexpr sort_key_t<acc_t> kNanKey = ~sort_key_t<acc_t>(0) - 1;
-
-// The key of a distance: NaN -> kNanKey; otherwise the IEEE bits made monotonic (negative
-// values flipped, positive ones offset by the sign bit). d + 0 turns -0 into +0. Numbers map
-// below kNanKey: +inf's key is 0xff80...0.
-template <typename acc_t>
-__device__ __forceinline__ sort_key_t<acc_t> distance_key(acc_t d) {
-  using K = sort_key_t<acc_t>;
-  if (fm_isnan(d)) return kNanKey<acc_t>;
-  const acc_t v = d + acc_t(0);
-  K u;
-  static_assert(sizeof(K) == sizeof(acc_t));
-  memcpy(&u, &v, sizeof(K));
-  const K sign = K(1) << (8 * sizeof(K) - 1);
-  return (u & sign) ? K(~u) : K(u | sign);
-}
-
-// The distance of a number's key (key < kNanKey): distance_key's inverse.
-template <typename acc_t>
-__device__ __forceinline__ acc_t key_distance(sort_key_t<acc_t> k) {
-  using K = sort_key_t<acc_t>;
-  const K sign = K(1) << (8 * sizeof(K) - 1);
-  const K u = (k & sign) ? K(k & ~sign) : K(~k);
-  acc_t v;
-  memcpy(&v, &u, sizeof(K));
-  return v;
-}
+static_assert(kNotNegativeKey<float> > kNanKey<float> && kNotNegativeKey<double> > kNanKey<double>);
 
 // Block-wide sum of one int per thread (fixed tree; integers: exact anyway).
 __device__ __forceinline__ int64_t block_sum(int64_t v, int64_t* sm) {
