@@ -9,6 +9,7 @@
 ``FASTMINE_SANITIZE=1`` builds the CPU module with AddressSanitizer and UndefinedBehavior-
 Sanitizer (``make sanitize`` does so into build-sanitize/, apart from the normal build).
 """
+
 import glob
 import json
 import os
@@ -34,8 +35,10 @@ def _find_cuda_home():
     if nvcc:  # /usr/local/bin/nvcc may be a wrapper script: only trust a real toolkit layout
         candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
     for root in candidates:
-        if root and os.path.isfile(os.path.join(root, "include", "cuda_runtime.h")) and (
-            os.path.exists(os.path.join(root, "bin", "nvcc"))
+        if (
+            root
+            and os.path.isfile(os.path.join(root, "include", "cuda_runtime.h"))
+            and (os.path.exists(os.path.join(root, "bin", "nvcc")))
         ):
             return root
     if nvcc:
@@ -94,6 +97,7 @@ if cuda_home is not None:
             },
         )
     )
+
 
 def _version_line(cmd, marker=""):
     """The first line of ``cmd``'s output that holds ``marker``, or None if it cannot run."""

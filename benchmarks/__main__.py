@@ -13,6 +13,7 @@ Each size builds one set of inputs that every method sees. Per method: setup, wa
 calls (the first one compiles under torch.compile and is excluded), one call measured for
 peak memory. Then the timed calls, methods taking turns; the median is reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,7 @@ import torch
 from . import memory, plot, report, sysinfo, timing
 from .registry import Method, Inputs, Unavailable, load_ops, pk_inputs
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64,
-          "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # CPU: the issue's target size, plus a smaller batch; both fit the ~5 min budget on 2 cores.
 # CUDA: the issue's two GPU targets.
 DEFAULT_SIZES = {"cpu": "4096x128,1024x128", "cuda": "4096x128,4096x512"}
@@ -49,42 +49,62 @@ FULL_DTYPES = "float32,bfloat16"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto = cuda when available (default)")
-    p.add_argument("--op", default="all",
-                   help="which op (benchmarks/ops/*.py), or all (default) for every op")
-    p.add_argument("--sizes", help="comma-separated BxD, e.g. 4096x128,1024x128, for every op "
-                   "(with --sweep's repeats and torch.compile; default: each op's own sizes)")
-    p.add_argument("--sweep", action="store_true",
-                   help="each op at the sizes of the committed reference results, 10 timed "
-                   "calls, with torch.compile (the default is the quick run: one size per op)")
-    p.add_argument("--classes-per-batch", type=int, metavar="P",
-                   help="P classes per batch (overrides --samples-per-class)")
-    p.add_argument("--samples-per-class", type=int, default=4, metavar="K",
-                   help="K samples per class, P = B / K (default 4)")
-    p.add_argument("--dtype", default="float32",
-                   help=f"one of {', '.join(DTYPES)}, or a comma-separated list (default float32)")
-    p.add_argument("--full", action="store_true",
-                   help="issue 5's report grid: every op at B in 1K..64K x D in 128..2048 x "
-                   f"{{float32, bfloat16}} on CUDA (CPU: {FULL_SIZES['cpu']}); --sizes and "
-                   "--dtype still override")
-    p.add_argument("--repeats", type=int, help="timed calls per method (default: quick run "
-                   "cpu 3, cuda 10; otherwise cpu 10, cuda 50)")
-    p.add_argument("--warmup", type=int, help="untimed calls first (default: quick run cpu 1, "
-                   "cuda 2; otherwise cpu 2, cuda 5)")
-    p.add_argument("--max-seconds", type=float,
-                   help="stop a method's repeats after this long, at least 3 kept (default: "
-                   "quick run 2, otherwise 20)")
-    p.add_argument("--out", default=DEFAULT_OUT,
-                   help="directory for <op>_<device>_<dtype>.json/.png (default bench_out/, "
-                   "ignored by git; --out benchmarks/results refreshes the committed results)")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available (default)"
+    )
+    p.add_argument("--op", default="all", help="which op (benchmarks/ops/*.py), or all (default) for every op")
+    p.add_argument(
+        "--sizes",
+        help="comma-separated BxD, e.g. 4096x128,1024x128, for every op "
+        "(with --sweep's repeats and torch.compile; default: each op's own sizes)",
+    )
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="each op at the sizes of the committed reference results, 10 timed "
+        "calls, with torch.compile (the default is the quick run: one size per op)",
+    )
+    p.add_argument(
+        "--classes-per-batch", type=int, metavar="P", help="P classes per batch (overrides --samples-per-class)"
+    )
+    p.add_argument(
+        "--samples-per-class", type=int, default=4, metavar="K", help="K samples per class, P = B / K (default 4)"
+    )
+    p.add_argument(
+        "--dtype", default="float32", help=f"one of {', '.join(DTYPES)}, or a comma-separated list (default float32)"
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="issue 5's report grid: every op at B in 1K..64K x D in 128..2048 x "
+        f"{{float32, bfloat16}} on CUDA (CPU: {FULL_SIZES['cpu']}); --sizes and "
+        "--dtype still override",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="timed calls per method (default: quick run cpu 3, cuda 10; otherwise cpu 10, cuda 50)",
+    )
+    p.add_argument(
+        "--warmup", type=int, help="untimed calls first (default: quick run cpu 1, cuda 2; otherwise cpu 2, cuda 5)"
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        help="stop a method's repeats after this long, at least 3 kept (default: quick run 2, otherwise 20)",
+    )
+    p.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        help="directory for <op>_<device>_<dtype>.json/.png (default bench_out/, "
+        "ignored by git; --out benchmarks/results refreshes the committed results)",
+    )
     compile_flags = p.add_mutually_exclusive_group()
-    compile_flags.add_argument("--compile", action="store_true",
-                               help="add the torch.compile baseline to the quick run")
-    compile_flags.add_argument("--no-compile", action="store_true",
-                               help="skip the torch.compile baseline")
+    compile_flags.add_argument("--compile", action="store_true", help="add the torch.compile baseline to the quick run")
+    compile_flags.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
@@ -110,8 +130,9 @@ def is_oom(e: Exception) -> bool:
     if isinstance(e, getattr(torch, "OutOfMemoryError", ())) or isinstance(e, MemoryError):
         return True
     msg = str(e).lower()
-    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg
-                                            or "not enough memory" in msg)
+    return isinstance(e, RuntimeError) and (
+        "out of memory" in msg or "can't allocate memory" in msg or "not enough memory" in msg
+    )
 
 
 def _failure(r: dict, e: Exception) -> dict:
@@ -148,21 +169,18 @@ def prepare(m: Method, inp: Inputs, device, args):
 
 def run_size(methods, inp: Inputs, device, args, counter) -> dict:
     B, D = inp.shape
-    s = {"B": B, "D": D, "classes": inp.num_classes,
-         "samples_per_class": inp.samples_per_class, "methods": {}}
+    s = {"B": B, "D": D, "classes": inp.num_classes, "samples_per_class": inp.samples_per_class, "methods": {}}
     steps = {}
     for m in methods:
         counter[0] += 1
-        progress(f"[{counter[0]}/{counter[1]}] {device.type} {args.dtype} B={B} D={D} "
-                 f"{m.name} ...", end="")
+        progress(f"[{counter[0]}/{counter[1]}] {device.type} {args.dtype} B={B} D={D} {m.name} ...", end="")
         r, step = prepare(m, inp, device, args)
         s["methods"][m.name] = r
         if step is None:
             progress(f" n/a ({r['reason']})")
         else:
             steps[m.name] = step
-            progress(f" warm ({r['first_call_s']:.2f} s first call), "
-                     f"{r['peak_extra_mib'] or 0:.1f} MiB")
+            progress(f" warm ({r['first_call_s']:.2f} s first call), {r['peak_extra_mib'] or 0:.1f} MiB")
     progress(f"      timing {', '.join(steps)}: up to {args.repeats} interleaved rounds ...", end="")
     try:
         times = timing.time_interleaved(steps, device, args.repeats, args.max_seconds)
@@ -199,8 +217,7 @@ def check_losses(op, size_result: dict, dtype) -> list:
         if torch.allclose(a, b, rtol=rtol, atol=1e-6):
             r["loss_check"] = "ok"
         else:
-            r["loss_check"] = (f"MISMATCH: loss {r['loss']:.8g} vs fastmine {ref['loss']:.8g} "
-                               f"(rtol {rtol:g})")
+            r["loss_check"] = f"MISMATCH: loss {r['loss']:.8g} vs fastmine {ref['loss']:.8g} (rtol {rtol:g})"
             bad.append(f"B={size_result['B']} D={size_result['D']} {m.name}: {r['loss_check']}")
     return bad
 
@@ -259,17 +276,20 @@ def main(argv=None) -> int:
         for op in chosen:
             failed += run_op(op, args, device, DTYPES[name], summary)
     if len(summary) > 1:
-        print(f"\n## Summary ({device.type}, {', '.join(dtype_names)}, "
-              f"{time.perf_counter() - started:.0f} s)\n")
+        print(f"\n## Summary ({device.type}, {', '.join(dtype_names)}, {time.perf_counter() - started:.0f} s)\n")
         print(report.summary_table(summary))
         if args.no_compile:
-            print("\nNo torch.compile baseline in this run: add --compile (its first call "
-                  "compiles for 10-30 s per op), or run --sweep.")
+            print(
+                "\nNo torch.compile baseline in this run: add --compile (its first call "
+                "compiles for 10-30 s per op), or run --sweep."
+            )
         progress(f"results in {_shown(args.out)}")
     if failed:
         bar = "!" * 78
-        progress(f"\n{bar}\nBENCHMARK INVALID: baselines do not compute fastmine's loss, or "
-                 f"fastmine failed:\n  " + "\n  ".join(failed) + f"\n{bar}")
+        progress(
+            f"\n{bar}\nBENCHMARK INVALID: baselines do not compute fastmine's loss, or "
+            f"fastmine failed:\n  " + "\n  ".join(failed) + f"\n{bar}"
+        )
         return 1
     return 0
 
@@ -299,15 +319,21 @@ def run_op(op, args, device, dtype, summary: list) -> list:
 
     busy = sysinfo.cpu_busy_percent()
     if busy is not None and busy > 25:
-        progress(f"warning: other processes keep {busy:.0f}% of the CPUs busy; "
-                 "timings will be disturbed")
+        progress(f"warning: other processes keep {busy:.0f}% of the CPUs busy; timings will be disturbed")
     started = datetime.datetime.now(datetime.timezone.utc)
     load = sysinfo.OtherLoad()
     results, mismatches = [], []
     counter = [0, len(sizes) * len(methods)]
     for B, D in sizes:
-        inp = (op.make_inputs or pk_inputs)(B, D, dtype, device, classes=args.classes_per_batch,
-                        samples_per_class=args.samples_per_class, seed=args.seed)
+        inp = (op.make_inputs or pk_inputs)(
+            B,
+            D,
+            dtype,
+            device,
+            classes=args.classes_per_batch,
+            samples_per_class=args.samples_per_class,
+            seed=args.seed,
+        )
         s = run_size(methods, inp, device, args, counter)
         mismatches += check_losses(op, s, dtype)
         ratios(op, s)
@@ -319,43 +345,62 @@ def run_op(op, args, device, dtype, summary: list) -> list:
     verdicts = report.evaluate_targets(op, device.type, args.dtype, results)
     info = sysinfo.device_info(device)
     print(f"\n## fastmine benchmark: {op.description}\n")
-    print(f"{info['device_name']} ({device.type}, {info['torch_threads']} torch threads), "
-          f"{args.dtype}, torch {torch.__version__}; median of up to {args.repeats} "
-          f"after {args.warmup} warm-up; labels {results[0]['classes']} classes × "
-          f"{results[0]['samples_per_class']:g} at B={results[0]['B']}.\n")
+    print(
+        f"{info['device_name']} ({device.type}, {info['torch_threads']} torch threads), "
+        f"{args.dtype}, torch {torch.__version__}; median of up to {args.repeats} "
+        f"after {args.warmup} warm-up; labels {results[0]['classes']} classes × "
+        f"{results[0]['samples_per_class']:g} at B={results[0]['B']}.\n"
+    )
     if busy_during is not None and busy_during > 10:
-        print(f"**Other processes used {busy_during:.0f}% of the CPUs during this run: "
-              "the timings are disturbed; rerun on a quiet machine.**\n")
+        print(
+            f"**Other processes used {busy_during:.0f}% of the CPUs during this run: "
+            "the timings are disturbed; rerun on a quiet machine.**\n"
+        )
     print(report.markdown_table(op, results))
     print()
     print(report.target_lines(op, verdicts))
 
     stem = os.path.join(args.out, f"{op.name}_{device.type}_{args.dtype}")
     record = {
-        "op": op.name, "description": op.description, "timestamp": started.isoformat(),
-        "elapsed_s": round(elapsed, 1), "cpu_busy_before_pct": busy,
-        "cpu_busy_others_during_pct": busy_during, **info, "versions": sysinfo.versions(),
-        "dtype": args.dtype, "sizes": [[B, D] for B, D in sizes],
-        "config": {"run": "quick" if args.quick else "full" if args.full else "sweep",
-                   "repeats": args.repeats, "warmup": args.warmup,
-                   "max_seconds": args.max_seconds, "seed": args.seed,
-                   "classes_per_batch": args.classes_per_batch,
-                   "samples_per_class": args.samples_per_class, "compile": not args.no_compile},
-        "results": results, "targets": verdicts, "loss_mismatches": mismatches,
+        "op": op.name,
+        "description": op.description,
+        "timestamp": started.isoformat(),
+        "elapsed_s": round(elapsed, 1),
+        "cpu_busy_before_pct": busy,
+        "cpu_busy_others_during_pct": busy_during,
+        **info,
+        "versions": sysinfo.versions(),
+        "dtype": args.dtype,
+        "sizes": [[B, D] for B, D in sizes],
+        "config": {
+            "run": "quick" if args.quick else "full" if args.full else "sweep",
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "max_seconds": args.max_seconds,
+            "seed": args.seed,
+            "classes_per_batch": args.classes_per_batch,
+            "samples_per_class": args.samples_per_class,
+            "compile": not args.no_compile,
+        },
+        "results": results,
+        "targets": verdicts,
+        "loss_mismatches": mismatches,
     }
     report.write_json(stem + ".json", record)
     written = [stem + ".json"]
     if not args.no_plot:
-        why_not = plot.plot(stem + ".png", f"{op.name} fwd+bwd, {info['device_name']}, "
-                            f"{args.dtype}", results)
+        why_not = plot.plot(stem + ".png", f"{op.name} fwd+bwd, {info['device_name']}, {args.dtype}", results)
         if why_not:
             progress(f"plot skipped: {why_not}")
         else:
             written.append(stem + ".png")
         if len({B for B, _ in sizes}) > 1:  # the speed-up against B (issue 5's report plot)
-            why_not = plot.speedup(stem + "_speedup.png", f"{op.name} fwd+bwd speed-up of "
-                                   f"fastmine, {info['device_name']}, {args.dtype}", results,
-                                   op.reference)
+            why_not = plot.speedup(
+                stem + "_speedup.png",
+                f"{op.name} fwd+bwd speed-up of fastmine, {info['device_name']}, {args.dtype}",
+                results,
+                op.reference,
+            )
             if why_not:
                 progress(f"speed-up plot skipped: {why_not}")
             else:

@@ -1,6 +1,7 @@
 """Competitor machinery shared by every op: the matmul floor, torch.compile wrapping and
 the optional pytorch-metric-learning import. Op-specific competitors (the re-ID eager
 formula, the PML miner + loss pair) live next to their op in benchmarks/ops/."""
+
 from __future__ import annotations
 
 import torch
@@ -45,6 +46,8 @@ def import_pml():
     try:
         from pytorch_metric_learning import distances, losses, miners, reducers
     except Exception as e:  # ImportError, or a missing dependency of it (scipy)
-        raise Unavailable(f"pytorch-metric-learning not importable ({type(e).__name__}: {e}); "
-                          "pip install --no-deps pytorch-metric-learning scipy") from None
+        raise Unavailable(
+            f"pytorch-metric-learning not importable ({type(e).__name__}: {e}); "
+            "pip install --no-deps pytorch-metric-learning scipy"
+        ) from None
     return distances, losses, miners, reducers

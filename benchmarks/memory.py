@@ -14,6 +14,7 @@ CPU:  there are no allocator statistics, so we measure what the OS sees: the gro
       the live bytes slightly (pages freed during the call stay resident until trimmed)
       and ignores pages allocated but never touched; it is 4 KiB-granular.
 """
+
 from __future__ import annotations
 
 import ctypes

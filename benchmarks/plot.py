@@ -1,4 +1,5 @@
 """Bar chart of fwd+bwd time per method per size (log scale), next to the JSON."""
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional
@@ -35,8 +36,7 @@ def plot(path: str, title: str, sizes: List[Dict]) -> Optional[str]:
             if r and r["status"] == "ok":
                 xs.append(i + (k - (len(methods) - 1) / 2) * width)
                 ys.append(r["median_ms"])
-        label = name + (" (fwd only)" if any(s["methods"].get(name, {}).get("forward_only")
-                                              for s in sizes) else "")
+        label = name + (" (fwd only)" if any(s["methods"].get(name, {}).get("forward_only") for s in sizes) else "")
         bars = ax.bar(xs, ys, width, label=label)
         ax.bar_label(bars, labels=[f"{y:.3g}" for y in ys], fontsize=7, padding=1)
     ax.set_yscale("log")
@@ -77,14 +77,27 @@ def speedup(path: str, title: str, sizes: List[Dict], reference: str) -> Optiona
                 continue
             fwd = " (fwd only)" if any(s["methods"].get(name, {}).get("forward_only") for s in ss) else ""
             label = f"{name}{fwd}" + (f", D={d}" if len(by_d) > 1 else "")
-            line, = ax.plot(xs, ys, marker="o", label=label)
-            ax.annotate(f"{ys[-1]:.3g}×", (xs[-1], ys[-1]), textcoords="offset points",
-                        xytext=(4, 0), fontsize=7, color=line.get_color(), va="center")
+            (line,) = ax.plot(xs, ys, marker="o", label=label)
+            ax.annotate(
+                f"{ys[-1]:.3g}×",
+                (xs[-1], ys[-1]),
+                textcoords="offset points",
+                xytext=(4, 0),
+                fontsize=7,
+                color=line.get_color(),
+                va="center",
+            )
             # where a method stopped running (out of memory, too slow), say so at its next B
             stopped = [s for s in ss if s["B"] > xs[-1] and s["methods"].get(name, {}).get("status") == "oom"]
             if stopped:
-                ax.annotate("out of memory", (xs[-1], ys[-1]), textcoords="offset points",
-                            xytext=(4, -10), fontsize=7, color=line.get_color())
+                ax.annotate(
+                    "out of memory",
+                    (xs[-1], ys[-1]),
+                    textcoords="offset points",
+                    xytext=(4, -10),
+                    fontsize=7,
+                    color=line.get_color(),
+                )
     ax.axhline(1.0, color="gray", linewidth=0.8, linestyle="--")
     ax.set_xscale("log", base=2)
     bs = sorted({s["B"] for ss in by_d.values() for s in ss})

@@ -3,6 +3,7 @@
 Each module in ``benchmarks/ops/`` defines ``OP = OpBench(...)``; adding batch-all or
 contrastive rows (issue 3) means adding one such module, nothing else.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -93,8 +94,16 @@ class OpBench:
     make_inputs: Optional[Callable[..., Inputs]] = None
 
 
-def pk_inputs(B: int, D: int, dtype: torch.dtype, device: torch.device, *,
-              classes: Optional[int], samples_per_class: int, seed: int = 0) -> Inputs:
+def pk_inputs(
+    B: int,
+    D: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    classes: Optional[int],
+    samples_per_class: int,
+    seed: int = 0,
+) -> Inputs:
     """Random embeddings and P x K labels, shuffled so that no method gains from sorted
     labels (real samplers emit blocks; kernels must not depend on it)."""
     g = torch.Generator().manual_seed(seed)

@@ -1,4 +1,5 @@
 """Turning measurements into the Markdown table, the target verdicts and the JSON file."""
+
 from __future__ import annotations
 
 import json
@@ -42,11 +43,14 @@ def markdown_table(op: OpBench, sizes: List[Dict]) -> str:
             else:
                 ratio = ""
             mem = r["peak_extra_mib"]
-            lines.append(f"| {size} | {label} | {_fmt_ms(r['median_ms'])} | {ratio} | "
-                         f"{'n/a' if mem is None else f'{mem:.1f}'} |")
+            lines.append(
+                f"| {size} | {label} | {_fmt_ms(r['median_ms'])} | {ratio} | {'n/a' if mem is None else f'{mem:.1f}'} |"
+            )
     lines.append("")
-    lines.append("Speed-up vs fastmine = method time / fastmine time (medians): how much faster "
-                 "fastmine is. × floor = fastmine time / bare X·Xᵀ time.")
+    lines.append(
+        "Speed-up vs fastmine = method time / fastmine time (medians): how much faster "
+        "fastmine is. × floor = fastmine time / bare X·Xᵀ time."
+    )
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines)
 
@@ -75,8 +79,9 @@ def _verdict(t: Target, s: Dict) -> str:
         head = f"{1 / v:.2f}× {t.baseline}'s time (goal {t.describe()})"
         return head + (": met" if v >= t.bound else f": MISSED by {t.bound / v:.2f}×")
     head = f"{v:.2f}× faster than {t.baseline} (goal ≥ {t.bound:g}×)"
-    return head + (": met" if v >= t.bound else
-                   f": MISSED by {t.bound / v:.2f}× (fastmine would need to be that much faster)")
+    return head + (
+        ": met" if v >= t.bound else f": MISSED by {t.bound / v:.2f}× (fastmine would need to be that much faster)"
+    )
 
 
 def evaluate_targets(op: OpBench, device: str, dtype: str, sizes: List[Dict]) -> List[Dict]:
@@ -92,8 +97,19 @@ def evaluate_targets(op: OpBench, device: str, dtype: str, sizes: List[Dict]) ->
         else:
             text = _verdict(t, s)
             status = "met" if text.endswith(": met") else "missed" if "MISSED" in text else "n/a"
-        out.append(dict(device=t.device, B=t.B, D=t.D, dtype=t.dtype, baseline=t.baseline,
-                        bound=t.bound, goal=t.describe(), status=status, text=text))
+        out.append(
+            dict(
+                device=t.device,
+                B=t.B,
+                D=t.D,
+                dtype=t.dtype,
+                baseline=t.baseline,
+                bound=t.bound,
+                goal=t.describe(),
+                status=status,
+                text=text,
+            )
+        )
     return out
 
 
@@ -103,9 +119,9 @@ def target_lines(op: OpBench, verdicts: List[Dict]) -> str:
     for dev in dict.fromkeys(v["device"] for v in verdicts):
         vs = [v for v in verdicts if v["device"] == dev]
         if all(v["status"] == "not measured" for v in vs):
-            goals = "; ".join(f"B={v['B']} D={v['D']}"
-                              f"{'' if v['dtype'] == 'float32' else ' ' + v['dtype']} {v['goal']}"
-                              for v in vs)
+            goals = "; ".join(
+                f"B={v['B']} D={v['D']}{'' if v['dtype'] == 'float32' else ' ' + v['dtype']} {v['goal']}" for v in vs
+            )
             lines.append(f"- {DEVICE_TITLE.get(dev, dev)} ({goals}): {vs[0]['text']}")
             continue
         parts = [f"B={v['B']} D={v['D']} {v['dtype']}: {v['text']}" for v in vs]
@@ -123,8 +139,7 @@ def write_json(path: str, record: Dict) -> None:
 def summary_table(rows: List) -> str:
     """One line per (op, size): fastmine's time, then each other method's time and how many
     times slower than fastmine it is (the floor: fastmine's time over it)."""
-    lines = ["| op | B × D | fastmine (ms) | the others: time (ms), × fastmine's |",
-             "|---|---|--:|---|"]
+    lines = ["| op | B × D | fastmine (ms) | the others: time (ms), × fastmine's |", "|---|---|--:|---|"]
     for op, s in rows:
         ref = s["methods"].get(op.reference, {})
         own = _fmt_ms(ref["median_ms"]) if ref.get("status") == "ok" else ref.get("status", "n/a")

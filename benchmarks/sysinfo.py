@@ -1,4 +1,5 @@
 """Where and with what a run happened, for the JSON record."""
+
 from __future__ import annotations
 
 import os
@@ -25,10 +26,14 @@ def device_info(device: torch.device) -> Dict:
     }
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        info.update(device_name=torch.cuda.get_device_name(device),
-                    capability=f"{p.major}.{p.minor}", sm_count=p.multi_processor_count,
-                    memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
+        info.update(
+            device_name=torch.cuda.get_device_name(device),
+            capability=f"{p.major}.{p.minor}",
+            sm_count=p.multi_processor_count,
+            memory_gib=round(p.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+        )
     else:
         info["device_name"] = info["cpu_model"]
     return info

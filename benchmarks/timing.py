@@ -1,5 +1,6 @@
 """Wall-clock timing of one step: perf_counter around the call, with the device
 synchronised on both sides so that asynchronous CUDA work is inside the interval."""
+
 from __future__ import annotations
 
 import statistics
@@ -23,8 +24,9 @@ def timed_call(step, device: torch.device):
     return time.perf_counter() - t0, out
 
 
-def time_interleaved(steps: Dict[str, Callable], device: torch.device, repeats: int,
-                     max_seconds: float) -> Dict[str, List[float]]:
+def time_interleaved(
+    steps: Dict[str, Callable], device: torch.device, repeats: int, max_seconds: float
+) -> Dict[str, List[float]]:
     """Seconds of each timed call, per method. Methods take turns, one call each per
     round, so that a load change on a shared machine hits every method alike and the
     ratios stay meaningful. A method leaves the rounds once it has 3 calls and has spent

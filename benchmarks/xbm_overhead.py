@@ -11,6 +11,7 @@ repeat and keeping each one's fastest (robust on a shared machine), for:
            the same loss
 so ``xbm - op`` is the memory's own overhead per step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,16 +73,18 @@ def main(argv=None):
         ref_labels = torch.cat([labels, mem_labels[: m - b]])
         loss_mod(x, labels, ref_embeddings=ref, ref_labels=ref_labels, self_offset=0).backward()
 
-    stats = _time_interleaved({"xbm": step_xbm, "op": step_op, "concat": step_concat},
-                              args.repeats)
-    print(f"memory {m} x {d}, batch {b}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {args.repeats} repeats")
+    stats = _time_interleaved({"xbm": step_xbm, "op": step_op, "concat": step_concat}, args.repeats)
+    print(
+        f"memory {m} x {d}, batch {b}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {args.repeats} repeats"
+    )
     for name, (best, med) in stats.items():
-        print(f"  {name:7s} min {best * 1e3:8.1f} ms, median {med * 1e3:8.1f} ms / step "
-              "(forward + backward)")
+        print(f"  {name:7s} min {best * 1e3:8.1f} ms, median {med * 1e3:8.1f} ms / step (forward + backward)")
     times = {name: best for name, (best, _) in stats.items()}
-    print(f"  XBM overhead over the bare op (min): {(times['xbm'] - times['op']) * 1e3:+.1f} ms; "
-          f"a concatenating memory adds {(times['concat'] - times['op']) * 1e3:+.1f} ms")
+    print(
+        f"  XBM overhead over the bare op (min): {(times['xbm'] - times['op']) * 1e3:+.1f} ms; "
+        f"a concatenating memory adds {(times['concat'] - times['op']) * 1e3:+.1f} ms"
+    )
     return times
 
 

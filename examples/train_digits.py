@@ -19,6 +19,7 @@ network's. On "unseen" they stay about where they were: six training classes are
 learn features that transfer to new digits (raw pixels already retrieve digits well), which
 is the usual caveat of open-set metric learning on tiny label sets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,7 @@ def load_digits_split(seed: int = 0):
     known = torch.isin(y, torch.tensor(TRAIN_CLASSES))
     kx, ky = x[known], y[known]
     half = len(ky) // 2
-    return {"train": (kx[:half], ky[:half]), "seen": (kx[half:], ky[half:]),
-            "unseen": (x[~known], y[~known])}
+    return {"train": (kx[:half], ky[:half]), "seen": (kx[half:], ky[half:]), "unseen": (x[~known], y[~known])}
 
 
 class EmbeddingNet(torch.nn.Module):
@@ -79,8 +79,10 @@ class EmbeddingNet(torch.nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.mlp = torch.nn.Sequential(
-            torch.nn.Linear(64, 128), torch.nn.ReLU(),
-            torch.nn.Linear(128, 128), torch.nn.ReLU(),
+            torch.nn.Linear(64, 128),
+            torch.nn.ReLU(),
+            torch.nn.Linear(128, 128),
+            torch.nn.ReLU(),
             torch.nn.Linear(128, dim),
         )
 
@@ -109,8 +111,7 @@ def pk_batches(labels: torch.Tensor, p: int, k: int, steps: int, gen: torch.Gene
     by_class = [torch.nonzero(labels == c).flatten() for c in classes]
     for _ in range(steps):
         chosen = torch.randperm(len(classes), generator=gen)[:p]
-        yield torch.cat([by_class[c][torch.randint(len(by_class[c]), (k,), generator=gen)]
-                         for c in chosen.tolist()])
+        yield torch.cat([by_class[c][torch.randint(len(by_class[c]), (k,), generator=gen)] for c in chosen.tolist()])
 
 
 def progress(step: int, total: int, loss: float, recalls: Dict[str, float], start: float) -> None:
@@ -119,8 +120,7 @@ def progress(step: int, total: int, loss: float, recalls: Dict[str, float], star
     done = int(width * step / total)
     rate = step / max(time.perf_counter() - start, 1e-9)
     rec = "".join(f"  {k} R@1 {v:.3f}" for k, v in recalls.items())
-    sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {step}/{total}  "
-                     f"loss {loss:.4f}{rec}  {rate:.0f} it/s")
+    sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {step}/{total}  loss {loss:.4f}{rec}  {rate:.0f} it/s")
     if step == total:
         sys.stderr.write("\n")
     sys.stderr.flush()
@@ -140,8 +140,7 @@ def train(args) -> Dict[str, object]:
     def evaluate() -> Dict[str, Dict[str, float]]:
         model.eval()
         with torch.no_grad():
-            out = {name: retrieval_metrics(model(data[name][0]), data[name][1])
-                   for name in ("seen", "unseen")}
+            out = {name: retrieval_metrics(model(data[name][0]), data[name][1]) for name in ("seen", "unseen")}
         model.train()
         return out
 
@@ -162,8 +161,15 @@ def train(args) -> Dict[str, object]:
             progress(step, args.steps, losses[-1], {"seen": curve[-1][1], "unseen": curve[-1][2]}, start)
     after = evaluate()
     seconds = time.perf_counter() - start
-    result = {"before": before, "after": after, "train_seconds": round(seconds, 2),
-              "steps": args.steps, "xbm": args.xbm, "losses": losses, "recall_curve": curve}
+    result = {
+        "before": before,
+        "after": after,
+        "train_seconds": round(seconds, 2),
+        "steps": args.steps,
+        "xbm": args.xbm,
+        "losses": losses,
+        "recall_curve": curve,
+    }
     if args.plot:
         save_plot(args.plot, losses, curve, before, after)
     return result
@@ -179,14 +185,21 @@ def save_plot(path: str, losses: Sequence[float], curve, before, after) -> None:
     ax1.plot(range(1, len(losses) + 1), losses, lw=0.8)
     ax1.set(xlabel="step", ylabel="batch-hard triplet loss", title="training loss (digits 0-5)")
     steps, seen, unseen = zip(*curve)
-    ax2.plot(steps, seen, marker="o", ms=3,
-             label=f"seen digits, new images ({before['seen']['recall_at_1']:.3f} -> "
-                   f"{after['seen']['recall_at_1']:.3f})")
-    ax2.plot(steps, unseen, marker="s", ms=3,
-             label=f"unseen digits 6-9 ({before['unseen']['recall_at_1']:.3f} -> "
-                   f"{after['unseen']['recall_at_1']:.3f})")
-    ax2.set(xlabel="step", ylabel="Recall@1", ylim=(min(seen + unseen) - 0.05, 1.0),
-            title="retrieval on test images")
+    ax2.plot(
+        steps,
+        seen,
+        marker="o",
+        ms=3,
+        label=f"seen digits, new images ({before['seen']['recall_at_1']:.3f} -> {after['seen']['recall_at_1']:.3f})",
+    )
+    ax2.plot(
+        steps,
+        unseen,
+        marker="s",
+        ms=3,
+        label=f"unseen digits 6-9 ({before['unseen']['recall_at_1']:.3f} -> {after['unseen']['recall_at_1']:.3f})",
+    )
+    ax2.set(xlabel="step", ylabel="Recall@1", ylim=(min(seen + unseen) - 0.05, 1.0), title="retrieval on test images")
     ax2.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -201,11 +214,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--dim", type=int, default=8, help="embedding dimension (default 8)")
     ap.add_argument("--margin", type=float, default=0.2, help="triplet margin (default 0.2)")
     ap.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default 3e-4)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (default 1: the tensors are tiny, more threads only "
-                         "add synchronisation)")
-    ap.add_argument("--xbm", type=int, default=0, metavar="SIZE",
-                    help="add a cross-batch memory of SIZE embeddings (default: none)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: the tensors are tiny, more threads only add synchronisation)",
+    )
+    ap.add_argument(
+        "--xbm", type=int, default=0, metavar="SIZE", help="add a cross-batch memory of SIZE embeddings (default: none)"
+    )
     ap.add_argument("--eval-every", type=int, default=25, help="steps between Recall@1 points")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot", default="train_digits.png", help="where to save the plot ('' = none)")
@@ -223,12 +240,18 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     finally:
         torch.set_num_threads(threads)
     b, a = result["before"], result["after"]
-    print(f"{result['steps']} steps in {result['train_seconds']} s"
-          f"{' with XBM ' + str(args.xbm) if args.xbm else ''}; before -> after training:")
-    for name, what in (("seen", f"new images of digits {TRAIN_CLASSES}"),
-                       ("unseen", f"digits {UNSEEN_CLASSES}, never trained on")):
-        print(f"  {what}: Recall@1 {b[name]['recall_at_1']:.3f} -> {a[name]['recall_at_1']:.3f}, "
-              f"MAP@R {b[name]['map_at_r']:.3f} -> {a[name]['map_at_r']:.3f}")
+    print(
+        f"{result['steps']} steps in {result['train_seconds']} s"
+        f"{' with XBM ' + str(args.xbm) if args.xbm else ''}; before -> after training:"
+    )
+    for name, what in (
+        ("seen", f"new images of digits {TRAIN_CLASSES}"),
+        ("unseen", f"digits {UNSEEN_CLASSES}, never trained on"),
+    ):
+        print(
+            f"  {what}: Recall@1 {b[name]['recall_at_1']:.3f} -> {a[name]['recall_at_1']:.3f}, "
+            f"MAP@R {b[name]['map_at_r']:.3f} -> {a[name]['map_at_r']:.3f}"
+        )
     if args.plot:
         print(f"plot saved to {args.plot}")
     if args.json:

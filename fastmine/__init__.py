@@ -7,6 +7,7 @@ Submodules: :mod:`fastmine.nn` (loss modules), :mod:`fastmine.distributed` (mini
 torch.distributed), :mod:`fastmine.contrib.pml` (pytorch-metric-learning drop-ins, imported
 on demand: it needs that package).
 """
+
 from ._ops import CUDA_AVAILABLE
 from ._version import __version__
 from ._types import BatchAllInfo, BatchHardInfo, SemiHardInfo

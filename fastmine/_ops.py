@@ -5,6 +5,7 @@ The schemas live in csrc/ops.cpp. ``fastmine._C`` (CPU kernels + schemas) is alw
 formulas here are thin: every backward is itself a compiled op that reuses what the
 forward saved (mined indices, distances), so there is never a second mining pass.
 """
+
 from __future__ import annotations
 
 import glob
@@ -37,17 +38,22 @@ def _missing_module_message() -> str:
     msg = f"fastmine's compiled module {os.path.join(_HERE, '_C')}*.so is missing"
     if not os.path.isfile(os.path.join(os.path.dirname(_HERE), "setup.py")):
         return msg + ": reinstall fastmine (`pip install --no-build-isolation fastmine-*.tar.gz`)"
-    msg += (f". This is fastmine's uncompiled source tree ({os.path.dirname(_HERE)}), imported "
-            "because it comes first on sys.path (Python was started in it, or PYTHONPATH names it)")
+    msg += (
+        f". This is fastmine's uncompiled source tree ({os.path.dirname(_HERE)}), imported "
+        "because it comes first on sys.path (Python was started in it, or PYTHONPATH names it)"
+    )
     elsewhere = [
-        d for d in (os.path.join(os.path.abspath(p or os.curdir), "fastmine") for p in sys.path)
+        d
+        for d in (os.path.join(os.path.abspath(p or os.curdir), "fastmine") for p in sys.path)
         if os.path.realpath(d) != os.path.realpath(_HERE)
         and glob.glob(os.path.join(d, "_C.*.so")) + glob.glob(os.path.join(d, "_C.*.pyd"))
     ]
     if elsewhere:
         msg += f"; it shadows the installed fastmine at {elsewhere[0]}: run from another directory"
-    return msg + (", or build the tree in place: `make build` (or `python setup.py build_ext "
-                  "--inplace`, or `pip install --no-build-isolation -e .`)")
+    return msg + (
+        ", or build the tree in place: `make build` (or `python setup.py build_ext "
+        "--inplace`, or `pip install --no-build-isolation -e .`)"
+    )
 
 
 if not _load("_C"):
@@ -72,9 +78,7 @@ def _like(t: torch.Tensor) -> torch.Tensor:
 
 def _no_double_backward(op: str):
     def backward(ctx, *grads):
-        raise RuntimeError(
-            f"fastmine.{op}: double backward (a gradient of the gradient) is not supported"
-        )
+        raise RuntimeError(f"fastmine.{op}: double backward (a gradient of the gradient) is not supported")
 
     return backward
 
@@ -104,9 +108,7 @@ def _pairwise_backward(ctx, grad):
     return gx, gy, None, None
 
 
-torch.library.register_autograd(
-    "fastmine::pairwise_distance", _pairwise_backward, setup_context=_pairwise_setup
-)
+torch.library.register_autograd("fastmine::pairwise_distance", _pairwise_backward, setup_context=_pairwise_setup)
 torch.library.register_autograd(
     "fastmine::pairwise_distance_backward",
     _no_double_backward("pairwise_distance"),
@@ -118,8 +120,7 @@ torch.library.register_autograd(
 
 
 @torch.library.register_fake("fastmine::batch_hard_triplet")
-def _batch_hard_fake(x, labels, ref, ref_labels, margin, metric, soft, has_exclude, exclude_offset,
-                     allow_tf32=False):
+def _batch_hard_fake(x, labels, ref, ref_labels, margin, metric, soft, has_exclude, exclude_offset, allow_tf32=False):
     b = x.shape[0]
     values = x.new_empty((b,), dtype=loss_dtype(x.dtype))
     index = x.new_empty((b,), dtype=torch.int64)
@@ -142,8 +143,7 @@ def _batch_hard_backward(ctx, g_loss, g_pos_idx, g_neg_idx, g_pos_dist, g_neg_di
     x, ref, pos_idx, neg_idx, pos_dist, neg_dist = ctx.saved_tensors
     # Outputs nobody used may arrive as None: their gradient is zero.
     g_loss, g_pos_dist, g_neg_dist = (
-        torch.zeros_like(pos_dist) if g is None else g.contiguous()
-        for g in (g_loss, g_pos_dist, g_neg_dist)
+        torch.zeros_like(pos_dist) if g is None else g.contiguous() for g in (g_loss, g_pos_dist, g_neg_dist)
     )
     gx, gr = ops.batch_hard_triplet_backward(
         g_loss, g_pos_dist, g_neg_dist, x, ref, pos_idx, neg_idx, pos_dist, neg_dist, *ctx.args
@@ -151,9 +151,7 @@ def _batch_hard_backward(ctx, g_loss, g_pos_idx, g_neg_idx, g_pos_dist, g_neg_di
     return gx, None, gr, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd(
-    "fastmine::batch_hard_triplet", _batch_hard_backward, setup_context=_batch_hard_setup
-)
+torch.library.register_autograd("fastmine::batch_hard_triplet", _batch_hard_backward, setup_context=_batch_hard_setup)
 torch.library.register_autograd(
     "fastmine::batch_hard_triplet_backward",
     _no_double_backward("batch_hard_triplet_loss"),
@@ -245,14 +243,24 @@ def _with_grad_backward(ctx, g_total, *unused):
     # The forward already holds the gradient of the total; the upstream gradient is a scalar.
     g = g_total.to(gx.dtype)
     if torch.is_grad_enabled():  # create_graph=True
-        return (_RefuseDoubleBackward.apply(g, gx, x), None, _RefuseDoubleBackward.apply(g, gr, ref),
-                None, None, None, None, None, None, None, None, None)
+        return (
+            _RefuseDoubleBackward.apply(g, gx, x),
+            None,
+            _RefuseDoubleBackward.apply(g, gr, ref),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
     return g * gx, None, g * gr, None, None, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd(
-    "fastmine::contrastive_with_grad", _with_grad_backward, setup_context=_with_grad_setup
-)
+torch.library.register_autograd("fastmine::contrastive_with_grad", _with_grad_backward, setup_context=_with_grad_setup)
 
 
 def _kernel_devices(op: str) -> frozenset:
@@ -269,9 +277,7 @@ CONTRASTIVE_WITH_GRAD_DEVICES = _kernel_devices("contrastive_with_grad")
 def require_kernel(op: str, public_name: str, device: torch.device) -> None:
     """A clear error, rather than the dispatcher's, for an op with no kernel on a device."""
     if device.type == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastmine::{op}", "CUDA"):
-        raise NotImplementedError(
-            f"fastmine.{public_name} has no CUDA kernel in this build yet; compute it on the CPU"
-        )
+        raise NotImplementedError(f"fastmine.{public_name} has no CUDA kernel in this build yet; compute it on the CPU")
 
 
 # ---- focal-loss family ----------------------------------------------------------------------
@@ -302,7 +308,8 @@ def _register_elementwise_focal(name: str, public_name: str):
 
     torch.library.register_autograd(f"fastmine::{name}", backward, setup_context=setup)
     torch.library.register_autograd(
-        f"fastmine::{name}_backward", _no_double_backward(public_name),
+        f"fastmine::{name}_backward",
+        _no_double_backward(public_name),
         setup_context=lambda ctx, inputs, output: None,
     )
 
@@ -338,8 +345,10 @@ def _softmax_focal_setup(ctx, inputs, output):
 def _softmax_focal_backward(ctx, g_loss, g_grad):
     grad, logits = ctx.saved_tensors
     if grad.numel() != logits.numel():
-        raise RuntimeError("fastmine.softmax_focal_loss: the forward was run without its gradient "
-                           "(with_grad=False); call the public function instead")
+        raise RuntimeError(
+            "fastmine.softmax_focal_loss: the forward was run without its gradient "
+            "(with_grad=False); call the public function instead"
+        )
     g = g_loss.unsqueeze(-1)
     if torch.is_grad_enabled():  # create_graph=True
         gl = _ScaleSavedGrad.apply(g, grad, logits, "softmax_focal_loss")
@@ -348,8 +357,7 @@ def _softmax_focal_backward(ctx, g_loss, g_grad):
     return gl.to(logits.dtype), None, None, None, None
 
 
-torch.library.register_autograd("fastmine::softmax_focal", _softmax_focal_backward,
-                                setup_context=_softmax_focal_setup)
+torch.library.register_autograd("fastmine::softmax_focal", _softmax_focal_backward, setup_context=_softmax_focal_setup)
 
 
 # ---- centroid_triplet: the (B, C) distances of the forward feed the backward --------------------
@@ -376,8 +384,7 @@ def _centroid_backward(ctx, g_loss, g_dist):
     # never exposes them, so their gradient (zeros or None) is ignored.
     x, labels, centroids, dist = ctx.saved_tensors
     need_c = ctx.needs_input_grad[2]
-    gx, gc = ops.centroid_triplet_backward(g_loss.to(dist.dtype).contiguous(), x, labels, centroids, dist,
-                                           need_c)
+    gx, gc = ops.centroid_triplet_backward(g_loss.to(dist.dtype).contiguous(), x, labels, centroids, dist, need_c)
     return gx, None, gc if need_c else None
 
 
@@ -405,9 +412,7 @@ def _no_gradient(ctx, *grads):
 
 # Integer outputs: autograd never calls this; registered so that an input requiring grad is
 # an explicit "no gradient" rather than a missing autograd kernel.
-torch.library.register_autograd(
-    "fastmine::mine_triplets", _no_gradient, setup_context=lambda ctx, inputs, output: None
-)
+torch.library.register_autograd("fastmine::mine_triplets", _no_gradient, setup_context=lambda ctx, inputs, output: None)
 
 
 # ---- semi_hard_triplet: one triplet per positive pair (a data-dependent count P) ---------
@@ -420,13 +425,19 @@ def _semi_hard_fake(x, labels, ref, ref_labels, margin, metric, has_exclude, exc
     p = torch.library.get_ctx().new_dynamic_size()
     values = x.new_empty((p,), dtype=loss_dtype(x.dtype))
     index = x.new_empty((p,), dtype=torch.int64)
-    return (values, index, _like(index), _like(index), _like(values), _like(values),
-            x.new_empty((), dtype=loss_dtype(x.dtype)))
+    return (
+        values,
+        index,
+        _like(index),
+        _like(index),
+        _like(values),
+        _like(values),
+        x.new_empty((), dtype=loss_dtype(x.dtype)),
+    )
 
 
 @torch.library.register_fake("fastmine::semi_hard_triplet_backward")
-def _semi_hard_backward_fake(gl, gpd, gnd, x, ref, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist,
-                             margin, metric):
+def _semi_hard_backward_fake(gl, gpd, gnd, x, ref, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist, margin, metric):
     return _like(x), _like(ref)
 
 
@@ -440,19 +451,15 @@ def _semi_hard_setup(ctx, inputs, output):
 def _semi_hard_backward(ctx, g_loss, g_a, g_p, g_n, g_pos_dist, g_neg_dist, g_nonfinite):
     x, ref, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist = ctx.saved_tensors
     g_loss, g_pos_dist, g_neg_dist = (
-        torch.zeros_like(pos_dist) if g is None else g.contiguous()
-        for g in (g_loss, g_pos_dist, g_neg_dist)
+        torch.zeros_like(pos_dist) if g is None else g.contiguous() for g in (g_loss, g_pos_dist, g_neg_dist)
     )
     gx, gr = ops.semi_hard_triplet_backward(
-        g_loss, g_pos_dist, g_neg_dist, x, ref, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist,
-        *ctx.args
+        g_loss, g_pos_dist, g_neg_dist, x, ref, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist, *ctx.args
     )
     return gx, None, gr, None, None, None, None, None
 
 
-torch.library.register_autograd(
-    "fastmine::semi_hard_triplet", _semi_hard_backward, setup_context=_semi_hard_setup
-)
+torch.library.register_autograd("fastmine::semi_hard_triplet", _semi_hard_backward, setup_context=_semi_hard_setup)
 torch.library.register_autograd(
     "fastmine::semi_hard_triplet_backward",
     _no_double_backward("semi_hard_triplet_loss"),

@@ -13,6 +13,7 @@ terms ``(numerator, denominator)``, and the whole loss is
 
 A new loss slots in by adding one function to ``_DECOMPOSERS``.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, cast
@@ -38,8 +39,15 @@ def _batch_hard(emb, labels, ref, ref_labels, offset, options, symmetric):
     opts = dict(options)
     reduction = opts.pop("reduction")
     per, info = F.batch_hard_triplet_loss(
-        emb, labels, ref_embeddings=ref, ref_labels=ref_labels, self_offset=offset,
-        reduction="none", return_info=True, **opts)
+        emb,
+        labels,
+        ref_embeddings=ref,
+        ref_labels=ref_labels,
+        self_offset=offset,
+        reduction="none",
+        return_info=True,
+        **opts,
+    )
     if reduction == "none":
         return Parts([], per)
     total = per.sum()
@@ -51,8 +59,15 @@ def _batch_all(emb, labels, ref, ref_labels, offset, options, symmetric):
     opts = dict(options)
     reduction = opts.pop("reduction")
     total, info = F.batch_all_triplet_loss(
-        emb, labels, ref_embeddings=ref, ref_labels=ref_labels, self_offset=offset,
-        reduction="sum", return_info=True, **opts)
+        emb,
+        labels,
+        ref_embeddings=ref,
+        ref_labels=ref_labels,
+        self_offset=offset,
+        reduction="sum",
+        return_info=True,
+        **opts,
+    )
     den = {"sum": None, "mean": info.num_valid, "mean_positive": info.num_active}[reduction]
     return Parts([Term(total, den)], None)
 
@@ -64,8 +79,15 @@ def _semi_hard(emb, labels, ref, ref_labels, offset, options, symmetric):
     opts = dict(options)
     reduction = opts.pop("reduction")
     loss, info = semi_hard_triplet_loss(
-        emb, labels, ref_embeddings=ref, ref_labels=ref_labels, self_offset=offset,
-        reduction="none" if reduction == "none" else "sum", return_info=True, **opts)
+        emb,
+        labels,
+        ref_embeddings=ref,
+        ref_labels=ref_labels,
+        self_offset=offset,
+        reduction="none" if reduction == "none" else "sum",
+        return_info=True,
+        **opts,
+    )
     if reduction == "none":
         return Parts([], loss)
     return Parts([Term(loss, info.num_pairs if reduction == "mean" else None)], None)
@@ -76,8 +98,18 @@ def _contrastive(emb, labels, ref, ref_labels, offset, options, symmetric):
     # the arguments fastmine.contrastive_loss gives it (checked the same way).
     opts = dict(options)
     reduction = opts.pop("reduction")
-    args = F._contrastive_args(emb, labels, ref, ref_labels, offset, opts["pos_margin"],
-                               opts["neg_margin"], opts["power"], opts["metric"], triangle=False)
+    args = F._contrastive_args(
+        emb,
+        labels,
+        ref,
+        ref_labels,
+        offset,
+        opts["pos_margin"],
+        opts["neg_margin"],
+        opts["power"],
+        opts["metric"],
+        triangle=False,
+    )
     pos_sum, pos_nz, pos_n, neg_sum, neg_nz, neg_n = ops.contrastive(*args)
     # symmetric: the single-process equivalent pairs the batch with itself, i < j; here each
     # unordered pair is seen twice (from both anchors), so sums are halved. Means need no
@@ -103,14 +135,14 @@ def supports(functional: Callable[..., Any]) -> bool:
     return functional in _DECOMPOSERS
 
 
-def loss_parts(functional, embeddings, labels, ref, ref_labels, self_offset, options,
-               *, symmetric: bool = False) -> Parts:
+def loss_parts(
+    functional, embeddings, labels, ref, ref_labels, self_offset, options, *, symmetric: bool = False
+) -> Parts:
     """``functional``'s loss of these anchors against (ref, ref_labels), as terms.
 
     symmetric: the pieces together pair a batch with itself (torch.distributed), so the
     single-process equivalent is the op without a reference set."""
-    return _DECOMPOSERS[functional](embeddings, labels, ref, ref_labels, self_offset, options,
-                                    symmetric)
+    return _DECOMPOSERS[functional](embeddings, labels, ref, ref_labels, self_offset, options, symmetric)
 
 
 def combine(terms_per_piece: List[List[Term]], dtype: torch.dtype) -> torch.Tensor:

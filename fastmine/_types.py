@@ -1,4 +1,5 @@
 """Small result types shared by the kernels' wrappers and the oracle."""
+
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -8,6 +8,7 @@ reads values and is skipped while compiling (the C++ contracts of csrc/common/ c
 same rule inside the op). The C++ entry points check their own arguments again: they are
 public too (``torch.ops.fastmine.*``).
 """
+
 from __future__ import annotations
 
 import math
@@ -45,9 +46,7 @@ def labels(t, n: int, name: str, rows_name: str) -> torch.Tensor:
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer class ids, got dtype {t.dtype}")
     if t.dim() != 1 or t.shape[0] != n:
-        raise ValueError(
-            f"{name} must have shape ({n},) to match {rows_name}, got {tuple(t.shape)}"
-        )
+        raise ValueError(f"{name} must have shape ({n},) to match {rows_name}, got {tuple(t.shape)}")
     return t.to(torch.int64)
 
 
@@ -56,8 +55,7 @@ def same_device(named: Sequence[tuple]) -> None:
     for name, t in rest:
         if t.device != first.device:
             raise ValueError(
-                f"{name} is on {t.device} but {first_name} is on {first.device}: "
-                "all tensors must be on the same device"
+                f"{name} is on {t.device} but {first_name} is on {first.device}: all tensors must be on the same device"
             )
 
 
@@ -123,8 +121,10 @@ def mined_loss_module(loss: Any) -> None:
     from .nn import MinedLoss
 
     if not isinstance(loss, MinedLoss) or not _parts.supports(type(loss).functional):
-        raise TypeError("loss must be a fastmine.nn loss module that takes a reference set "
-                        f"(e.g. fastmine.nn.BatchHardTripletLoss), got {type(loss).__name__}")
+        raise TypeError(
+            "loss must be a fastmine.nn loss module that takes a reference set "
+            f"(e.g. fastmine.nn.BatchHardTripletLoss), got {type(loss).__name__}"
+        )
 
 
 def finite_number(value, name: str) -> float:
@@ -146,13 +146,15 @@ def self_offset(value: Optional[int], has_ref: bool, b: int, m: int) -> Optional
     if value is None:
         return None
     if not has_ref:
-        raise ValueError("self_offset needs ref_embeddings: without a reference set the anchor "
-                         "itself is always excluded")
+        raise ValueError(
+            "self_offset needs ref_embeddings: without a reference set the anchor itself is always excluded"
+        )
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"self_offset must be an int, got {type(value).__name__}")
     if value < 0 or value + b > m:
-        raise ValueError(f"self_offset must satisfy 0 <= self_offset and self_offset + B <= M "
-                         f"(B = {b}, M = {m}), got {value}")
+        raise ValueError(
+            f"self_offset must satisfy 0 <= self_offset and self_offset + B <= M (B = {b}, M = {m}), got {value}"
+        )
     return value
 
 
@@ -182,8 +184,7 @@ def reference_set(emb, lab, ref_emb, ref_lab, offset):
     embeddings(ref_emb, "ref_embeddings")
     m = ref_emb.shape[0]
     ref_lab = labels(ref_lab, m, "ref_labels", "ref_embeddings")
-    same_device([("embeddings", emb), ("labels", lab), ("ref_embeddings", ref_emb),
-                 ("ref_labels", ref_lab)])
+    same_device([("embeddings", emb), ("labels", lab), ("ref_embeddings", ref_emb), ("ref_labels", ref_lab)])
     same_features(emb, "embeddings", ref_emb, "ref_embeddings")
     offset = self_offset(offset, True, b, m)
     x, r = compute_dtype(emb), compute_dtype(ref_emb)
@@ -191,8 +192,11 @@ def reference_set(emb, lab, ref_emb, ref_lab, offset):
 
 
 def contrastive_options(pos_margin: Any, neg_margin: Any, power: Any) -> Tuple[float, float, float]:
-    return (finite_number(pos_margin, "pos_margin"), finite_number(neg_margin, "neg_margin"),
-            positive_number(power, "power"))
+    return (
+        finite_number(pos_margin, "pos_margin"),
+        finite_number(neg_margin, "neg_margin"),
+        positive_number(power, "power"),
+    )
 
 
 def class_indices(t: torch.Tensor, num_classes: int, message: str) -> None:
@@ -233,16 +237,16 @@ def same_shape_targets(targets, logits_: torch.Tensor, name: str, *, allow_int: 
         kinds = "a float, integer or bool" if allow_int else "a floating-point"
         raise TypeError(f"{name} must have {kinds} dtype, got {targets.dtype}")
     if targets.shape != logits_.shape:
-        raise ValueError(f"{name} must have the shape of logits {tuple(logits_.shape)}, "
-                         f"got {tuple(targets.shape)}")
+        raise ValueError(f"{name} must have the shape of logits {tuple(logits_.shape)}, got {tuple(targets.shape)}")
     no_grad_input(targets, name)
     same_device([("logits", logits_), (name, targets)])
 
 
 def no_grad_input(t: torch.Tensor, name: str) -> None:
     if t.requires_grad:
-        raise ValueError(f"{name} requires grad, but fastmine computes no gradient with respect "
-                         f"to {name}: pass {name}.detach()")
+        raise ValueError(
+            f"{name} requires grad, but fastmine computes no gradient with respect to {name}: pass {name}.detach()"
+        )
 
 
 def sigmoid_alpha(value, name: str = "alpha") -> float:
@@ -276,8 +280,9 @@ def softmax_alpha(alpha, name: str = "alpha") -> Union[None, float, torch.Tensor
         return None
     if isinstance(alpha, torch.Tensor):
         if alpha.dim() != 1:
-            raise ValueError(f"{name} must be a float or a (C,) tensor of class weights, got shape "
-                             f"{tuple(alpha.shape)}")
+            raise ValueError(
+                f"{name} must be a float or a (C,) tensor of class weights, got shape {tuple(alpha.shape)}"
+            )
         if not alpha.dtype.is_floating_point:
             raise TypeError(f"{name} must be a floating-point tensor, got {alpha.dtype}")
         no_grad_input(alpha, name)
@@ -303,12 +308,12 @@ def class_targets(target, logits_: torch.Tensor) -> Tuple[int, ...]:
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
     expected = (logits_.shape[0],) + tuple(logits_.shape[2:])
     if tuple(target.shape) != expected:
-        raise ValueError(f"target must have shape {expected} to match logits {tuple(logits_.shape)}, "
-                         f"got {tuple(target.shape)}")
+        raise ValueError(
+            f"target must have shape {expected} to match logits {tuple(logits_.shape)}, got {tuple(target.shape)}"
+        )
     return expected
 
 
 def class_weights_shape(alpha: torch.Tensor, c: int, name: str = "alpha") -> None:
     if alpha.shape[0] != c:
-        raise ValueError(f"{name} must be a float or a ({c},) tensor of class weights, got shape "
-                         f"{tuple(alpha.shape)}")
+        raise ValueError(f"{name} must be a float or a ({c},) tensor of class weights, got shape {tuple(alpha.shape)}")

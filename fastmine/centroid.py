@@ -1,5 +1,6 @@
 """The centroid triplet bound (Do et al., "A Theoretically Sound Upper Bound on the Triplet
 Loss"; SPEC.md "Centroid triplet bound") and its one-hot centroids."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -93,8 +94,9 @@ def onehot_centroids(
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if dim < num_classes:
-        raise ValueError(f"dim must be >= num_classes for one-hot centroids, got dim = {dim} < "
-                         f"num_classes = {num_classes}")
+        raise ValueError(
+            f"dim must be >= num_classes for one-hot centroids, got dim = {dim} < num_classes = {num_classes}"
+        )
     scale = check.finite_number(scale, "scale")
     if dtype is not None and not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")

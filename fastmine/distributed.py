@@ -21,6 +21,7 @@ The contract (what :class:`DistributedLoss` returns on each rank):
 
 Outside an initialised process group (or with one process) it is the plain loss.
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -93,8 +94,7 @@ def all_gather_with_grad(t: torch.Tensor, group=None) -> Tuple[torch.Tensor, int
     return _AllGatherWithGrad.apply(t, sizes, rank, group), sum(sizes[:rank])
 
 
-def gather_batch(embeddings: torch.Tensor, labels: torch.Tensor, group=None
-                 ) -> Tuple[torch.Tensor, torch.Tensor, int]:
+def gather_batch(embeddings: torch.Tensor, labels: torch.Tensor, group=None) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """``(global_embeddings, global_labels, offset)``: the batch of all ranks (embeddings
     with gradient) and where this rank's rows start.
 
@@ -148,15 +148,17 @@ class DistributedLoss(torch.nn.Module):
         check.embeddings(embeddings, "embeddings")
         labels = check.labels(labels, embeddings.shape[0], "labels", "embeddings")
         g_emb, g_lab, offset = gather_batch(embeddings, labels, self.group)
-        parts = _parts.loss_parts(type(self.loss).functional, embeddings, labels, g_emb, g_lab,
-                                  offset, self.loss.options(), symmetric=True)
+        parts = _parts.loss_parts(
+            type(self.loss).functional, embeddings, labels, g_emb, g_lab, offset, self.loss.options(), symmetric=True
+        )
         if parts.per_anchor is not None:
             return parts.per_anchor
         # Sum numerators (values only) and denominators over ranks, then divide.
         nums = torch.stack([t.numerator.detach() for t in parts.terms])
         dens = [t.denominator for t in parts.terms]
-        counts = torch.stack([torch.zeros((), dtype=torch.int64, device=nums.device) if d is None
-                              else d.to(torch.int64) for d in dens])
+        counts = torch.stack(
+            [torch.zeros((), dtype=torch.int64, device=nums.device) if d is None else d.to(torch.int64) for d in dens]
+        )
         dist.all_reduce(nums, group=self.group)
         dist.all_reduce(counts, group=self.group)
         dtype = nums.dtype

@@ -5,6 +5,7 @@ computes the loss (or its sum) and keeps nothing; the backward recomputes the te
 writes upstream * d loss / d logits in one pass. Softmax focal: the forward's pass over each
 row also gives d loss / d logits, which the backward scales. Formulas: SPEC.md "Focal loss" (docs/semantics.md), csrc/common/focal.h.
 """
+
 from __future__ import annotations
 
 from typing import Union
@@ -20,6 +21,8 @@ from ._validate import focal_gamma, sigmoid_alpha, softmax_alpha, star_gamma  # 
 __all__ = ["sigmoid_focal_loss", "softmax_focal_loss", "focal_star_loss"]
 
 FOCAL_REDUCTIONS = ("none", "mean", "sum")
+
+
 def _finish(loss: torch.Tensor, reduction: str, count: int) -> torch.Tensor:
     """The kernel returns the per-element loss ("none") or its sum; "mean" divides here."""
     if reduction == "mean":

@@ -9,6 +9,7 @@ losses; float32 keeps full fp32 accuracy unless ``torch.backends.cuda.matmul.all
 is True, in which case the distance tiles use TF32 tensor cores as cuBLAS matmuls then do.
 The CPU computes in float32/float64 whatever the flag.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union
@@ -31,9 +32,7 @@ BATCH_ALL_REDUCTIONS = ("mean_positive", "mean", "sum")
 CONTRASTIVE_REDUCTIONS = ("mean", "sum", "mean_nonzero")
 
 
-def pairwise_distance(
-    x: torch.Tensor, y: Optional[torch.Tensor] = None, *, metric: str = "euclidean"
-) -> torch.Tensor:
+def pairwise_distance(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, metric: str = "euclidean") -> torch.Tensor:
     """All distances between the rows of ``x`` (B, D) and of ``y`` (M, D): a (B, M) matrix.
 
     ``y=None`` means ``y = x``. ``metric`` is ``"euclidean"`` (gradient 0 where the distance
@@ -256,8 +255,9 @@ def contrastive_loss(
     """
     check.reduction(reduction, CONTRASTIVE_REDUCTIONS)
     triangle = ref_embeddings is None  # the batch against itself: each pair once
-    args = _contrastive_args(embeddings, labels, ref_embeddings, ref_labels, self_offset,
-                             pos_margin, neg_margin, power, metric, triangle)
+    args = _contrastive_args(
+        embeddings, labels, ref_embeddings, ref_labels, self_offset, pos_margin, neg_margin, power, metric, triangle
+    )
     x, ref = args[0], args[2]
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or ref.requires_grad)
     if reduction != "mean_nonzero" and needs_grad and x.device.type in CONTRASTIVE_WITH_GRAD_DEVICES:
@@ -270,13 +270,12 @@ def contrastive_loss(
         return pos_total + neg_total
     if reduction == "mean":
         return (pos_total + neg_total) / _count_sum(pos_n, neg_n, pos_total.dtype)
-    return pos_total / _count_sum(pos_nz, None, pos_total.dtype) + neg_total / _count_sum(
-        neg_nz, None, neg_total.dtype
-    )
+    return pos_total / _count_sum(pos_nz, None, pos_total.dtype) + neg_total / _count_sum(neg_nz, None, neg_total.dtype)
 
 
-def _contrastive_args(embeddings, labels, ref_embeddings, ref_labels, self_offset, pos_margin,
-                     neg_margin, power, metric, triangle: bool) -> tuple:
+def _contrastive_args(
+    embeddings, labels, ref_embeddings, ref_labels, self_offset, pos_margin, neg_margin, power, metric, triangle: bool
+) -> tuple:
     """The arguments of ``ops.contrastive`` (and ``contrastive_with_grad``), checked:
     ``contrastive_loss`` and the pieces of a cross-batch or distributed loss call the op
     the same way. ``triangle``: the batch against itself, each unordered pair once."""
@@ -287,8 +286,20 @@ def _contrastive_args(embeddings, labels, ref_embeddings, ref_labels, self_offse
     )
     if x.device.type == "cuda":
         require_kernel("contrastive", "contrastive_loss", x.device)
-    return (x, lab, ref, ref_lab, pos_margin, neg_margin, power, metric_id, triangle,
-            has_exclude and not triangle, offset, _tile_tf32(x))
+    return (
+        x,
+        lab,
+        ref,
+        ref_lab,
+        pos_margin,
+        neg_margin,
+        power,
+        metric_id,
+        triangle,
+        has_exclude and not triangle,
+        offset,
+        _tile_tf32(x),
+    )
 
 
 def _count_sum(a: torch.Tensor, b: Optional[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:

@@ -10,6 +10,7 @@ that decides fastmine's float32 distance tiles on CUDA. ``--json`` prints the sa
     >>> collect()["torch"]["version"]  # doctest: +SKIP
     '2.13.0+cpu'
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,10 @@ def _version(dist: str) -> Optional[str]:
 def kernels() -> Dict[str, List[str]]:
     """Each ``fastmine::`` op and the device types it has a kernel for in this process."""
     names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastmine::"))
-    return {n.split("::", 1)[1]: [d.lower() for d in DEVICES
-                                   if torch._C._dispatch_has_kernel_for_dispatch_key(n, d)]
-            for n in names}
+    return {
+        n.split("::", 1)[1]: [d.lower() for d in DEVICES if torch._C._dispatch_has_kernel_for_dispatch_key(n, d)]
+        for n in names
+    }
 
 
 def _build() -> Optional[Dict[str, Any]]:
@@ -57,8 +59,9 @@ def _gpus() -> List[Dict[str, Any]]:
     out = []
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
-        out.append({"name": p.name, "capability": f"{p.major}.{p.minor}",
-                    "memory_gib": round(p.total_memory / 2**30, 1)})
+        out.append(
+            {"name": p.name, "capability": f"{p.major}.{p.minor}", "memory_gib": round(p.total_memory / 2**30, 1)}
+        )
     return out
 
 
@@ -120,8 +123,13 @@ def _build_lines(build: Optional[Dict[str, Any]]) -> List[str]:
     lines = [
         f"built against:    torch {build.get('torch')}, Python {build.get('python')}, {build.get('cxx')}",
         f"C++ flags:        {' '.join(build.get('cxx_flags', []))}",
-        "-march:           " + (f"{march} (the build CPU's instruction set: {build.get('build_cpu')}; "
-                                "FASTMINE_PORTABLE=1 builds without it)" if march else "none (portable build)"),
+        "-march:           "
+        + (
+            f"{march} (the build CPU's instruction set: {build.get('build_cpu')}; "
+            "FASTMINE_PORTABLE=1 builds without it)"
+            if march
+            else "none (portable build)"
+        ),
         f"modules built:    {', '.join(build.get('modules', []))}",
     ]
     cuda = build.get("cuda")

@@ -9,6 +9,7 @@ inputs and return int64 tensors on the embeddings' device.
   triplet whose margin passes a test, counted per anchor first (sorted negatives and
   bisection, never the B x M x M cube), then written into one output allocated once.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple

@@ -15,6 +15,7 @@ Adding a module for a new loss takes a few lines: subclass :class:`MinedLoss` (l
 ``(logits, targets)``), set ``functional`` and ``reductions``, and give ``__init__`` the op's
 keyword options (the defaults must equal the function's; a test checks it).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, ClassVar, Dict, Optional, Sequence, Tuple, Union
@@ -28,9 +29,17 @@ from .centroid import CENTROID_REDUCTIONS, centroid_triplet_loss, onehot_centroi
 from .semi_hard import SEMI_HARD_REDUCTIONS, semi_hard_triplet_loss
 
 __all__ = [
-    "OptionsLoss", "MinedLoss", "FocalLoss",
-    "BatchHardTripletLoss", "BatchAllTripletLoss", "SemiHardTripletLoss", "ContrastiveLoss",
-    "CentroidTripletLoss", "SigmoidFocalLoss", "SoftmaxFocalLoss", "FocalStarLoss",
+    "OptionsLoss",
+    "MinedLoss",
+    "FocalLoss",
+    "BatchHardTripletLoss",
+    "BatchAllTripletLoss",
+    "SemiHardTripletLoss",
+    "ContrastiveLoss",
+    "CentroidTripletLoss",
+    "SigmoidFocalLoss",
+    "SoftmaxFocalLoss",
+    "FocalStarLoss",
 ]
 
 
@@ -113,8 +122,7 @@ class OptionsLoss(torch.nn.Module):
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         expected = set(self._state_options())
         if set(state) != expected:
-            raise ValueError(f"{type(self).__name__}: state has options {sorted(state)}, "
-                             f"expected {sorted(expected)}")
+            raise ValueError(f"{type(self).__name__}: state has options {sorted(state)}, expected {sorted(expected)}")
         for name, value in self._validate(dict(state)).items():
             self._set_option(name, value)
 
@@ -149,8 +157,14 @@ class MinedLoss(OptionsLoss):
         if kwargs and not self.supports_info:
             raise TypeError(f"{type(self).__name__}.forward got unexpected arguments {sorted(kwargs)}")
         return type(self).functional(
-            embeddings, labels, ref_embeddings=ref_embeddings, ref_labels=ref_labels,
-            self_offset=self_offset, **self.options(), **kwargs)
+            embeddings,
+            labels,
+            ref_embeddings=ref_embeddings,
+            ref_labels=ref_labels,
+            self_offset=self_offset,
+            **self.options(),
+            **kwargs,
+        )
 
 
 class BatchHardTripletLoss(MinedLoss):
@@ -166,8 +180,9 @@ class BatchHardTripletLoss(MinedLoss):
     reductions = F.BATCH_HARD_REDUCTIONS
     supports_info = True
 
-    def __init__(self, *, margin: float = 0.3, metric: str = "euclidean", soft: bool = False,
-                 reduction: str = "mean") -> None:
+    def __init__(
+        self, *, margin: float = 0.3, metric: str = "euclidean", soft: bool = False, reduction: str = "mean"
+    ) -> None:
         super().__init__(margin=margin, metric=metric, soft=soft, reduction=reduction)
 
 
@@ -184,8 +199,9 @@ class BatchAllTripletLoss(MinedLoss):
     reductions = F.BATCH_ALL_REDUCTIONS
     supports_info = True
 
-    def __init__(self, *, margin: float = 0.3, metric: str = "euclidean", soft: bool = False,
-                 reduction: str = "mean_positive") -> None:
+    def __init__(
+        self, *, margin: float = 0.3, metric: str = "euclidean", soft: bool = False, reduction: str = "mean_positive"
+    ) -> None:
         super().__init__(margin=margin, metric=metric, soft=soft, reduction=reduction)
 
 
@@ -201,10 +217,16 @@ class ContrastiveLoss(MinedLoss):
     functional = staticmethod(F.contrastive_loss)
     reductions = F.CONTRASTIVE_REDUCTIONS
 
-    def __init__(self, *, pos_margin: float = 0.0, neg_margin: float = 1.0, power: float = 2,
-                 metric: str = "euclidean", reduction: str = "mean") -> None:
-        super().__init__(pos_margin=pos_margin, neg_margin=neg_margin, power=power,
-                         metric=metric, reduction=reduction)
+    def __init__(
+        self,
+        *,
+        pos_margin: float = 0.0,
+        neg_margin: float = 1.0,
+        power: float = 2,
+        metric: str = "euclidean",
+        reduction: str = "mean",
+    ) -> None:
+        super().__init__(pos_margin=pos_margin, neg_margin=neg_margin, power=power, metric=metric, reduction=reduction)
 
 
 class SemiHardTripletLoss(MinedLoss):
@@ -220,8 +242,7 @@ class SemiHardTripletLoss(MinedLoss):
     reductions = SEMI_HARD_REDUCTIONS
     supports_info = True
 
-    def __init__(self, *, margin: float = 0.3, metric: str = "euclidean",
-                 reduction: str = "mean") -> None:
+    def __init__(self, *, margin: float = 0.3, metric: str = "euclidean", reduction: str = "mean") -> None:
         super().__init__(margin=margin, metric=metric, reduction=reduction)
 
 
@@ -246,8 +267,9 @@ class CentroidTripletLoss(OptionsLoss):
     reductions = CENTROID_REDUCTIONS
     centroids: torch.Tensor
 
-    def __init__(self, num_classes: int, dim: int, *, scale: float = 1.0, learnable: bool = True,
-                 reduction: str = "mean") -> None:
+    def __init__(
+        self, num_classes: int, dim: int, *, scale: float = 1.0, learnable: bool = True, reduction: str = "mean"
+    ) -> None:
         super().__init__(reduction=reduction)
         centroids = onehot_centroids(num_classes, dim, scale=scale)
         if check.boolean(learnable, "learnable"):
@@ -258,8 +280,11 @@ class CentroidTripletLoss(OptionsLoss):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The bound for ``embeddings`` (B, dim) with ``labels`` (B,) in [0, num_classes)."""
         centroids = self.centroids
-        if isinstance(embeddings, torch.Tensor) and embeddings.dtype != centroids.dtype \
-                and embeddings.dtype.is_floating_point:
+        if (
+            isinstance(embeddings, torch.Tensor)
+            and embeddings.dtype != centroids.dtype
+            and embeddings.dtype.is_floating_point
+        ):
             centroids = centroids.to(embeddings.dtype)
         return centroid_triplet_loss(embeddings, labels, centroids, **self.options())
 
@@ -318,8 +343,9 @@ class SoftmaxFocalLoss(FocalLoss):
     reductions = _focal.FOCAL_REDUCTIONS
     option_checks = {"alpha": check.softmax_alpha}
 
-    def __init__(self, *, alpha: Union[None, float, torch.Tensor] = None, gamma: float = 2.0,
-                 reduction: str = "mean") -> None:
+    def __init__(
+        self, *, alpha: Union[None, float, torch.Tensor] = None, gamma: float = 2.0, reduction: str = "mean"
+    ) -> None:
         super().__init__(alpha=alpha, gamma=gamma, reduction=reduction)
 
     def _set_option(self, name: str, value: Any) -> None:
@@ -329,8 +355,7 @@ class SoftmaxFocalLoss(FocalLoss):
             setattr(self, name, value)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.options().items()
-                         if not isinstance(v, torch.Tensor))
+        return ", ".join(f"{k}={v!r}" for k, v in self.options().items() if not isinstance(v, torch.Tensor))
 
 
 class FocalStarLoss(FocalLoss):

@@ -8,6 +8,7 @@ form), is differentiable with autograd, runs on any device and in any floating d
     >>> from fastmine import reference
     >>> loss = reference.batch_hard_triplet_loss(x.double(), labels)
 """
+
 from __future__ import annotations
 
 import math
@@ -67,9 +68,7 @@ def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.cat([(c[:, None, :] * y[None, :, :]).sum(-1) for c in _rows(x, y.shape[0])], 0)
 
 
-def pairwise_distance(
-    x: torch.Tensor, y: Optional[torch.Tensor] = None, *, metric: str = "euclidean"
-) -> torch.Tensor:
+def pairwise_distance(x: torch.Tensor, y: Optional[torch.Tensor] = None, *, metric: str = "euclidean") -> torch.Tensor:
     """(B, M) distances between the rows of x (B, D) and y (M, D); y=None means y = x.
 
     euclidean: ||u - v|| (gradient 0 where it is 0); sqeuclidean: ||u - v||^2;
@@ -183,9 +182,7 @@ def batch_hard_from_indices(
     term = F.softplus(z) if soft else torch.relu(z)
     # An invalid anchor adds 0, but a non-finite anchor embedding still poisons the loss.
     own_finite = torch.isfinite(embeddings).all(1)
-    invalid_value = torch.where(
-        own_finite, torch.zeros_like(term), torch.full_like(term, float("nan"))
-    )
+    invalid_value = torch.where(own_finite, torch.zeros_like(term), torch.full_like(term, float("nan")))
     per_anchor = torch.where(valid, term, invalid_value)
     zero = torch.zeros_like(d_pos)
     pos_dist = torch.where(valid, d_pos, zero)
@@ -239,9 +236,7 @@ def batch_hard_triplet_loss(
     z = d_pos - d_neg + margin
     term = F.softplus(z) if soft else torch.relu(z)
     own_finite = torch.isfinite(embeddings).all(1)
-    invalid_value = torch.where(
-        own_finite, torch.zeros_like(term), torch.full_like(term, float("nan"))
-    )
+    invalid_value = torch.where(own_finite, torch.zeros_like(term), torch.full_like(term, float("nan")))
     per_anchor = torch.where(valid, term, invalid_value)
     loss = _reduce(per_anchor, valid, reduction)
     if not return_info:
@@ -345,8 +340,15 @@ def batch_all_triplet_loss(
     """
     _check_common(metric, reduction, REDUCTIONS_BATCH_ALL, ref_embeddings, ref_labels, self_offset)
     per_anchor, valid, active = batch_all_triplet_terms(
-        embeddings, labels, margin=margin, metric=metric, soft=soft,
-        ref_embeddings=ref_embeddings, ref_labels=ref_labels, self_offset=self_offset)
+        embeddings,
+        labels,
+        margin=margin,
+        metric=metric,
+        soft=soft,
+        ref_embeddings=ref_embeddings,
+        ref_labels=ref_labels,
+        self_offset=self_offset,
+    )
     total = per_anchor.sum()
     if reduction == "sum":
         loss = total
@@ -445,9 +447,16 @@ def contrastive_loss(
     if not (power > 0 and math.isfinite(power)):
         raise ValueError(f"power must be positive and finite, got {power}")
     term, allowed, same, own_finite = contrastive_terms(
-        embeddings, labels, pos_margin=pos_margin, neg_margin=neg_margin, power=power,
-        metric=metric, ref_embeddings=ref_embeddings, ref_labels=ref_labels,
-        self_offset=self_offset)
+        embeddings,
+        labels,
+        pos_margin=pos_margin,
+        neg_margin=neg_margin,
+        power=power,
+        metric=metric,
+        ref_embeddings=ref_embeddings,
+        ref_labels=ref_labels,
+        self_offset=self_offset,
+    )
     zero = torch.zeros_like(term)
     pos = torch.where(same, term, zero)
     neg = torch.where(same, zero, term)
@@ -578,8 +587,7 @@ def batch_hard_rows(
     z = dp - dn + margin
     term = torch.nn.functional.softplus(z) if soft else z.clamp(min=0)
     zero = torch.zeros_like(z)
-    return (torch.where(valid, term, zero), torch.where(valid, dp, zero),
-            torch.where(valid, dn, zero), valid)
+    return (torch.where(valid, term, zero), torch.where(valid, dp, zero), torch.where(valid, dn, zero), valid)
 
 
 def contrastive_rows(
@@ -607,8 +615,7 @@ def contrastive_rows(
     term = torch.where(allowed, hinge_pow(v, power), torch.zeros_like(v))
     zero = torch.zeros_like(term)
     pos, neg = allowed & same, allowed & ~same
-    return (torch.where(pos, term, zero).sum(1), pos.sum(1), torch.where(neg, term, zero).sum(1),
-            neg.sum(1))
+    return (torch.where(pos, term, zero).sum(1), pos.sum(1), torch.where(neg, term, zero).sum(1), neg.sum(1))
 
 
 # ---- miners (SPEC "Miners") ------------------------------------------------------------------
@@ -688,8 +695,14 @@ def mine_triplets(
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     with torch.no_grad():
-        t, valid = triplet_margins(embeddings, labels, metric=metric, ref_embeddings=ref_embeddings,
-                                   ref_labels=ref_labels, self_offset=self_offset)
+        t, valid = triplet_margins(
+            embeddings,
+            labels,
+            metric=metric,
+            ref_embeddings=ref_embeddings,
+            ref_labels=ref_labels,
+            self_offset=self_offset,
+        )
         if not torch.isfinite(t[valid]).all():
             raise ValueError("non-finite distance: refusing to mine")
         a, p, n = torch.nonzero(valid & triplet_type_mask(t, margin, type), as_tuple=True)
@@ -800,9 +813,13 @@ def semi_hard_triplet_loss(
         num_pairs = torch.tensor(a.numel(), device=a.device)
         num_active = (per_pair > 0).sum()
         info = SemiHardInfo(
-            anchor_idx=a, pos_idx=p, neg_idx=n,
-            pos_dist=dist[a, p].detach(), neg_dist=dist[a, n].detach(),
-            num_pairs=num_pairs, num_active=num_active,
+            anchor_idx=a,
+            pos_idx=p,
+            neg_idx=n,
+            pos_dist=dist[a, p].detach(),
+            neg_dist=dist[a, n].detach(),
+            num_pairs=num_pairs,
+            num_active=num_active,
             active_fraction=num_active.to(torch.float32) / num_pairs.clamp(min=1).to(torch.float32),
         )
     return loss, info

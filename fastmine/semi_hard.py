@@ -2,6 +2,7 @@
 semi-hard miner. Semantics: SPEC.md "Semi-hard triplet loss" (docs/semantics.md); oracle:
 ``fastmine.reference.semi_hard_triplet_loss``.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union

@@ -13,6 +13,7 @@ and the loss is computed for the two groups of anchors separately (each with its
 As in the paper's reference code, the memory is a constant: gradients flow through the
 anchors only, not through the reference rows (which include the batch's detached copy).
 """
+
 from __future__ import annotations
 
 from typing import Optional, cast
@@ -56,9 +57,15 @@ class CrossBatchMemory(torch.nn.Module):
     embedding_memory: torch.Tensor  # buffers, registered in __init__
     label_memory: torch.Tensor
 
-    def __init__(self, loss: MinedLoss, size: int, dim: int, *,
-                 dtype: torch.dtype = torch.float32,
-                 device: Optional[torch.device] = None) -> None:
+    def __init__(
+        self,
+        loss: MinedLoss,
+        size: int,
+        dim: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: Optional[torch.device] = None,
+    ) -> None:
         super().__init__()
         check.mined_loss_module(loss)
         check.positive_int(size, "size")
@@ -69,10 +76,8 @@ class CrossBatchMemory(torch.nn.Module):
         self.dim = dim
         # Plain buffers: they follow .to(device) but never require grad, and stay out of
         # state_dict (persistent=False): 65536 x 512 floats would be 128 MiB per checkpoint.
-        self.register_buffer("embedding_memory", torch.zeros(size, dim, dtype=dtype, device=device),
-                             persistent=False)
-        self.register_buffer("label_memory", torch.zeros(size, dtype=torch.int64, device=device),
-                             persistent=False)
+        self.register_buffer("embedding_memory", torch.zeros(size, dim, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("label_memory", torch.zeros(size, dtype=torch.int64, device=device), persistent=False)
         self.ptr = 0  # next row to write
         self.filled = 0  # rows holding an embedding (the ring fills from row 0)
 
@@ -97,11 +102,12 @@ class CrossBatchMemory(torch.nn.Module):
         b = embeddings.shape[0]
         labels = check.labels(labels, b, "labels", "embeddings")
         if embeddings.shape[1] != self.dim:
-            raise ValueError(f"embeddings has D = {embeddings.shape[1]} features but the memory "
-                             f"holds D = {self.dim}")
+            raise ValueError(f"embeddings has D = {embeddings.shape[1]} features but the memory holds D = {self.dim}")
         if b > self.size:
-            raise ValueError(f"embeddings has B = {b} rows, more than the memory's size "
-                             f"{self.size}: the batch must fit in the memory")
+            raise ValueError(
+                f"embeddings has B = {b} rows, more than the memory's size "
+                f"{self.size}: the batch must fit in the memory"
+            )
         mem = self.embedding_memory
         if embeddings.dtype != mem.dtype:
             raise TypeError(f"embeddings has dtype {embeddings.dtype} but the memory holds {mem.dtype}")
@@ -127,10 +133,13 @@ class CrossBatchMemory(torch.nn.Module):
         ref_labels = self.label_memory[: self.filled]
         functional, options = type(self.loss).functional, self.loss.options()
         if len(pieces) == 1:
-            return functional(embeddings, labels, ref_embeddings=ref, ref_labels=ref_labels,
-                              self_offset=pieces[0][2], **options)
-        parts = [_parts.loss_parts(functional, embeddings[lo:hi], labels[lo:hi], ref, ref_labels,
-                                   at, options) for lo, hi, at in pieces]
+            return functional(
+                embeddings, labels, ref_embeddings=ref, ref_labels=ref_labels, self_offset=pieces[0][2], **options
+            )
+        parts = [
+            _parts.loss_parts(functional, embeddings[lo:hi], labels[lo:hi], ref, ref_labels, at, options)
+            for lo, hi, at in pieces
+        ]
         if parts[0].per_anchor is not None:  # reduction="none"
             return torch.cat([cast(torch.Tensor, p.per_anchor) for p in parts])
         return _parts.combine([p.terms for p in parts], parts[0].terms[0].numerator.dtype)

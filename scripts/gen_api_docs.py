@@ -9,6 +9,7 @@ fastmine.contrib.sentence_transformers. Each entry: the call signature
 (names and defaults) and the docstring's first paragraph. tests/test_api_docs.py fails when
 the file is stale, so a new public function shows up here by re-running this script.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,10 @@ MODULES = [
     ("fastmine.nn", "Loss modules (`torch.nn.Module`): the functional ops with stored options."),
     ("fastmine.distributed", "Mining over the global batch of a torch.distributed job."),
     ("fastmine.contrib.pml", "Drop-ins for pytorch-metric-learning's losses and miners (needs that package)."),
-    ("fastmine.contrib.sentence_transformers",
-     "Drop-ins for sentence-transformers' batch triplet losses (needs that package)."),
+    (
+        "fastmine.contrib.sentence_transformers",
+        "Drop-ins for sentence-transformers' batch triplet losses (needs that package).",
+    ),
 ]
 HEADER = """# fastmine API reference
 

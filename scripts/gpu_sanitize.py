@@ -18,6 +18,7 @@ and exit 1 if a call failed or an op was never reached.
 multi-chunk launch plans (B * M > 2^25 entries; batch-all with few classes, so its
 positive lists need several chunks): slower under a checker, so a separate stage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,7 @@ sys.path.insert(0, ROOT)
 
 import fastmine  # noqa: E402
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64,
-          "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 B, M, D = 203, 131, 141  # batch, second distance operand, features: multiples of no tile
 C = 7  # focal-loss classes
 METRICS = ("euclidean", "sqeuclidean", "cosine")
@@ -87,9 +87,11 @@ def cases(large: bool):
         def deco(fn):
             out.append((name, fn))
             return fn
+
         return deco
 
     for metric in METRICS:
+
         @add(f"pairwise_distance {metric}")
         def _(dt, dev, g, metric=metric):
             x, y = _emb(B, D, dt, dev, g), _emb(M, D, dt, dev, g)
@@ -118,8 +120,7 @@ def cases(large: bool):
     @add("batch_hard soft, reduction none")
     def _(dt, dev, g):
         x = _emb(B, D, dt, dev, g)
-        _backward(fastmine.batch_hard_triplet_loss(x, _labels(B, 29, dev, g), soft=True,
-                                                   reduction="none"))
+        _backward(fastmine.batch_hard_triplet_loss(x, _labels(B, 29, dev, g), soft=True, reduction="none"))
 
     @add("batch_all soft")
     def _(dt, dev, g):
@@ -136,16 +137,15 @@ def cases(large: bool):
     def ref_set(dt, dev, g):
         r = _emb(B + 40, D, dt, dev, g)
         rl = _labels(B + 40, 31, dev, g)
-        x = r.detach()[17:17 + B].clone().requires_grad_(True)
-        return x, rl[17:17 + B].clone(), r, rl, 17
+        x = r.detach()[17 : 17 + B].clone().requires_grad_(True)
+        return x, rl[17 : 17 + B].clone(), r, rl, 17
 
-    for loss in ("batch_hard_triplet_loss", "batch_all_triplet_loss", "contrastive_loss",
-                 "semi_hard_triplet_loss"):
+    for loss in ("batch_hard_triplet_loss", "batch_all_triplet_loss", "contrastive_loss", "semi_hard_triplet_loss"):
+
         @add(f"{loss.replace('_triplet_loss', '').replace('_loss', '')} reference set")
         def _(dt, dev, g, loss=loss):
             x, lab, r, rl, off = ref_set(dt, dev, g)
-            _backward(getattr(fastmine, loss)(x, lab, ref_embeddings=r, ref_labels=rl,
-                                              self_offset=off))
+            _backward(getattr(fastmine, loss)(x, lab, ref_embeddings=r, ref_labels=rl, self_offset=off))
 
     @add("mine_batch_hard + mine_semi_hard + mine_triplets (reference set)")
     def _(dt, dev, g):
@@ -181,12 +181,13 @@ def cases(large: bool):
 
     if large:
         bl, dl = 5803, 37  # 5803^2 > 2^25: two backward panels; 3 classes: batch-all chunks
-        for loss in ("batch_hard_triplet_loss", "batch_all_triplet_loss", "contrastive_loss",
-                     "semi_hard_triplet_loss"):
+        for loss in ("batch_hard_triplet_loss", "batch_all_triplet_loss", "contrastive_loss", "semi_hard_triplet_loss"):
+
             @add(f"large B={bl} D={dl} {loss}")
             def _(dt, dev, g, loss=loss):
                 x = _emb(bl, dl, dt, dev, g)
                 _backward(getattr(fastmine, loss)(x, _labels(bl, 3, dev, g)))
+
     return out
 
 
@@ -210,8 +211,11 @@ def run(todo, dtypes, dev, quiet=False):
                 status = f"FAIL {type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
                 failures.append(f"{name} {dname}: {status}")
             if not quiet:
-                print(f"{status[:4]:4s} {dname:8s} {name}  ({(time.perf_counter() - t0) * 1e3:.0f} ms)"
-                      + ("" if status == "ok" else "\n     " + status), flush=True)
+                print(
+                    f"{status[:4]:4s} {dname:8s} {name}  ({(time.perf_counter() - t0) * 1e3:.0f} ms)"
+                    + ("" if status == "ok" else "\n     " + status),
+                    flush=True,
+                )
     return failures
 
 
@@ -220,20 +224,26 @@ def main(argv=None):
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated (default all four)")
     p.add_argument("--large", action="store_true", help="add the multi-panel / multi-chunk cases")
-    p.add_argument("--no-coverage", action="store_true",
-                   help="skip the first pass that records which ops the calls reach")
+    p.add_argument(
+        "--no-coverage", action="store_true", help="skip the first pass that records which ops the calls reach"
+    )
     args = p.parse_args(argv)
     if args.device == "cuda" and not fastmine.CUDA_AVAILABLE:
-        sys.exit("--device cuda: no GPU, or fastmine's CUDA module is not loaded "
-                 f"(torch.cuda.is_available() = {torch.cuda.is_available()})")
+        sys.exit(
+            "--device cuda: no GPU, or fastmine's CUDA module is not loaded "
+            f"(torch.cuda.is_available() = {torch.cuda.is_available()})"
+        )
     dev = torch.device(args.device)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     if not dtypes or any(d not in DTYPES for d in dtypes):
         sys.exit(f"--dtypes {args.dtypes}: expected some of {', '.join(DTYPES)}")
     todo = cases(args.large)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    print(f"fastmine {fastmine.__version__}, torch {torch.__version__}, {name}; "
-          f"B={B} M={M} D={D}; {len(todo)} cases x {len(dtypes)} dtypes", flush=True)
+    print(
+        f"fastmine {fastmine.__version__}, torch {torch.__version__}, {name}; "
+        f"B={B} M={M} D={D}; {len(todo)} cases x {len(dtypes)} dtypes",
+        flush=True,
+    )
 
     t0 = time.perf_counter()
     failures = run(todo, dtypes, dev)

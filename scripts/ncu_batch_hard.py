@@ -9,6 +9,7 @@ allocator's first segments), so the report holds only the steady-state kernels, 
 order: for each size and dtype, batch-hard forward, its backward, then the matmul. An NVTX
 range names each group in the report. Runs without ncu too (the range is then a no-op).
 """
+
 from __future__ import annotations
 
 import argparse

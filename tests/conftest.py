@@ -5,6 +5,7 @@ Hypothesis profiles (select with HYPOTHESIS_PROFILE=...):
   ci       the same counts, derandomized (reproducible CI runs)
   thorough many more examples, for a long local soak
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,9 @@ def pytest_configure(config):
     # `pytest -m cuda` is the GPU run's selection: every test whose outcome can depend on
     # a GPU. gpu_optional=True marks the few that exercise CUDA where it exists (the built
     # CUDA module, a second device) but have a stand-in without it, so they still run here.
-    config.addinivalue_line("markers", "cuda(gpu_optional=False): exercises CUDA; skipped "
-                            "without a GPU unless gpu_optional=True")
+    config.addinivalue_line(
+        "markers", "cuda(gpu_optional=False): exercises CUDA; skipped without a GPU unless gpu_optional=True"
+    )
     config.addinivalue_line("markers", "slow: slow test (torch.compile, large shapes)")
 
 

@@ -7,6 +7,7 @@ A result: ``{"id", "ok": bool, "error": exception type or None, "message": str}`
 ``"compare_noncontiguous": true`` in the case, ``"same"`` says whether strided copies of
 every tensor argument gave the same outputs, bit for bit.
 """
+
 from __future__ import annotations
 
 import json

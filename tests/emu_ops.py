@@ -6,6 +6,7 @@ its kernels run by tests/emu/emu.h on CPU tensors; ``torch.ops.fastmine.<op>`` t
 kernel. Half inputs go to the CPU op upcast to float32 (as the Python layer does on the
 CPU), so the comparison there is at half precision.
 """
+
 from __future__ import annotations
 
 import os

@@ -12,6 +12,7 @@ oracle on the same inputs, then checks, per SPEC.md:
   * gradients against the oracle's gradients *for fastmine's mined indices*, so that a legal
     near-tie pick does not make the gradient comparison meaningless.
 """
+
 from __future__ import annotations
 
 import math
@@ -86,8 +87,19 @@ def run_fastmine(case, *, dtype=None, device="cpu", **kw):
     return loss.detach(), info, gx, gr
 
 
-def run_oracle_with_indices(case, pos_idx, neg_idx, *, dtype=None, margin=0.3, metric="euclidean",
-                            soft=False, reduction="mean", oracle_device="cpu", nonzero_count=None):
+def run_oracle_with_indices(
+    case,
+    pos_idx,
+    neg_idx,
+    *,
+    dtype=None,
+    margin=0.3,
+    metric="euclidean",
+    soft=False,
+    reduction="mean",
+    oracle_device="cpu",
+    nonzero_count=None,
+):
     """The float64 oracle's (loss, per_anchor, pos_dist, neg_dist, gx, gr) for given indices,
     on the case's values after a round trip through ``dtype`` (the kernel's inputs)."""
     dtype = dtype or case.x.dtype
@@ -95,8 +107,15 @@ def run_oracle_with_indices(case, pos_idx, neg_idx, *, dtype=None, margin=0.3, m
     x = c.x.clone().requires_grad_(True)
     ref = None if c.ref is None else c.ref.clone().requires_grad_(True)
     loss, per_anchor, pd, nd = R.batch_hard_from_indices(
-        x, pos_idx.to(oracle_device), neg_idx.to(oracle_device), margin=margin, metric=metric,
-        soft=soft, reduction=reduction, ref_embeddings=ref)
+        x,
+        pos_idx.to(oracle_device),
+        neg_idx.to(oracle_device),
+        margin=margin,
+        metric=metric,
+        soft=soft,
+        reduction=reduction,
+        ref_embeddings=ref,
+    )
     if reduction == "mean_nonzero" and nonzero_count is not None:
         # the denominator fastmine counted (validated by the caller, see check_batch_hard)
         loss = per_anchor.sum() / max(int(nonzero_count), 1)
@@ -129,8 +148,7 @@ def selection_tolerance(x64, ref64, metric, dtype, sel_eps=None):
     e = sel_eps if sel_eps is not None else eps(loss_dtype(dtype))
     d = x64.shape[1]
     if metric == "cosine":
-        return torch.full((x64.shape[0], 1), 64 * e * (1 + math.sqrt(d)), dtype=torch.float64,
-                          device=x64.device)
+        return torch.full((x64.shape[0], 1), 64 * e * (1 + math.sqrt(d)), dtype=torch.float64, device=x64.device)
     nx = (x64 * x64).sum(1, keepdim=True)
     nr = (ref64 * ref64).sum(1).max()
     return 64 * e * (nx + nr + 1e-30) * (1 + math.sqrt(d) / 4)
@@ -150,28 +168,42 @@ def check_selection(dist, mask, idx_k, idx_o, valid, ref_group, tol, *, largest,
     check = valid & ~torch.isnan(best)
     in_range = (idx_k >= 0) & (idx_k < m)
     legal = in_range & mask[rows, k]
-    _fail(check & ~legal, f"{what}: mined index is not a candidate (wrong label, excluded, "
-          "or out of range)", idx_k, idx_o, best, dist)
+    _fail(
+        check & ~legal,
+        f"{what}: mined index is not a candidate (wrong label, excluded, or out of range)",
+        idx_k,
+        idx_o,
+        best,
+        dist,
+    )
     t = torch.zeros_like(tol) if exact else tol
     near = mask & ((dist - best[:, None]).abs() <= t)
     first = near.int().argmax(1)  # lowest near-best index
     count = near.sum(1)
     chosen = dist[rows, k]
     if exact:
-        _fail(check & (k != first), f"{what}: exact tie: the lowest index must win", idx_k, first,
-              best, dist)
+        _fail(check & (k != first), f"{what}: exact tie: the lowest index must win", idx_k, first, best, dist)
         return
     gap_ok = (chosen >= best - t[:, 0]) if largest else (chosen <= best + t[:, 0])
-    _fail(check & ~gap_ok, f"{what}: chosen candidate is worse than the best beyond rounding",
-          idx_k, idx_o, best, dist)
-    _fail(check & (count == 1) & (k != o), f"{what}: the best candidate is clear, fastmine chose "
-          "another", idx_k, idx_o, best, dist)
+    _fail(check & ~gap_ok, f"{what}: chosen candidate is worse than the best beyond rounding", idx_k, idx_o, best, dist)
+    _fail(
+        check & (count == 1) & (k != o),
+        f"{what}: the best candidate is clear, fastmine chose another",
+        idx_k,
+        idx_o,
+        best,
+        dist,
+    )
     identical = ~(near & (ref_group[None, :] != ref_group[first][:, None])).any(1)
-    _fail(check & (count > 1) & identical & (k != first),
-          f"{what}: tie between bitwise-identical reference rows: the lowest index must win",
-          idx_k, first, best, dist)
-    _fail(check & (count > 1) & ~near[rows, k], f"{what}: chosen candidate is not near-best",
-          idx_k, idx_o, best, dist)
+    _fail(
+        check & (count > 1) & identical & (k != first),
+        f"{what}: tie between bitwise-identical reference rows: the lowest index must win",
+        idx_k,
+        first,
+        best,
+        dist,
+    )
+    _fail(check & (count > 1) & ~near[rows, k], f"{what}: chosen candidate is not near-best", idx_k, idx_o, best, dist)
 
 
 def _fail(bad, msg, idx_k, idx_ref, best, dist):
@@ -181,7 +213,8 @@ def _fail(bad, msg, idx_k, idx_ref, best, dist):
         kv = dist[i, k].item() if 0 <= k < dist.shape[1] else float("nan")
         raise AssertionError(
             f"{msg}: {int(bad.sum())} anchors, first {i}: fastmine chose {k} (value {kv!r}), "
-            f"expected {int(idx_ref[i])} (best value {best[i].item()!r})")
+            f"expected {int(idx_ref[i])} (best value {best[i].item()!r})"
+        )
 
 
 def row_groups(rows: torch.Tensor) -> torch.Tensor:
@@ -221,9 +254,21 @@ def gradient_scale(c64, info_o, per_o, metric, reduction) -> float:
     return g * w
 
 
-def check_batch_hard(case, *, dtype=None, device="cpu", margin=0.3, metric="euclidean",
-                     soft=False, reduction="mean", rtol=None, check_grad=True,
-                     check_indices=True, oracle_device=None, sel_eps=None):
+def check_batch_hard(
+    case,
+    *,
+    dtype=None,
+    device="cpu",
+    margin=0.3,
+    metric="euclidean",
+    soft=False,
+    reduction="mean",
+    rtol=None,
+    check_grad=True,
+    check_indices=True,
+    oracle_device=None,
+    sel_eps=None,
+):
     """fastmine on ``case`` (in dtype, on device) against the float64 oracle (run on
     oracle_device, default: the same device). Returns (fastmine's loss, info)."""
     dtype = dtype or case.x.dtype
@@ -244,7 +289,8 @@ def check_batch_hard(case, *, dtype=None, device="cpu", margin=0.3, metric="eucl
     assert loss_k.device.type == torch.device(device).type, f"loss on {loss_k.device}"
     assert loss_k.shape == ((b,) if reduction == "none" else ()), f"loss shape {tuple(loss_k.shape)}"
     assert gx_k is not None and gx_k.dtype == dtype and gx_k.shape == case.x.shape, (
-        f"grad embeddings: dtype {gx_k.dtype if gx_k is not None else None}, expected {dtype}")
+        f"grad embeddings: dtype {gx_k.dtype if gx_k is not None else None}, expected {dtype}"
+    )
 
     # Info: structure and exact fields.
     assert torch.equal(info_k.valid, info_o.valid), "valid mask differs from the oracle"
@@ -258,7 +304,6 @@ def check_batch_hard(case, *, dtype=None, device="cpu", margin=0.3, metric="eucl
     for f in ("pos_dist", "neg_dist"):
         assert not getattr(info_k, f).requires_grad, f"info.{f} must be detached"
 
-
     # Mined indices.
     ref64 = c64.x if c64.ref is None else c64.ref
     ref_rows = (ck.x if ck.ref is None else ck.ref).to(od)
@@ -268,15 +313,36 @@ def check_batch_hard(case, *, dtype=None, device="cpu", margin=0.3, metric="eucl
         tol = selection_tolerance(c64.x, ref64, metric, dtype, sel_eps)
         exact = case.exact and metric != "cosine" and dtype not in HALF and sel_eps is None
         groups = row_groups(ref_rows)
-        check_selection(dist, pos_mask, info_k.pos_idx, info_o.pos_idx, info_o.valid, groups,
-                        tol, largest=True, exact=exact, what="pos_idx")
-        check_selection(dist, neg_mask, info_k.neg_idx, info_o.neg_idx, info_o.valid, groups,
-                        tol, largest=False, exact=exact, what="neg_idx")
+        check_selection(
+            dist,
+            pos_mask,
+            info_k.pos_idx,
+            info_o.pos_idx,
+            info_o.valid,
+            groups,
+            tol,
+            largest=True,
+            exact=exact,
+            what="pos_idx",
+        )
+        check_selection(
+            dist,
+            neg_mask,
+            info_k.neg_idx,
+            info_o.neg_idx,
+            info_o.valid,
+            groups,
+            tol,
+            largest=False,
+            exact=exact,
+            what="neg_idx",
+        )
         del dist
 
     # Loss and gradients against the oracle evaluated at fastmine's own (legal) choices.
     _, per_o, pd_o, nd_o, _, _ = run_oracle_with_indices(
-        case, info_k.pos_idx, info_k.neg_idx, dtype=dtype, oracle_device=od, **kw)
+        case, info_k.pos_idx, info_k.neg_idx, dtype=dtype, oracle_device=od, **kw
+    )
     valid = info_o.valid
     z = pd_o - nd_o + margin
     if soft:
@@ -291,46 +357,46 @@ def check_batch_hard(case, *, dtype=None, device="cpu", margin=0.3, metric="eucl
     certain = int((valid & ~uncertain & (per_o > 0)).sum())
     k_active = int(info_k.num_active)
     assert certain <= k_active <= certain + int(uncertain.sum()), (
-        f"num_active {k_active}, the oracle says {certain} (+ up to {int(uncertain.sum())} "
-        "within rounding)")
+        f"num_active {k_active}, the oracle says {certain} (+ up to {int(uncertain.sum())} within rounding)"
+    )
     frac = k_active / max(int(info_o.num_valid), 1)
     assert abs(float(info_k.active_fraction) - frac) < 1e-6, "active_fraction"
 
     lo, per_o, pd_o, nd_o, gx_o, gr_o = run_oracle_with_indices(
-        case, info_k.pos_idx, info_k.neg_idx, dtype=dtype, oracle_device=od,
-        nonzero_count=k_active, **kw)
+        case, info_k.pos_idx, info_k.neg_idx, dtype=dtype, oracle_device=od, nonzero_count=k_active, **kw
+    )
     # The selected pairs' distances, computed precisely (cosine's 1 - cos is accurate to ~eps
     # absolutely, not relatively, near 0).
     dfloor = 1.0 if metric == "cosine" else None
     assert_close_rel(info_k.pos_dist, pd_o, rtol, floor=dfloor, what="pos_dist")
     assert_close_rel(info_k.neg_dist, nd_o, rtol, floor=dfloor, what="neg_dist")
-    assert_close_rel(loss_k, lo, rtol, floor=max(1.0, float(lo.abs().max())),
-                     what="loss vs oracle at fastmine's indices")
+    assert_close_rel(
+        loss_k, lo, rtol, floor=max(1.0, float(lo.abs().max())), what="loss vs oracle at fastmine's indices"
+    )
     # Against the oracle's own choices: where fastmine took a different candidate within
     # rounding of the best (SPEC allows it; check_selection bounded it), the loss may differ
     # by that rounding, e.g. sqrt(eps * |u|^2) for a euclidean distance near 0.
-    same = (torch.isclose(pd_o, info_o.pos_dist, rtol=1e-12, atol=1e-300)
-            & torch.isclose(nd_o, info_o.neg_dist, rtol=1e-12, atol=1e-300)) | ~valid
+    same = (
+        torch.isclose(pd_o, info_o.pos_dist, rtol=1e-12, atol=1e-300)
+        & torch.isclose(nd_o, info_o.neg_dist, rtol=1e-12, atol=1e-300)
+    ) | ~valid
     if bool(same.all()):
         if reduction == "mean_nonzero":
-            per_full = R.batch_hard_triplet_loss(c64.x, c64.labels, **c64.kwargs(),
-                                                 **{**kw, "reduction": "none"})
+            per_full = R.batch_hard_triplet_loss(c64.x, c64.labels, **c64.kwargs(), **{**kw, "reduction": "none"})
             loss_o = per_full.sum() / max(k_active, 1)
-        assert_close_rel(loss_k, loss_o, rtol, floor=max(1.0, float(loss_o.abs().max())),
-                         what="loss vs oracle")
+        assert_close_rel(loss_k, loss_o, rtol, floor=max(1.0, float(loss_o.abs().max())), what="loss vs oracle")
     if check_grad and not ambiguous:
         floor = gradient_scale(c64, info_o, per_o, metric, reduction)
-        assert_close_rel(gx_k, gx_o, rtol, floor=max(floor, float(gx_o.abs().max())),
-                         what="grad embeddings")
+        assert_close_rel(gx_k, gx_o, rtol, floor=max(floor, float(gx_o.abs().max())), what="grad embeddings")
         if gr_o is not None:
             assert gr_k is not None and gr_k.dtype == dtype
-            assert_close_rel(gr_k, gr_o, rtol, floor=max(floor, float(gr_o.abs().max())),
-                             what="grad ref_embeddings")
+            assert_close_rel(gr_k, gr_o, rtol, floor=max(floor, float(gr_o.abs().max())), what="grad ref_embeddings")
     return loss_k, info_k
 
 
-def well_separated(x, labels, *, metric="euclidean", margin=0.3, ref=None, ref_labels=None,
-                   self_offset=None, gap=1e-3) -> bool:
+def well_separated(
+    x, labels, *, metric="euclidean", margin=0.3, ref=None, ref_labels=None, self_offset=None, gap=1e-3
+) -> bool:
     """True when every valid anchor's hardest positive/negative beats the runner-up by > gap
     and z = d+ - d- + margin is > gap away from 0: gradcheck's perturbations cannot flip a
     choice or cross the hinge's kink."""
@@ -519,7 +585,8 @@ def _compare_grads(gx_k, gr_k, gx_o, gr_o, bx, br, rtol, fx, fr, what):
                 f"{what}: grad {name}: {int(bad.sum())}/{go.numel()} entries off (rtol={rtol}); "
                 f"worst at flat index {k}: actual={gk64.flatten()[k].item()!r} "
                 f"expected={go.flatten()[k].item()!r} floor={floor.flatten()[k // go.shape[1]].item():.3g} "
-                f"band bound={bound.flatten()[k].item():.3g}")
+                f"band bound={bound.flatten()[k].item():.3g}"
+            )
 
 
 def _check_loss(loss_k, loss_o, rtol, magnitude, slack, what):
@@ -530,11 +597,23 @@ def _check_loss(loss_k, loss_o, rtol, magnitude, slack, what):
     bound = rtol * (abs(lo) + FLOOR_FACTOR * magnitude + 1e-12) + slack
     assert abs(lk - lo) <= bound, (
         f"{what}: fastmine {lk!r}, oracle {lo!r}, |err| {abs(lk - lo):.3g} > {bound:.3g} "
-        f"(rtol {rtol}, magnitude {magnitude:.3g}, band slack {slack:.3g})")
+        f"(rtol {rtol}, magnitude {magnitude:.3g}, band slack {slack:.3g})"
+    )
 
 
-def check_batch_all(case, *, dtype=None, device="cpu", margin=0.3, metric="euclidean", soft=False,
-                    reduction="mean_positive", rtol=None, check_grad=True, oracle_device=None):
+def check_batch_all(
+    case,
+    *,
+    dtype=None,
+    device="cpu",
+    margin=0.3,
+    metric="euclidean",
+    soft=False,
+    reduction="mean_positive",
+    rtol=None,
+    check_grad=True,
+    oracle_device=None,
+):
     """fastmine.batch_all_triplet_loss on case (in dtype, on device) against the float64 oracle
     (on oracle_device, default the same device): info counts, loss and gradients. Returns
     (loss, info)."""
@@ -542,9 +621,9 @@ def check_batch_all(case, *, dtype=None, device="cpu", margin=0.3, metric="eucli
     rtol = rtol if rtol is not None else RTOL[dtype]
     od = torch.device(oracle_device or device)
     kw = dict(margin=margin, metric=metric, soft=soft)
-    loss_k, info_k, gx_k, gr_k = run_all_pairs(fastmine.batch_all_triplet_loss, case, dtype=dtype,
-                                               device=device, return_info=True,
-                                               reduction=reduction, **kw)
+    loss_k, info_k, gx_k, gr_k = run_all_pairs(
+        fastmine.batch_all_triplet_loss, case, dtype=dtype, device=device, return_info=True, reduction=reduction, **kw
+    )
     _check_common_outputs(loss_k, gx_k, gr_k, case, dtype, device)
     assert isinstance(info_k, fastmine.BatchAllInfo)
     b = case.x.shape[0]
@@ -564,8 +643,7 @@ def check_batch_all(case, *, dtype=None, device="cpu", margin=0.3, metric="eucli
         pos, neg = R.batch_hard_masks(c64.labels, c64.ref_labels, c64.self_offset)
     valid_o = pos.sum(1) * neg.sum(1)
     assert torch.equal(info_k.valid_per_anchor, valid_o), "valid_per_anchor differs from the oracle"
-    assert int(info_k.num_valid) == int(valid_o.sum()) and int(info_k.num_active) == int(
-        info_k.active_per_anchor.sum())
+    assert int(info_k.num_valid) == int(valid_o.sum()) and int(info_k.num_active) == int(info_k.active_per_anchor.sum())
     frac = int(info_k.num_active) / max(int(info_k.num_valid), 1)
     assert abs(float(info_k.active_fraction) - frac) <= 1e-6 * max(frac, 1e-30) + 1e-12, "active_fraction"
 
@@ -582,8 +660,8 @@ def check_batch_all(case, *, dtype=None, device="cpu", margin=0.3, metric="eucli
     step = max(1, (1 << 22) // max(1, m * m))
     with torch.no_grad():
         for i0 in range(0, b, step):
-            d = dist[i0:i0 + step]
-            valid = pos[i0:i0 + step, :, None] & neg[i0:i0 + step, None, :]
+            d = dist[i0 : i0 + step]
+            valid = pos[i0 : i0 + step, :, None] & neg[i0 : i0 + step, None, :]
             z = d[:, :, None] - d[:, None, :] + margin
             size = d[:, :, None].abs() + d[:, None, :].abs() + abs(margin) + cos_floor
             if soft:
@@ -606,16 +684,18 @@ def check_batch_all(case, *, dtype=None, device="cpu", margin=0.3, metric="eucli
             magnitude += float((weight * size).sum())
             # |dL/dd| per pair (times denom): a positive p gets the weight of each of its
             # negatives, a negative n that of each of its positives
-            pair_w[i0:i0 + step] = gweight.sum(2) + gweight.sum(1)
-            certain[i0:i0 + step] = sure.sum((1, 2))
-            band_n[i0:i0 + step] = band.sum((1, 2))
+            pair_w[i0 : i0 + step] = gweight.sum(2) + gweight.sum(1)
+            certain[i0 : i0 + step] = sure.sum((1, 2))
+            band_n[i0 : i0 + step] = band.sum((1, 2))
     finite_rows = torch.isfinite(c64.x).all(1)
     act = info_k.active_per_anchor
     bad = finite_rows & ((act < certain) | (act > certain + band_n))
     if bad.any():
         i = int(torch.nonzero(bad)[0])
-        raise AssertionError(f"active_per_anchor[{i}] = {int(act[i])}, the oracle says {int(certain[i])}"
-                             f" (+ up to {int(band_n[i])} within rounding of the kink)")
+        raise AssertionError(
+            f"active_per_anchor[{i}] = {int(act[i])}, the oracle says {int(certain[i])}"
+            f" (+ up to {int(band_n[i])} within rounding of the kink)"
+        )
 
     # Oracle loss and gradients with the kernel's denominator (validated just above).
     if reduction == "mean_positive":
@@ -625,8 +705,9 @@ def check_batch_all(case, *, dtype=None, device="cpu", margin=0.3, metric="eucli
     else:
         denom = 1
     x, ref = _leaf(c64.x), _leaf(c64.ref)
-    total = R.batch_all_triplet_loss(x, c64.labels, reduction="sum", ref_embeddings=ref,
-                                     ref_labels=c64.ref_labels, self_offset=c64.self_offset, **kw)
+    total = R.batch_all_triplet_loss(
+        x, c64.labels, reduction="sum", ref_embeddings=ref, ref_labels=c64.ref_labels, self_offset=c64.self_offset, **kw
+    )
     loss_o = total / denom
     if reduction != "mean_positive":
         full = R.batch_all_triplet_loss(c64.x, c64.labels, reduction=reduction, **c64.kwargs(), **kw)
@@ -666,22 +747,35 @@ def contrastive_op_counts(case, *, dtype, device, pos_margin, neg_margin, power,
         rl, triangle = c.ref_labels, False
         has_excl, off = c.self_offset is not None, c.self_offset or 0
     mid = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}[metric]
-    out = torch.ops.fastmine.contrastive(x, c.labels, ref, rl, float(pos_margin), float(neg_margin),
-                                         float(power), mid, triangle, has_excl, off)
+    out = torch.ops.fastmine.contrastive(
+        x, c.labels, ref, rl, float(pos_margin), float(neg_margin), float(power), mid, triangle, has_excl, off
+    )
     return int(out[1].sum()), int(out[4].sum())
 
 
-def check_contrastive(case, *, dtype=None, device="cpu", pos_margin=0.0, neg_margin=1.0, power=2,
-                      metric="euclidean", reduction="mean", rtol=None, check_grad=True,
-                      oracle_device=None):
+def check_contrastive(
+    case,
+    *,
+    dtype=None,
+    device="cpu",
+    pos_margin=0.0,
+    neg_margin=1.0,
+    power=2,
+    metric="euclidean",
+    reduction="mean",
+    rtol=None,
+    check_grad=True,
+    oracle_device=None,
+):
     """fastmine.contrastive_loss on case (in dtype, on device) against the float64 oracle:
     loss and gradients, with the band rule of this section. Returns the loss."""
     dtype = dtype or case.x.dtype
     rtol = rtol if rtol is not None else RTOL[dtype]
     od = torch.device(oracle_device or device)
     kw = dict(pos_margin=pos_margin, neg_margin=neg_margin, power=power, metric=metric)
-    loss_k, _, gx_k, gr_k = run_all_pairs(fastmine.contrastive_loss, case, dtype=dtype, device=device,
-                                          reduction=reduction, **kw)
+    loss_k, _, gx_k, gr_k = run_all_pairs(
+        fastmine.contrastive_loss, case, dtype=dtype, device=device, reduction=reduction, **kw
+    )
     _check_common_outputs(loss_k, gx_k, gr_k, case, dtype, device)
 
     c64 = case.to(dtype=dtype).to(device=od, dtype=torch.float64)
@@ -689,13 +783,15 @@ def check_contrastive(case, *, dtype=None, device="cpu", pos_margin=0.0, neg_mar
     ref64 = c64.ref if has_ref else c64.x
     x, ref = _leaf(c64.x), _leaf(c64.ref)
     term, allowed, same, own_finite = R.contrastive_terms(
-        x, c64.labels, ref_embeddings=ref, ref_labels=c64.ref_labels, self_offset=c64.self_offset, **kw)
+        x, c64.labels, ref_embeddings=ref, ref_labels=c64.ref_labels, self_offset=c64.self_offset, **kw
+    )
     with torch.no_grad():
         dist = R.pairwise_distance(c64.x, ref64, metric=metric)
         v = torch.where(same, dist - pos_margin, neg_margin - dist)
         finite_d = dist[allowed & torch.isfinite(dist)]
-        tol = kink_tolerance(rtol, (float(finite_d.abs().max()) if finite_d.numel() else 0.0)
-                             + abs(pos_margin) + abs(neg_margin))
+        tol = kink_tolerance(
+            rtol, (float(finite_d.abs().max()) if finite_d.numel() else 0.0) + abs(pos_margin) + abs(neg_margin)
+        )
         band = allowed & (v.abs() <= tol)
         sure = allowed & (v > tol)
         cert_p, cert_n = int((sure & same).sum()), int((sure & ~same).sum())

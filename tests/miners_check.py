@@ -5,6 +5,7 @@ t = d(a, n) - d(a, p) lies within `tol` of a threshold of its type (0 or the mar
 batch-hard candidate within `tol` of the best. On exact data (integer grids, float64,
 non-cosine: every distance and every t exact) nothing may differ.
 """
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ them in a separate process, so that a crash is a reported failure). A case is pl
 (JSON): ``{"op", "device", "dtype", "sizes": {b, m, d, p, c}, "seed", "mutation"}`` with
 ``mutation`` = ``[kind, argument, variant]`` or None for the valid call.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,10 +69,12 @@ Built = List[Tuple[Arg, Any]]
 
 def _mined(g, s, dtype, dev) -> Built:
     b, m, d = s["b"], s["m"], s["d"]
-    return [(Arg("x", "emb", primary=True), _emb(g, b, d, dtype, dev)),
-            (Arg("labels", "long"), _labels(g, b, dev)),
-            (Arg("ref", "emb"), _emb(g, m, d, dtype, dev)),
-            (Arg("ref_labels", "long"), _labels(g, m, dev))]
+    return [
+        (Arg("x", "emb", primary=True), _emb(g, b, d, dtype, dev)),
+        (Arg("labels", "long"), _labels(g, b, dev)),
+        (Arg("ref", "emb"), _emb(g, m, d, dtype, dev)),
+        (Arg("ref_labels", "long"), _labels(g, m, dev)),
+    ]
 
 
 def _exclusion(s) -> Built:
@@ -81,59 +84,85 @@ def _exclusion(s) -> Built:
 
 
 def pairwise_distance(g, s, dtype, dev) -> Built:
-    return [(Arg("x", "emb", primary=True), _emb(g, s["b"], s["d"], dtype, dev)),
-            (Arg("y", "emb"), _emb(g, s["m"], s["d"], dtype, dev)),
-            (Arg("metric", "metric"), 0), (Arg("allow_tf32", "flag"), False)]
+    return [
+        (Arg("x", "emb", primary=True), _emb(g, s["b"], s["d"], dtype, dev)),
+        (Arg("y", "emb"), _emb(g, s["m"], s["d"], dtype, dev)),
+        (Arg("metric", "metric"), 0),
+        (Arg("allow_tf32", "flag"), False),
+    ]
 
 
 def pairwise_distance_backward(g, s, dtype, dev) -> Built:
     b, m = s["b"], s["m"]
-    return [(Arg("grad", "loss"), torch.rand(b, m, generator=g, dtype=F64).to(dtype).to(dev)),
-            (Arg("x", "emb", primary=True), _emb(g, b, s["d"], dtype, dev)),
-            (Arg("y", "emb"), _emb(g, m, s["d"], dtype, dev)),
-            (Arg("dist", "loss"), torch.rand(b, m, generator=g, dtype=F64).to(dtype).to(dev)),
-            (Arg("metric", "metric"), 1)]
+    return [
+        (Arg("grad", "loss"), torch.rand(b, m, generator=g, dtype=F64).to(dtype).to(dev)),
+        (Arg("x", "emb", primary=True), _emb(g, b, s["d"], dtype, dev)),
+        (Arg("y", "emb"), _emb(g, m, s["d"], dtype, dev)),
+        (Arg("dist", "loss"), torch.rand(b, m, generator=g, dtype=F64).to(dtype).to(dev)),
+        (Arg("metric", "metric"), 1),
+    ]
 
 
 def batch_hard_triplet(g, s, dtype, dev) -> Built:
-    return (_mined(g, s, dtype, dev) + [(Arg("margin", "finite"), 0.3), (Arg("metric", "metric"), 0),
-                                         (Arg("soft", "flag"), False)]
-            + _exclusion(s) + [(Arg("allow_tf32", "flag"), False)])
+    return (
+        _mined(g, s, dtype, dev)
+        + [(Arg("margin", "finite"), 0.3), (Arg("metric", "metric"), 0), (Arg("soft", "flag"), False)]
+        + _exclusion(s)
+        + [(Arg("allow_tf32", "flag"), False)]
+    )
 
 
 def batch_hard_triplet_backward(g, s, dtype, dev) -> Built:
     b, m, d = s["b"], s["m"], s["d"]
     ld = loss_dtype(dtype)
     idx = _index(g, b, -1, m, dev)
-    return [(Arg("grad_loss", "loss"), _vec(g, b, ld, dev)),
-            (Arg("grad_pos_dist", "loss"), _vec(g, b, ld, dev)),
-            (Arg("grad_neg_dist", "loss"), _vec(g, b, ld, dev)),
-            (Arg("x", "emb", primary=True), _emb(g, b, d, dtype, dev)),
-            (Arg("ref", "emb"), _emb(g, m, d, dtype, dev)),
-            (Arg("pos_idx", "index", lo=-1, hi=m), idx),
-            (Arg("neg_idx", "index", lo=-1, hi=m), idx.flip(0).contiguous()),
-            (Arg("pos_dist", "loss"), _vec(g, b, ld, dev) + 0.5),
-            (Arg("neg_dist", "loss"), _vec(g, b, ld, dev) + 0.5),
-            (Arg("margin", "finite"), 0.3), (Arg("metric", "metric"), 0), (Arg("soft", "flag"), True)]
+    return [
+        (Arg("grad_loss", "loss"), _vec(g, b, ld, dev)),
+        (Arg("grad_pos_dist", "loss"), _vec(g, b, ld, dev)),
+        (Arg("grad_neg_dist", "loss"), _vec(g, b, ld, dev)),
+        (Arg("x", "emb", primary=True), _emb(g, b, d, dtype, dev)),
+        (Arg("ref", "emb"), _emb(g, m, d, dtype, dev)),
+        (Arg("pos_idx", "index", lo=-1, hi=m), idx),
+        (Arg("neg_idx", "index", lo=-1, hi=m), idx.flip(0).contiguous()),
+        (Arg("pos_dist", "loss"), _vec(g, b, ld, dev) + 0.5),
+        (Arg("neg_dist", "loss"), _vec(g, b, ld, dev) + 0.5),
+        (Arg("margin", "finite"), 0.3),
+        (Arg("metric", "metric"), 0),
+        (Arg("soft", "flag"), True),
+    ]
 
 
 def batch_all_triplet(g, s, dtype, dev) -> Built:
-    return (_mined(g, s, dtype, dev) + [(Arg("margin", "finite"), 0.3), (Arg("metric", "metric"), 1),
-                                         (Arg("soft", "flag"), False)]
-            + _exclusion(s) + [(Arg("allow_tf32", "flag"), False)])
+    return (
+        _mined(g, s, dtype, dev)
+        + [(Arg("margin", "finite"), 0.3), (Arg("metric", "metric"), 1), (Arg("soft", "flag"), False)]
+        + _exclusion(s)
+        + [(Arg("allow_tf32", "flag"), False)]
+    )
 
 
 def batch_all_triplet_backward(g, s, dtype, dev) -> Built:
-    return ([(Arg("grad", "loss"), _vec(g, s["b"], loss_dtype(dtype), dev))] + _mined(g, s, dtype, dev)
-            + [(Arg("margin", "finite"), 0.3), (Arg("metric", "metric"), 0), (Arg("soft", "flag"), False)]
-            + _exclusion(s) + [(Arg("allow_tf32", "flag"), False)])
+    return (
+        [(Arg("grad", "loss"), _vec(g, s["b"], loss_dtype(dtype), dev))]
+        + _mined(g, s, dtype, dev)
+        + [(Arg("margin", "finite"), 0.3), (Arg("metric", "metric"), 0), (Arg("soft", "flag"), False)]
+        + _exclusion(s)
+        + [(Arg("allow_tf32", "flag"), False)]
+    )
 
 
 def _contrastive_tail(s) -> Built:
-    return ([(Arg("pos_margin", "finite"), 0.1), (Arg("neg_margin", "finite"), 1.0),
-             (Arg("power", "positive"), 2.0), (Arg("metric", "metric"), 0),
-             (Arg("triangle", "triangle"), False)]
-            + _exclusion(s) + [(Arg("allow_tf32", "flag"), False)])
+    return (
+        [
+            (Arg("pos_margin", "finite"), 0.1),
+            (Arg("neg_margin", "finite"), 1.0),
+            (Arg("power", "positive"), 2.0),
+            (Arg("metric", "metric"), 0),
+            (Arg("triangle", "triangle"), False),
+        ]
+        + _exclusion(s)
+        + [(Arg("allow_tf32", "flag"), False)]
+    )
 
 
 def contrastive(g, s, dtype, dev) -> Built:
@@ -142,14 +171,18 @@ def contrastive(g, s, dtype, dev) -> Built:
 
 def contrastive_backward(g, s, dtype, dev) -> Built:
     ld = loss_dtype(dtype)
-    return ([(Arg("grad_pos", "loss"), _vec(g, s["b"], ld, dev)),
-             (Arg("grad_neg", "loss"), _vec(g, s["b"], ld, dev))]
-            + _mined(g, s, dtype, dev) + _contrastive_tail(s))
+    return (
+        [(Arg("grad_pos", "loss"), _vec(g, s["b"], ld, dev)), (Arg("grad_neg", "loss"), _vec(g, s["b"], ld, dev))]
+        + _mined(g, s, dtype, dev)
+        + _contrastive_tail(s)
+    )
 
 
 def _logits(g, s, dtype, dev):
-    return (Arg("logits", "emb", primary=True),
-            (torch.randn(s["b"], s["c"], generator=g, dtype=F64) * 3).to(dtype).to(dev))
+    return (
+        Arg("logits", "emb", primary=True),
+        (torch.randn(s["b"], s["c"], generator=g, dtype=F64) * 3).to(dtype).to(dev),
+    )
 
 
 def _targets(g, s, dtype, dev):
@@ -157,39 +190,65 @@ def _targets(g, s, dtype, dev):
 
 
 def sigmoid_focal(g, s, dtype, dev) -> Built:
-    return [_logits(g, s, dtype, dev), _targets(g, s, dtype, dev), (Arg("alpha", "alpha"), 0.25),
-            (Arg("gamma", "gamma0"), 2.0), (Arg("reduce", "flag"), False)]
+    return [
+        _logits(g, s, dtype, dev),
+        _targets(g, s, dtype, dev),
+        (Arg("alpha", "alpha"), 0.25),
+        (Arg("gamma", "gamma0"), 2.0),
+        (Arg("reduce", "flag"), False),
+    ]
 
 
 def sigmoid_focal_backward(g, s, dtype, dev) -> Built:
     grad = torch.rand(s["b"], s["c"], generator=g, dtype=F64).to(loss_dtype(dtype)).to(dev)
-    return [(Arg("grad", "grad_elem"), grad), _logits(g, s, dtype, dev), _targets(g, s, dtype, dev),
-            (Arg("alpha", "alpha"), 0.25), (Arg("gamma", "gamma0"), 2.0)]
+    return [
+        (Arg("grad", "grad_elem"), grad),
+        _logits(g, s, dtype, dev),
+        _targets(g, s, dtype, dev),
+        (Arg("alpha", "alpha"), 0.25),
+        (Arg("gamma", "gamma0"), 2.0),
+    ]
 
 
 def focal_star(g, s, dtype, dev) -> Built:
-    return [_logits(g, s, dtype, dev), _targets(g, s, dtype, dev), (Arg("gamma", "gamma_pos"), 2.0),
-            (Arg("beta", "finite"), 1.0), (Arg("reduce", "flag"), True)]
+    return [
+        _logits(g, s, dtype, dev),
+        _targets(g, s, dtype, dev),
+        (Arg("gamma", "gamma_pos"), 2.0),
+        (Arg("beta", "finite"), 1.0),
+        (Arg("reduce", "flag"), True),
+    ]
 
 
 def focal_star_backward(g, s, dtype, dev) -> Built:
     grad = torch.rand((), generator=g, dtype=F64).to(loss_dtype(dtype)).to(dev)
-    return [(Arg("grad", "grad_elem"), grad), _logits(g, s, dtype, dev), _targets(g, s, dtype, dev),
-            (Arg("gamma", "gamma_pos"), 2.0), (Arg("beta", "finite"), 1.0)]
+    return [
+        (Arg("grad", "grad_elem"), grad),
+        _logits(g, s, dtype, dev),
+        _targets(g, s, dtype, dev),
+        (Arg("gamma", "gamma_pos"), 2.0),
+        (Arg("beta", "finite"), 1.0),
+    ]
 
 
 def softmax_focal(g, s, dtype, dev) -> Built:
     n, c = s["b"], s["c"]
-    return [_logits(g, s, dtype, dev), (Arg("target", "index", lo=0, hi=c), _index(g, n, 0, c, dev)),
-            (Arg("alpha", "alpha_vec"), _vec(g, c, dtype, dev)), (Arg("gamma", "gamma0"), 2.0),
-            (Arg("with_grad", "flag"), True)]
+    return [
+        _logits(g, s, dtype, dev),
+        (Arg("target", "index", lo=0, hi=c), _index(g, n, 0, c, dev)),
+        (Arg("alpha", "alpha_vec"), _vec(g, c, dtype, dev)),
+        (Arg("gamma", "gamma0"), 2.0),
+        (Arg("with_grad", "flag"), True),
+    ]
 
 
 def _centroid(g, s, dtype, dev) -> Built:
     b, c, d = s["b"], max(s["c"], 2), s["d"]
-    return [(Arg("x", "emb", primary=True), _emb(g, b, d, dtype, dev)),
-            (Arg("labels", "index", lo=0, hi=c), _index(g, b, 0, c, dev)),
-            (Arg("centroids", "emb"), _emb(g, c, d, dtype, dev))]
+    return [
+        (Arg("x", "emb", primary=True), _emb(g, b, d, dtype, dev)),
+        (Arg("labels", "index", lo=0, hi=c), _index(g, b, 0, c, dev)),
+        (Arg("centroids", "emb"), _emb(g, c, d, dtype, dev)),
+    ]
 
 
 def centroid_triplet(g, s, dtype, dev) -> Built:
@@ -199,45 +258,71 @@ def centroid_triplet(g, s, dtype, dev) -> Built:
 def centroid_triplet_backward(g, s, dtype, dev) -> Built:
     c = max(s["c"], 2)
     ld = loss_dtype(dtype)
-    return ([(Arg("grad", "loss"), _vec(g, s["b"], ld, dev))] + _centroid(g, s, dtype, dev)
-            + [(Arg("dist", "loss"), torch.rand(s["b"], c, generator=g, dtype=F64).to(ld).to(dev) + 0.5),
-               (Arg("need_centroid_grad", "flag"), True)])
+    return (
+        [(Arg("grad", "loss"), _vec(g, s["b"], ld, dev))]
+        + _centroid(g, s, dtype, dev)
+        + [
+            (Arg("dist", "loss"), torch.rand(s["b"], c, generator=g, dtype=F64).to(ld).to(dev) + 0.5),
+            (Arg("need_centroid_grad", "flag"), True),
+        ]
+    )
 
 
 def mine_triplets(g, s, dtype, dev) -> Built:
-    return (_mined(g, s, dtype, dev) + [(Arg("margin", "finite"), 0.2), (Arg("type", "type"), 0),
-                                         (Arg("metric", "metric"), 0)] + _exclusion(s))
+    return (
+        _mined(g, s, dtype, dev)
+        + [(Arg("margin", "finite"), 0.2), (Arg("type", "type"), 0), (Arg("metric", "metric"), 0)]
+        + _exclusion(s)
+    )
 
 
 def semi_hard_triplet(g, s, dtype, dev) -> Built:
-    return (_mined(g, s, dtype, dev) + [(Arg("margin", "finite"), 0.2), (Arg("metric", "metric"), 2)]
-            + _exclusion(s))
+    return _mined(g, s, dtype, dev) + [(Arg("margin", "finite"), 0.2), (Arg("metric", "metric"), 2)] + _exclusion(s)
 
 
 def semi_hard_triplet_backward(g, s, dtype, dev) -> Built:
     b, m, p, d = s["b"], s["m"], s["p"], s["d"]
     p = p if b > 0 and m > 0 else 0
     ld = loss_dtype(dtype)
-    return [(Arg("grad_loss", "loss"), _vec(g, p, ld, dev)),
-            (Arg("grad_pos_dist", "loss"), _vec(g, p, ld, dev)),
-            (Arg("grad_neg_dist", "loss"), _vec(g, p, ld, dev)),
-            (Arg("x", "emb", primary=True), _emb(g, b, d, dtype, dev)),
-            (Arg("ref", "emb"), _emb(g, m, d, dtype, dev)),
-            (Arg("anchor_idx", "index", lo=0, hi=b), _index(g, p, 0, b, dev)),
-            (Arg("pos_idx", "index", lo=0, hi=m), _index(g, p, 0, m, dev)),
-            (Arg("neg_idx", "index", lo=0, hi=m), _index(g, p, 0, m, dev)),
-            (Arg("pos_dist", "loss"), _vec(g, p, ld, dev) + 0.5),
-            (Arg("neg_dist", "loss"), _vec(g, p, ld, dev) + 0.5),
-            (Arg("margin", "finite"), 0.2), (Arg("metric", "metric"), 0)]
+    return [
+        (Arg("grad_loss", "loss"), _vec(g, p, ld, dev)),
+        (Arg("grad_pos_dist", "loss"), _vec(g, p, ld, dev)),
+        (Arg("grad_neg_dist", "loss"), _vec(g, p, ld, dev)),
+        (Arg("x", "emb", primary=True), _emb(g, b, d, dtype, dev)),
+        (Arg("ref", "emb"), _emb(g, m, d, dtype, dev)),
+        (Arg("anchor_idx", "index", lo=0, hi=b), _index(g, p, 0, b, dev)),
+        (Arg("pos_idx", "index", lo=0, hi=m), _index(g, p, 0, m, dev)),
+        (Arg("neg_idx", "index", lo=0, hi=m), _index(g, p, 0, m, dev)),
+        (Arg("pos_dist", "loss"), _vec(g, p, ld, dev) + 0.5),
+        (Arg("neg_dist", "loss"), _vec(g, p, ld, dev) + 0.5),
+        (Arg("margin", "finite"), 0.2),
+        (Arg("metric", "metric"), 0),
+    ]
 
 
-OPS: Dict[str, Callable[..., Built]] = {f.__name__: f for f in (
-    pairwise_distance, pairwise_distance_backward, batch_hard_triplet, batch_hard_triplet_backward,
-    batch_all_triplet, batch_all_triplet_backward, contrastive, contrastive_backward,
-    sigmoid_focal, sigmoid_focal_backward, focal_star, focal_star_backward, softmax_focal,
-    centroid_triplet, centroid_triplet_backward, mine_triplets, semi_hard_triplet,
-    semi_hard_triplet_backward,
-)}
+OPS: Dict[str, Callable[..., Built]] = {
+    f.__name__: f
+    for f in (
+        pairwise_distance,
+        pairwise_distance_backward,
+        batch_hard_triplet,
+        batch_hard_triplet_backward,
+        batch_all_triplet,
+        batch_all_triplet_backward,
+        contrastive,
+        contrastive_backward,
+        sigmoid_focal,
+        sigmoid_focal_backward,
+        focal_star,
+        focal_star_backward,
+        softmax_focal,
+        centroid_triplet,
+        centroid_triplet_backward,
+        mine_triplets,
+        semi_hard_triplet,
+        semi_hard_triplet_backward,
+    )
+}
 # contrastive_with_grad takes contrastive's arguments (a CPU kernel only).
 OPS["contrastive_with_grad"] = contrastive
 CPU_ONLY = {"contrastive_with_grad"}
@@ -262,7 +347,9 @@ def mutations(op: str, device: str, sizes: Dict[str, int]) -> List[list]:
             if kind == "grad_elem":
                 out.append(["rank", name, "up"])
             if kind in ("long", "index", "loss", "alpha_vec", "targets", "grad_elem") and value.dim() >= 1:
-                out += [["length", name, "+1"], ["length", name, "-1"]] if value.shape[0] > 0 else [["length", name, "+1"]]
+                out += (
+                    [["length", name, "+1"], ["length", name, "-1"]] if value.shape[0] > 0 else [["length", name, "+1"]]
+                )
             if kind == "emb" and not arg.primary:
                 out.append(["features", name, "+1"])
             out.append(["dtype", name, "int32" if value.dtype.is_floating_point else "float32"])
@@ -325,11 +412,19 @@ def apply(built: Built, mutation: Optional[list], sizes: Dict[str, int]) -> List
         if variant == "up":
             args[i] = v.unsqueeze(0)
         else:
-            args[i] = v.reshape(-1) if v.dim() >= 2 else v.reshape(-1)[:1].reshape(()) if v.numel() else torch.zeros((), dtype=v.dtype, device=v.device)
+            args[i] = (
+                v.reshape(-1)
+                if v.dim() >= 2
+                else v.reshape(-1)[:1].reshape(())
+                if v.numel()
+                else torch.zeros((), dtype=v.dtype, device=v.device)
+            )
     elif kind == "length":
         args[i] = _resize0(v, v.shape[0] + (1 if variant == "+1" else -1))
     elif kind == "features":
-        args[i] = torch.cat([v, v[:, :1] if v.shape[1] else torch.zeros(v.shape[0], 1, dtype=v.dtype, device=v.device)], 1)
+        args[i] = torch.cat(
+            [v, v[:, :1] if v.shape[1] else torch.zeros(v.shape[0], 1, dtype=v.dtype, device=v.device)], 1
+        )
     elif kind == "dtype":
         if variant == "other_float":  # float32 <-> float64: a float dtype, but not the one due
             args[i] = v.to(F32 if v.dtype == F64 else F64)

@@ -12,6 +12,7 @@ and checks, per SPEC.md "Semi-hard":
     fastmine's own triplets (so that a legal near-tie pick does not void the comparison),
     and against the oracle's own loss where the triplets coincide.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,8 +45,9 @@ def oracle_at(c64, a, p, n, *, margin, metric, reduction):
     """The float64 oracle's (loss, per_pair, pos_dist, neg_dist, gx, gr) at given triplets."""
     x = c64.x.clone().requires_grad_(True)
     ref = None if c64.ref is None else c64.ref.clone().requires_grad_(True)
-    loss, per, pd, nd = R.semi_hard_from_indices(x, a, p, n, margin=margin, metric=metric,
-                                                 reduction=reduction, ref_embeddings=ref)
+    loss, per, pd, nd = R.semi_hard_from_indices(
+        x, a, p, n, margin=margin, metric=metric, reduction=reduction, ref_embeddings=ref
+    )
     target = loss
     if loss.dim() == 1:
         target = (loss * upstream_weights(loss.numel(), loss.dtype, loss.device)).sum()
@@ -70,8 +72,10 @@ def check_negatives(s, nmask, dp, n_k, n_o, tol, *, exact):
     finite = ~torch.isnan(torch.where(nmask, s, torch.zeros_like(s))).any(1) & ~torch.isnan(dp)
     if exact:
         bad = finite & (n_k != n_o)
-        assert not bad.any(), f"exact arithmetic: negatives differ at pairs {bad.nonzero()[:5].flatten().tolist()}: " \
+        assert not bad.any(), (
+            f"exact arithmetic: negatives differ at pairs {bad.nonzero()[:5].flatten().tolist()}: "
             f"fastmine {n_k[bad][:5].tolist()}, oracle {n_o[bad][:5].tolist()}"
+        )
         return
     assert bool(nmask[rows, n_k].all()), "a chosen negative is not a negative of its anchor"
     t = tol[:, None]
@@ -88,7 +92,8 @@ def check_negatives(s, nmask, dp, n_k, n_o, tol, *, exact):
     assert not bad.any(), (
         f"{int(bad.sum())} pairs chose an illegal negative; first pair {int(bad.nonzero()[0])}: "
         f"chose value {chosen[bad][0].item()!r}, positive {dp[bad][0].item()!r}, "
-        f"nearest farther {min_sure[bad][0].item()!r}, farthest {max_neg[bad][0].item()!r}")
+        f"nearest farther {min_sure[bad][0].item()!r}, farthest {max_neg[bad][0].item()!r}"
+    )
     # Unambiguous pairs: no negative within tol of the threshold, none near the oracle's pick.
     near_threshold = (nmask & ((s - dp[:, None]).abs() <= t)).any(1)
     near_pick = (nmask & ((s - s[rows, n_o][:, None]).abs() <= t)).sum(1) > 1
@@ -97,14 +102,16 @@ def check_negatives(s, nmask, dp, n_k, n_o, tol, *, exact):
     assert not bad.any(), f"clear pick differs at pairs {bad.nonzero()[:5].flatten().tolist()}"
 
 
-def check_semi_hard(case, *, dtype=None, margin=0.3, metric="euclidean", reduction="mean",
-                    check_grad=True, device="cpu"):
+def check_semi_hard(
+    case, *, dtype=None, margin=0.3, metric="euclidean", reduction="mean", check_grad=True, device="cpu"
+):
     """fastmine on ``case`` in ``dtype`` against the float64 oracle (see module docstring).
     Returns (loss, info)."""
     dtype = dtype or case.x.dtype
     rtol = RTOL[dtype]
-    loss_k, info, gx_k, gr_k = run_semi_hard(case, dtype=dtype, device=device, margin=margin,
-                                             metric=metric, reduction=reduction)
+    loss_k, info, gx_k, gr_k = run_semi_hard(
+        case, dtype=dtype, device=device, margin=margin, metric=metric, reduction=reduction
+    )
     assert loss_k.dtype == loss_dtype(dtype)
     info = type(info)(*(t.cpu() for t in info))
     c64 = case.to(dtype=dtype).to(dtype=torch.float64)  # the kernel's values, in float64
@@ -120,10 +127,10 @@ def check_semi_hard(case, *, dtype=None, margin=0.3, metric="euclidean", reducti
         s = _selection(dist[a_o], metric)
         tol = selection_tolerance(c64.x, ref64, metric, dtype)[a_o, 0]
         exact = case.exact and metric != "cosine"
-        check_negatives(s, neg_mask[a_o], s[torch.arange(a_o.numel()), p_o], n_k, n_o, tol,
-                        exact=exact)
-    loss_o, per_o, pd_o, nd_o, gx_o, gr_o = oracle_at(c64, a_k, p_k, n_k, margin=margin,
-                                                      metric=metric, reduction=reduction)
+        check_negatives(s, neg_mask[a_o], s[torch.arange(a_o.numel()), p_o], n_k, n_o, tol, exact=exact)
+    loss_o, per_o, pd_o, nd_o, gx_o, gr_o = oracle_at(
+        c64, a_k, p_k, n_k, margin=margin, metric=metric, reduction=reduction
+    )
     # Cosine's 1 - cos is accurate to ~eps absolutely, not relatively, near 0 (duplicate
     # rows: 0 here, 2.2e-16 in the oracle), as in the batch-hard checks (helpers.py).
     dfloor = 1.0 if metric == "cosine" else None
@@ -131,8 +138,9 @@ def check_semi_hard(case, *, dtype=None, margin=0.3, metric="euclidean", reducti
     assert_close_rel(info.pos_dist, pd_o, rtol, floor=dfloor, what="pos_dist")
     assert_close_rel(info.neg_dist, nd_o, rtol, floor=dfloor, what="neg_dist")
     if torch.equal(n_k, n_o):
-        full = R.semi_hard_triplet_loss(c64.x, c64.labels, margin=margin, metric=metric,
-                                        reduction=reduction, **_ref_kwargs(c64))
+        full = R.semi_hard_triplet_loss(
+            c64.x, c64.labels, margin=margin, metric=metric, reduction=reduction, **_ref_kwargs(c64)
+        )
         assert_close_rel(loss_k, full, rtol, what="loss vs the oracle's own")
     z = pd_o - nd_o + margin
     kink = (z.abs() < 100 * rtol * (1 + pd_o.abs() + nd_o.abs())) & (z != 0)

@@ -6,6 +6,7 @@ negative values). Embeddings: gaussian, clustered, an integer grid (exact arithm
 many exact ties and duplicates), gaussian with duplicated rows (zero distances).
 Random tensors come from a seeded torch.Generator (fast); hypothesis draws the seed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -46,8 +47,9 @@ class Case:
                 return t.to(device=device, dtype=dtype)
             return t.to(device=device)
 
-        return Case(conv(self.x), conv(self.labels), conv(self.ref), conv(self.ref_labels),
-                    self.self_offset, self.exact)
+        return Case(
+            conv(self.x), conv(self.labels), conv(self.ref), conv(self.ref_labels), self.self_offset, self.exact
+        )
 
 
 def make_labels(kind: str, b: int, gen: torch.Generator) -> torch.Tensor:
@@ -81,8 +83,9 @@ def shape_labels(lab: torch.Tensor, *, shuffle: bool, shift: int, gen: torch.Gen
     return lab
 
 
-def make_embeddings(kind: str, b: int, d: int, lab: torch.Tensor, gen: torch.Generator,
-                    dtype=torch.float64) -> torch.Tensor:
+def make_embeddings(
+    kind: str, b: int, d: int, lab: torch.Tensor, gen: torch.Generator, dtype=torch.float64
+) -> torch.Tensor:
     if kind == "gaussian":
         x = torch.randn(b, d, generator=gen, dtype=torch.float64)
     elif kind == "clustered":
@@ -106,9 +109,16 @@ def make_embeddings(kind: str, b: int, d: int, lab: torch.Tensor, gen: torch.Gen
 
 
 @st.composite
-def batch_hard_cases(draw, *, max_b: int = 64, max_d: int = 24, ref: Optional[bool] = None,
-                     dtype=torch.float64, embedding_kinds=EMBEDDING_KINDS,
-                     label_kinds=LABEL_KINDS) -> Case:
+def batch_hard_cases(
+    draw,
+    *,
+    max_b: int = 64,
+    max_d: int = 24,
+    ref: Optional[bool] = None,
+    dtype=torch.float64,
+    embedding_kinds=EMBEDDING_KINDS,
+    label_kinds=LABEL_KINDS,
+) -> Case:
     """A batch (and maybe a reference set, maybe with the batch inside it at self_offset)."""
     seed = draw(st.integers(0, 2**31 - 1))
     gen = torch.Generator().manual_seed(seed)

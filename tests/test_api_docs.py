@@ -1,5 +1,6 @@
 """docs/api.md is generated from the docstrings (scripts/gen_api_docs.py): it must be current,
 and every public name must be in it with a docstring that has an example."""
+
 from __future__ import annotations
 
 import inspect
@@ -18,8 +19,7 @@ SCRIPT = os.path.join(ROOT, "scripts", "gen_api_docs.py")
 
 
 def test_api_md_is_current():
-    proc = subprocess.run([sys.executable, SCRIPT, "--check"], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+    proc = subprocess.run([sys.executable, SCRIPT, "--check"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -7,6 +7,7 @@ and returns a float32 loss whose gradient flows back through the autocast graph.
 that are float32 inside an autocast region stay float32 (no silent downcast of a loss).
 The GPU half of this (the tensor-core path) is tests/test_cuda_tensor_cores.py.
 """
+
 from __future__ import annotations
 
 import pytest

@@ -4,6 +4,7 @@ See tests/helpers.py::check_batch_all for what one comparison checks (info count
 within the rounding band of the hinge's kink, loss, gradients of embeddings and reference).
 The oracle materialises the B x M x M triplet cube, so B stays small (<= 48, M <= 96) here.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -27,25 +28,37 @@ MAX_B = 40  # the oracle's cube is B x M x M, M <= 2 * MAX_B with a reference se
 
 
 @pytest.mark.parametrize("metric", METRICS)
-@given(case=batch_hard_cases(max_b=MAX_B, ref=False), soft=st.booleans(),
-       reduction=st.sampled_from(REDUCTIONS), margin=margins)
+@given(
+    case=batch_hard_cases(max_b=MAX_B, ref=False),
+    soft=st.booleans(),
+    reduction=st.sampled_from(REDUCTIONS),
+    margin=margins,
+)
 @settings(max_examples=examples(15))
 def test_float64_parity(metric, case, soft, reduction, margin):
     check_batch_all(case, metric=metric, soft=soft, reduction=reduction, margin=margin)
 
 
 @pytest.mark.parametrize("metric", METRICS)
-@given(case=batch_hard_cases(max_b=MAX_B, ref=True), soft=st.booleans(),
-       reduction=st.sampled_from(REDUCTIONS), margin=margins)
+@given(
+    case=batch_hard_cases(max_b=MAX_B, ref=True),
+    soft=st.booleans(),
+    reduction=st.sampled_from(REDUCTIONS),
+    margin=margins,
+)
 @settings(max_examples=examples(15))
 def test_float64_parity_ref_set(metric, case, soft, reduction, margin):
     check_batch_all(case, metric=metric, soft=soft, reduction=reduction, margin=margin)
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
-@given(case=batch_hard_cases(max_b=MAX_B, embedding_kinds=("grid",)), soft=st.booleans(),
-       reduction=st.sampled_from(REDUCTIONS), margin=st.sampled_from([0.0, 1.0, 2.0, 0.3]),
-       dtype=st.sampled_from([torch.float64, torch.float32]))
+@given(
+    case=batch_hard_cases(max_b=MAX_B, embedding_kinds=("grid",)),
+    soft=st.booleans(),
+    reduction=st.sampled_from(REDUCTIONS),
+    margin=st.sampled_from([0.0, 1.0, 2.0, 0.3]),
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+)
 @settings(max_examples=examples(12))
 def test_exact_grid_data(metric, case, soft, reduction, margin, dtype):
     """Small-integer embeddings: many exact ties and terms exactly at the kink (z = 0 with
@@ -54,12 +67,15 @@ def test_exact_grid_data(metric, case, soft, reduction, margin, dtype):
 
 
 @pytest.mark.parametrize("metric", METRICS)
-@given(case=batch_hard_cases(max_b=32, embedding_kinds=("gaussian", "clustered", "duplicates")),
-       soft=st.booleans(), reduction=st.sampled_from(REDUCTIONS), margin=margins)
+@given(
+    case=batch_hard_cases(max_b=32, embedding_kinds=("gaussian", "clustered", "duplicates")),
+    soft=st.booleans(),
+    reduction=st.sampled_from(REDUCTIONS),
+    margin=margins,
+)
 @settings(max_examples=examples(10))
 def test_float32_vs_float64_oracle(metric, case, soft, reduction, margin):
-    check_batch_all(case, dtype=torch.float32, metric=metric, soft=soft, reduction=reduction,
-                    margin=margin)
+    check_batch_all(case, dtype=torch.float32, metric=metric, soft=soft, reduction=reduction, margin=margin)
 
 
 # ---- large classes: K positives per anchor ~ B / 2 --------------------------------------------
@@ -73,10 +89,10 @@ def test_two_classes_large_k(metric, soft):
     g = torch.Generator().manual_seed(96)
     lab = shape_labels(torch.arange(96) % 2, shuffle=True, shift=10**12, gen=g)
     x = make_embeddings("gaussian", 96, 16, lab, g)
-    for dtype, reduction, margin in ((F64, "mean_positive", 0.3), (torch.float32, "mean", 1.0),
-                                     (F64, "sum", 5.0)):
-        _, info = check_batch_all(Case(x, lab), dtype=dtype, metric=metric, soft=soft,
-                                  reduction=reduction, margin=margin)
+    for dtype, reduction, margin in ((F64, "mean_positive", 0.3), (torch.float32, "mean", 1.0), (F64, "sum", 5.0)):
+        _, info = check_batch_all(
+            Case(x, lab), dtype=dtype, metric=metric, soft=soft, reduction=reduction, margin=margin
+        )
         assert int(info.num_valid) == 96 * 47 * 48
         assert info.valid_per_anchor.tolist() == [47 * 48] * 96
 
@@ -155,13 +171,15 @@ def test_reductions_are_consistent():
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("soft", [False, True])
-@pytest.mark.parametrize("labels", [[0], [2, 2, 2, 2], [0, 1, 2, 3], [5, 6, 7]],
-                         ids=["B=1", "one-class", "distinct", "distinct3"])
+@pytest.mark.parametrize(
+    "labels", [[0], [2, 2, 2, 2], [0, 1, 2, 3], [5, 6, 7]], ids=["B=1", "one-class", "distinct", "distinct3"]
+)
 def test_no_triplet(metric, reduction, soft, labels):
     g = torch.Generator().manual_seed(len(labels))
     x = torch.randn(len(labels), 5, generator=g, dtype=F64, requires_grad=True)
-    loss, info = fastmine.batch_all_triplet_loss(x, torch.tensor(labels), metric=metric, soft=soft,
-                                                 reduction=reduction, return_info=True)
+    loss, info = fastmine.batch_all_triplet_loss(
+        x, torch.tensor(labels), metric=metric, soft=soft, reduction=reduction, return_info=True
+    )
     assert loss.requires_grad, "a zero loss must stay attached to the graph"
     assert loss.shape == () and loss.item() == 0.0 and not torch.isnan(loss)
     (gx,) = torch.autograd.grad(loss, x)
@@ -178,8 +196,9 @@ def test_no_active_triplet_is_attached_zero(reduction):
     """Valid triplets, none active (classes far apart, margin 0): 0.0, zero gradient, and
     mean_positive does not divide by zero."""
     x = torch.tensor([[0.0], [0.1], [10.0], [10.1]], dtype=F64, requires_grad=True)
-    loss, info = fastmine.batch_all_triplet_loss(x, torch.tensor([0, 0, 1, 1]), margin=0.0,
-                                                 reduction=reduction, return_info=True)
+    loss, info = fastmine.batch_all_triplet_loss(
+        x, torch.tensor([0, 0, 1, 1]), margin=0.0, reduction=reduction, return_info=True
+    )
     assert int(info.num_valid) == 8 and int(info.num_active) == 0
     assert loss.requires_grad and loss.item() == 0.0
     (gx,) = torch.autograd.grad(loss, x)
@@ -215,8 +234,9 @@ def test_return_info_fields(metric, soft):
     if soft:  # softplus is > 0 everywhere (no underflow at these sizes)
         assert torch.equal(info.active_per_anchor, info.valid_per_anchor)
     for reduction in REDUCTIONS:  # the info does not depend on the reduction
-        _, info2 = fastmine.batch_all_triplet_loss(x, lab, metric=metric, soft=soft,
-                                                   reduction=reduction, return_info=True)
+        _, info2 = fastmine.batch_all_triplet_loss(
+            x, lab, metric=metric, soft=soft, reduction=reduction, return_info=True
+        )
         for a, b in zip(info, info2):
             assert torch.equal(a, b)
     check_batch_all(Case(x.detach(), lab), metric=metric, soft=soft)
@@ -230,8 +250,10 @@ def test_defaults():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(12, 3, generator=g, dtype=F64)
     y = torch.arange(12) % 3
-    assert torch.equal(fastmine.batch_all_triplet_loss(x, y),
-                       fastmine.batch_all_triplet_loss(x, y, margin=0.3, reduction="mean_positive"))
+    assert torch.equal(
+        fastmine.batch_all_triplet_loss(x, y),
+        fastmine.batch_all_triplet_loss(x, y, margin=0.3, reduction="mean_positive"),
+    )
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -297,10 +319,12 @@ def test_non_contiguous_inputs():
         a = fastmine.batch_all_triplet_loss(xt.T, lab, metric=metric, reduction="sum")
         b = R.batch_all_triplet_loss(xt.T.contiguous(), lab.contiguous(), metric=metric, reduction="sum")
         assert_close_rel(a, b, 1e-12, what="non-contiguous")
-        a = fastmine.batch_all_triplet_loss(xt.T, lab, metric=metric, ref_embeddings=ref_t.T,
-                                            ref_labels=ref_lab, reduction="sum")
-        b = R.batch_all_triplet_loss(xt.T, lab, metric=metric, ref_embeddings=ref_t.T,
-                                     ref_labels=ref_lab, reduction="sum")
+        a = fastmine.batch_all_triplet_loss(
+            xt.T, lab, metric=metric, ref_embeddings=ref_t.T, ref_labels=ref_lab, reduction="sum"
+        )
+        b = R.batch_all_triplet_loss(
+            xt.T, lab, metric=metric, ref_embeddings=ref_t.T, ref_labels=ref_lab, reduction="sum"
+        )
         assert_close_rel(a, b, 1e-12, what="non-contiguous ref")
     check_batch_all(Case(xt.T, lab, ref_t.T, ref_lab))
 
@@ -312,8 +336,7 @@ def test_self_offset_ref_equals_batch():
     x = torch.randn(20, 6, generator=g, dtype=F64)
     lab = torch.arange(20) % 4
     a, ia = fastmine.batch_all_triplet_loss(x, lab, return_info=True)
-    b, ib = fastmine.batch_all_triplet_loss(x, lab, ref_embeddings=x, ref_labels=lab, self_offset=0,
-                                            return_info=True)
+    b, ib = fastmine.batch_all_triplet_loss(x, lab, ref_embeddings=x, ref_labels=lab, self_offset=0, return_info=True)
     assert_close_rel(b, a, 1e-13, what="self_offset=0 vs no reference set")
     for u, v in zip(ia, ib):
         assert torch.equal(u, v)
@@ -324,8 +347,7 @@ def test_self_offset_ref_equals_batch():
     for off in (0, 3, 7, 10):
         check_batch_all(Case(x, lab, ref, ref_lab, off), reduction="sum")
     # without self_offset each anchor's own copy is one more positive (at distance 0)
-    _, ic = fastmine.batch_all_triplet_loss(x, lab, ref_embeddings=ref, ref_labels=ref_lab,
-                                            return_info=True)
+    _, ic = fastmine.batch_all_triplet_loss(x, lab, ref_embeddings=ref, ref_labels=ref_lab, return_info=True)
     assert ic.valid_per_anchor.tolist() == [5 * 25] * 20
 
 
@@ -368,8 +390,9 @@ def test_anchors_are_independent(metric):
     xb = x.clone().requires_grad_(True)
     parts, active = [], []
     for k in range(0, 600, 137):
-        loss, inf = fastmine.batch_all_triplet_loss(xb[k:k + 137], lab[k:k + 137], ref_embeddings=xb,
-                                                    ref_labels=lab, self_offset=k, return_info=True, **kw)
+        loss, inf = fastmine.batch_all_triplet_loss(
+            xb[k : k + 137], lab[k : k + 137], ref_embeddings=xb, ref_labels=lab, self_offset=k, return_info=True, **kw
+        )
         parts.append(loss)
         active.append(inf.active_per_anchor)
     total = torch.stack(parts).sum()

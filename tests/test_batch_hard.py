@@ -3,6 +3,7 @@
 See tests/helpers.py::check_batch_hard for what one comparison checks (loss, info, mined
 indices with the tie rules, gradients).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -25,22 +26,24 @@ margins = st.sampled_from([0.0, 0.3, 1.0, 0.05, 2.5])
 
 
 @pytest.mark.parametrize("metric", METRICS)
-@given(case=batch_hard_cases(ref=False), soft=st.booleans(), reduction=st.sampled_from(REDUCTIONS),
-       margin=margins)
+@given(case=batch_hard_cases(ref=False), soft=st.booleans(), reduction=st.sampled_from(REDUCTIONS), margin=margins)
 def test_float64_parity(metric, case, soft, reduction, margin):
     check_batch_hard(case, metric=metric, soft=soft, reduction=reduction, margin=margin)
 
 
 @pytest.mark.parametrize("metric", METRICS)
-@given(case=batch_hard_cases(ref=True), soft=st.booleans(), reduction=st.sampled_from(REDUCTIONS),
-       margin=margins)
+@given(case=batch_hard_cases(ref=True), soft=st.booleans(), reduction=st.sampled_from(REDUCTIONS), margin=margins)
 def test_float64_parity_ref_set(metric, case, soft, reduction, margin):
     check_batch_hard(case, metric=metric, soft=soft, reduction=reduction, margin=margin)
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
-@given(case=batch_hard_cases(embedding_kinds=("grid",)), soft=st.booleans(),
-       reduction=st.sampled_from(REDUCTIONS), dtype=st.sampled_from([torch.float64, torch.float32]))
+@given(
+    case=batch_hard_cases(embedding_kinds=("grid",)),
+    soft=st.booleans(),
+    reduction=st.sampled_from(REDUCTIONS),
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+)
 def test_exact_ties_lowest_index(metric, case, soft, reduction, dtype):
     """Small-integer embeddings: every dot product, norm and squared distance is exact in both
     float32 and float64, so ties are exact and the lowest index must win everywhere."""
@@ -49,8 +52,11 @@ def test_exact_ties_lowest_index(metric, case, soft, reduction, dtype):
 
 
 @pytest.mark.parametrize("metric", METRICS)
-@given(case=batch_hard_cases(max_b=48, embedding_kinds=("gaussian", "clustered", "duplicates")),
-       soft=st.booleans(), reduction=st.sampled_from(REDUCTIONS))
+@given(
+    case=batch_hard_cases(max_b=48, embedding_kinds=("gaussian", "clustered", "duplicates")),
+    soft=st.booleans(),
+    reduction=st.sampled_from(REDUCTIONS),
+)
 @settings(max_examples=15)
 def test_float32_vs_float64_oracle(metric, case, soft, reduction):
     check_batch_hard(case, dtype=torch.float32, metric=metric, soft=soft, reduction=reduction)
@@ -65,12 +71,15 @@ def _case(x, labels, **kw):
 
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("labels", [[0], [2, 2, 2, 2], [0, 1, 2, 3], [5, 6, 7]], ids=["B=1", "one-class", "distinct", "distinct3"])
+@pytest.mark.parametrize(
+    "labels", [[0], [2, 2, 2, 2], [0, 1, 2, 3], [5, 6, 7]], ids=["B=1", "one-class", "distinct", "distinct3"]
+)
 def test_no_valid_anchor(metric, reduction, labels):
     g = torch.Generator().manual_seed(len(labels))
     x = torch.randn(len(labels), 5, generator=g, dtype=F64, requires_grad=True)
-    loss, info = fastmine.batch_hard_triplet_loss(x, torch.tensor(labels), metric=metric,
-                                                  reduction=reduction, return_info=True)
+    loss, info = fastmine.batch_hard_triplet_loss(
+        x, torch.tensor(labels), metric=metric, reduction=reduction, return_info=True
+    )
     assert loss.requires_grad, "a zero loss must stay attached to the graph"
     assert not torch.isnan(loss).any()
     assert torch.equal(loss.detach(), torch.zeros_like(loss.detach()))
@@ -223,15 +232,15 @@ def test_non_contiguous_inputs():
     ref_t = torch.randn(6, 30, generator=g, dtype=F64)
     ref_lab = torch.arange(30) % 5
     for metric in METRICS:
-        a, ia = fastmine.batch_hard_triplet_loss(xt.T, lab, metric=metric, return_info=True,
-                                                 reduction="none")
-        b, ib = R.batch_hard_triplet_loss(xt.T, lab, metric=metric, return_info=True,
-                                          reduction="none")
+        a, ia = fastmine.batch_hard_triplet_loss(xt.T, lab, metric=metric, return_info=True, reduction="none")
+        b, ib = R.batch_hard_triplet_loss(xt.T, lab, metric=metric, return_info=True, reduction="none")
         assert_close_rel(a, b, 1e-12, what="non-contiguous")
-        a = fastmine.batch_hard_triplet_loss(xt.T, lab, metric=metric, ref_embeddings=ref_t.T,
-                                             ref_labels=ref_lab, reduction="none")
-        b = R.batch_hard_triplet_loss(xt.T, lab, metric=metric, ref_embeddings=ref_t.T,
-                                      ref_labels=ref_lab, reduction="none")
+        a = fastmine.batch_hard_triplet_loss(
+            xt.T, lab, metric=metric, ref_embeddings=ref_t.T, ref_labels=ref_lab, reduction="none"
+        )
+        b = R.batch_hard_triplet_loss(
+            xt.T, lab, metric=metric, ref_embeddings=ref_t.T, ref_labels=ref_lab, reduction="none"
+        )
         assert_close_rel(a, b, 1e-12, what="non-contiguous ref")
 
 
@@ -242,15 +251,15 @@ def test_self_offset_ref_equals_batch():
     x = torch.randn(20, 6, generator=g, dtype=F64)
     lab = torch.arange(20) % 4
     a, ia = fastmine.batch_hard_triplet_loss(x, lab, return_info=True)
-    b, ib = fastmine.batch_hard_triplet_loss(x, lab, ref_embeddings=x, ref_labels=lab,
-                                             self_offset=0, return_info=True)
+    b, ib = fastmine.batch_hard_triplet_loss(x, lab, ref_embeddings=x, ref_labels=lab, self_offset=0, return_info=True)
     assert torch.equal(a, b) and torch.equal(ia.pos_idx, ib.pos_idx) and torch.equal(ia.neg_idx, ib.neg_idx)
     pre = torch.randn(7, 6, generator=g, dtype=F64) + 100
     post = torch.randn(3, 6, generator=g, dtype=F64) + 100
     ref = torch.cat([pre, x, post])
     ref_lab = torch.cat([torch.full((7,), 50), lab, torch.full((3,), 51)])
-    c, ic = fastmine.batch_hard_triplet_loss(x, lab, ref_embeddings=ref, ref_labels=ref_lab,
-                                             self_offset=7, return_info=True)
+    c, ic = fastmine.batch_hard_triplet_loss(
+        x, lab, ref_embeddings=ref, ref_labels=ref_lab, self_offset=7, return_info=True
+    )
     assert torch.equal(ic.pos_idx, ia.pos_idx + 7)
     assert_close_rel(c, a, 1e-12, what="self_offset loss")
     for off in (0, 3, 10):
@@ -262,12 +271,12 @@ def test_without_self_offset_own_copy_is_a_positive():
     y = torch.tensor([0, 1])
     ref = torch.tensor([[0.0], [4.0], [1.0]], dtype=F64)
     ref_y = torch.tensor([0, 1, 0])
-    _, info = fastmine.batch_hard_triplet_loss(x, y, ref_embeddings=ref, ref_labels=ref_y,
-                                               return_info=True)
+    _, info = fastmine.batch_hard_triplet_loss(x, y, ref_embeddings=ref, ref_labels=ref_y, return_info=True)
     assert info.valid.tolist() == [True, True]
     assert info.pos_idx.tolist() == [2, 1] and info.pos_dist.tolist() == [1.0, 0.0]
-    _, info = fastmine.batch_hard_triplet_loss(x, y, ref_embeddings=ref, ref_labels=ref_y,
-                                               self_offset=0, return_info=True)
+    _, info = fastmine.batch_hard_triplet_loss(
+        x, y, ref_embeddings=ref, ref_labels=ref_y, self_offset=0, return_info=True
+    )
     assert info.valid.tolist() == [True, False]
     assert info.pos_idx.tolist() == [2, -1] and info.neg_idx.tolist() == [1, -1]
 
@@ -292,8 +301,9 @@ def test_return_info_fields(metric, soft):
     assert float(info.active_fraction) == pytest.approx(int(info.num_active) / 7)
     # the info does not depend on the reduction
     for reduction in REDUCTIONS:
-        _, info2 = fastmine.batch_hard_triplet_loss(x, lab, metric=metric, soft=soft,
-                                                    reduction=reduction, return_info=True)
+        _, info2 = fastmine.batch_hard_triplet_loss(
+            x, lab, metric=metric, soft=soft, reduction=reduction, return_info=True
+        )
         for a, b in zip(info, info2):
             assert torch.equal(a, b)
     check_batch_hard(Case(x.detach(), lab), metric=metric, soft=soft)
@@ -319,8 +329,7 @@ def test_grad_only_flows_through_selected_rows(mode):
     """Rows that are nobody's hardest positive/negative (and invalid anchors) get 0 gradient."""
     x = torch.tensor([[0.0], [1.0], [3.0], [6.0], [100.0]], dtype=F64, requires_grad=True)
     lab = torch.tensor([0, 0, 1, 1, 7])  # row 4: singleton class, far away: never selected
-    loss = fastmine.batch_hard_triplet_loss(x, lab, margin=10.0,
-                                            reduction="none" if mode != "sum" else "sum")
+    loss = fastmine.batch_hard_triplet_loss(x, lab, margin=10.0, reduction="none" if mode != "sum" else "sum")
     loss.sum().backward()
     assert x.grad[4].item() == 0.0
 

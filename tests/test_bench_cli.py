@@ -1,5 +1,6 @@
 """The benchmark command's runs: the default is the quick one (one size per op, no
 torch.compile, output in an ignored folder), the committed results change only on purpose."""
+
 from __future__ import annotations
 
 import json
@@ -51,14 +52,29 @@ def test_default_output_is_ignored_by_git_and_results_are_not_the_default():
     probe = os.path.join("bench_out", "batch_hard_cpu_float32.json")
     ignored = subprocess.run(["git", "check-ignore", "-q", probe], cwd=ROOT)
     assert ignored.returncode == 0, "bench_out/ must be ignored by git"
-    kept = subprocess.run(["git", "check-ignore", "-q", "benchmarks/results/batch_hard_cpu_float32.json"],
-                          cwd=ROOT)
+    kept = subprocess.run(["git", "check-ignore", "-q", "benchmarks/results/batch_hard_cpu_float32.json"], cwd=ROOT)
     assert kept.returncode == 1, "the committed results must stay tracked"
 
 
 def test_a_run_writes_json_and_the_summary_where_told(tmp_path, capsys):
-    rc = bench.main(["--device", "cpu", "--op", "focal", "--sizes", "32x8", "--repeats", "1",
-                     "--warmup", "1", "--no-compile", "--no-plot", "--out", str(tmp_path)])
+    rc = bench.main(
+        [
+            "--device",
+            "cpu",
+            "--op",
+            "focal",
+            "--sizes",
+            "32x8",
+            "--repeats",
+            "1",
+            "--warmup",
+            "1",
+            "--no-compile",
+            "--no-plot",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     record = json.loads((tmp_path / "focal_cpu_float32.json").read_text())
     assert record["config"]["run"] == "sweep" and record["config"]["compile"] is False
@@ -68,15 +84,23 @@ def test_a_run_writes_json_and_the_summary_where_told(tmp_path, capsys):
 
 def test_summary_table_states_each_method_against_fastmine():
     op = load_ops()["batch_hard"]
-    size = {"B": 4096, "D": 128, "speedup": {"eager": 9.3}, "x_floor": 0.85, "methods": {
-        "fastmine": {"status": "ok", "median_ms": 38.8},
-        "eager": {"status": "ok", "median_ms": 360.0},
-        "pml": {"status": "oom"},
-        "matmul floor": {"status": "ok", "median_ms": 45.9},
-    }}
+    size = {
+        "B": 4096,
+        "D": 128,
+        "speedup": {"eager": 9.3},
+        "x_floor": 0.85,
+        "methods": {
+            "fastmine": {"status": "ok", "median_ms": 38.8},
+            "eager": {"status": "ok", "median_ms": 360.0},
+            "pml": {"status": "oom"},
+            "matmul floor": {"status": "ok", "median_ms": 45.9},
+        },
+    }
     line = report.summary_table([(op, size)]).splitlines()[-1]
-    assert line == ("| batch_hard | 4096 × 128 | 38.8 | eager 360 (9.3× slower); pml out of memory; "
-                    "matmul floor 45.9 (fastmine 0.85×) |")
+    assert line == (
+        "| batch_hard | 4096 × 128 | 38.8 | eager 360 (9.3× slower); pml out of memory; "
+        "matmul floor 45.9 (fastmine 0.85×) |"
+    )
 
 
 def _cpu():

@@ -1,6 +1,7 @@
 """The build: CPU module always; the CUDA module wherever nvcc exists, and it must register a
 CUDA kernel for every op. This is how a GPU-less CI proves that every CUDA file compiles and
 links: with nvcc on PATH a missing or empty CUDA module FAILS (never skips)."""
+
 from __future__ import annotations
 
 import glob
@@ -34,10 +35,13 @@ def schema_ops():
 # STABLE_TORCH_LIBRARY_IMPL block of csrc/cuda/*.cu). Ops of csrc/ops.cpp whose CUDA kernels
 # have not landed yet (no such source) are not required; once a source registers one, the
 # built module must carry it.
-FOUNDATION_CUDA_OPS = ("pairwise_distance", "pairwise_distance_backward", "batch_hard_triplet",
-                       "batch_hard_triplet_backward")
-ALL_PAIRS_OPS = ("batch_all_triplet", "batch_all_triplet_backward", "contrastive",
-                 "contrastive_backward")
+FOUNDATION_CUDA_OPS = (
+    "pairwise_distance",
+    "pairwise_distance_backward",
+    "batch_hard_triplet",
+    "batch_hard_triplet_backward",
+)
+ALL_PAIRS_OPS = ("batch_all_triplet", "batch_all_triplet_backward", "contrastive", "contrastive_backward")
 
 
 def cuda_source_ops():
@@ -46,8 +50,9 @@ def cuda_source_ops():
     for path in glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")):
         with open(path) as f:
             src = f.read()
-        for block in re.findall(r"STABLE_TORCH_LIBRARY_IMPL\(\s*fastmine\s*,\s*CUDA\s*,\s*\w+\s*\)\s*\{(.*?)\n\}",
-                                src, flags=re.S):
+        for block in re.findall(
+            r"STABLE_TORCH_LIBRARY_IMPL\(\s*fastmine\s*,\s*CUDA\s*,\s*\w+\s*\)\s*\{(.*?)\n\}", src, flags=re.S
+        ):
             names.update(re.findall(r'\.impl\(\s*"([A-Za-z0-9_]+)"', block))
     return names
 
@@ -86,8 +91,9 @@ def test_all_pairs_ops_come_in_forward_backward_pairs():
 
 
 def test_cpu_module_exists_and_registers_cpu_kernels():
-    assert glob.glob(os.path.join(PKG, "_C.*.so")) or glob.glob(os.path.join(PKG, "_C.*.pyd")), \
+    assert glob.glob(os.path.join(PKG, "_C.*.so")) or glob.glob(os.path.join(PKG, "_C.*.pyd")), (
         "fastmine/_C*.so is missing"
+    )
     for op in schema_ops():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastmine::{op}", "CPU"), op
 
@@ -95,11 +101,14 @@ def test_cpu_module_exists_and_registers_cpu_kernels():
 def test_every_op_has_fake_and_autograd():
     for op in schema_ops():
         name = f"fastmine::{op}"
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "Meta") or \
-            torch._C._dispatch_has_kernel_for_dispatch_key(name, "CompositeImplicitAutograd") or \
-            _has_fake(name), f"{name} has no fake kernel"
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "Autograd") or \
-            torch._C._dispatch_has_kernel_for_dispatch_key(name, "AutogradCPU"), f"{name} has no autograd"
+        assert (
+            torch._C._dispatch_has_kernel_for_dispatch_key(name, "Meta")
+            or torch._C._dispatch_has_kernel_for_dispatch_key(name, "CompositeImplicitAutograd")
+            or _has_fake(name)
+        ), f"{name} has no fake kernel"
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(
+            name, "Autograd"
+        ) or torch._C._dispatch_has_kernel_for_dispatch_key(name, "AutogradCPU"), f"{name} has no autograd"
 
 
 def _has_fake(name):
@@ -127,24 +136,32 @@ def test_cuda_module_built_and_registers_cuda_kernels():
     assert cpu, "fastmine/_C*.so is missing"
     assert cuda, (
         f"nvcc is on PATH ({shutil.which('nvcc')}) but fastmine/_C_cuda*.so was not built next "
-        f"to {os.path.basename(cpu[0])}: the CUDA sources did not compile or link")
+        f"to {os.path.basename(cpu[0])}: the CUDA sources did not compile or link"
+    )
     # A fresh interpreter: loading the module must work on a GPU-less machine (static cudart)
     # and register a CUDA kernel for every op of CUDA_OPS.
     ops = list(CUDA_OPS)
-    proc = subprocess.run([sys.executable, "-c", _CHECK, cuda[0], *ops], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHECK, cuda[0], *ops], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
     assert proc.returncode == 0, f"loading {cuda[0]} failed:\n{proc.stdout}\n{proc.stderr}"
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("MISSING:")]
     assert line, proc.stdout + proc.stderr
-    missing = [m for m in line[-1][len("MISSING:"):].split(",") if m]
+    missing = [m for m in line[-1][len("MISSING:") :].split(",") if m]
     assert not missing, f"{os.path.basename(cuda[0])} registers no CUDA kernel for: {missing}"
 
 
 # The focal-loss family and the centroid bound (issue 4): their CUDA sources must register
 # every one of these ops (forward and backward together), and the built module carry them.
-FOCAL_CENTROID_CUDA_OPS = ("sigmoid_focal", "sigmoid_focal_backward", "focal_star",
-                           "focal_star_backward", "softmax_focal", "centroid_triplet",
-                           "centroid_triplet_backward")
+FOCAL_CENTROID_CUDA_OPS = (
+    "sigmoid_focal",
+    "sigmoid_focal_backward",
+    "focal_star",
+    "focal_star_backward",
+    "softmax_focal",
+    "centroid_triplet",
+    "centroid_triplet_backward",
+)
 
 
 def test_focal_centroid_cuda_sources_register_their_ops():
@@ -157,8 +174,13 @@ def test_focal_centroid_cuda_sources_register_their_ops():
 def test_cuda_module_registers_focal_centroid_kernels():
     cuda = glob.glob(os.path.join(PKG, "_C_cuda*.so"))
     assert cuda, "fastmine/_C_cuda*.so was not built"
-    proc = subprocess.run([sys.executable, "-c", _CHECK, cuda[0], *FOCAL_CENTROID_CUDA_OPS],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHECK, cuda[0], *FOCAL_CENTROID_CUDA_OPS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("MISSING:")]
     assert line and line[-1] == "MISSING:", proc.stdout + proc.stderr

@@ -1,6 +1,7 @@
 """The centroid triplet bound and one-hot centroids on the CPU, against the float64 oracle:
 hypothesis parity with gradients (to embeddings and centroids), gradcheck, the zero-distance
 subgradient, bad input, NaN, determinism, opcheck, torch.compile, double backward."""
+
 from __future__ import annotations
 
 import math
@@ -41,9 +42,16 @@ def _case(b, d, nc, seed, *, on_centroid=0, dtype=F64):
     return x.to(dtype), labels, c.to(dtype)
 
 
-@given(b=st.integers(1, 40), d=st.integers(1, 24), nc=st.integers(2, 12), seed=st.integers(0, 2**31 - 1),
-       on_centroid=st.integers(0, 3), reduction=st.sampled_from(REDUCTIONS),
-       dtype=st.sampled_from([torch.float32, F64]), centroid_grad=st.booleans())
+@given(
+    b=st.integers(1, 40),
+    d=st.integers(1, 24),
+    nc=st.integers(2, 12),
+    seed=st.integers(0, 2**31 - 1),
+    on_centroid=st.integers(0, 3),
+    reduction=st.sampled_from(REDUCTIONS),
+    dtype=st.sampled_from([torch.float32, F64]),
+    centroid_grad=st.booleans(),
+)
 def test_matches_oracle(b, d, nc, seed, on_centroid, reduction, dtype, centroid_grad):
     x, labels, c = _case(b, d, nc, seed, on_centroid=min(on_centroid, b), dtype=dtype)
     ours = _run(fastmine.centroid_triplet_loss, x, labels, c, reduction, centroid_grad=centroid_grad)
@@ -102,8 +110,17 @@ def _adversarial(kind, seed=11):
     return x.float(), labels, c.float()
 
 
-ADVERSARIAL = ("near_own", "on_own", "near_other", "on_other", "offset", "threshold_offset",
-               "overflow", "underflow", "duplicate_centroids")
+ADVERSARIAL = (
+    "near_own",
+    "on_own",
+    "near_other",
+    "on_other",
+    "offset",
+    "threshold_offset",
+    "overflow",
+    "underflow",
+    "duplicate_centroids",
+)
 
 
 @pytest.mark.parametrize("kind", ADVERSARIAL)
@@ -137,8 +154,9 @@ def test_smallest_gemm_shapes_match_oracle(b, d, nc, dtype):
         ours = _run(fastmine.centroid_triplet_loss, x.to(dtype), labels, c.to(dtype), "none")
         oracle = _run(R.centroid_triplet_loss, x.to(dtype).double(), labels, c.to(dtype).double(), "none")
         for a, e, what in zip(ours, oracle, ("loss", "grad x", "grad centroids")):
-            assert_close_rel(a, e, RTOL[dtype] * 4, floor=_grad_floor(e, "none", b) if what != "loss" else None,
-                             what=what)
+            assert_close_rel(
+                a, e, RTOL[dtype] * 4, floor=_grad_floor(e, "none", b) if what != "loss" else None, what=what
+            )
 
 
 @pytest.mark.parametrize("b,d,nc", [(9, 16, 33), (5, 64, 16), (33, 16, 9), (700, 33, 9), (130, 8, 65)])
@@ -178,7 +196,8 @@ def test_gradcheck(reduction):
     labels[0] = 3
     torch.autograd.gradcheck(
         lambda a, b: fastmine.centroid_triplet_loss(a, labels, b, reduction=reduction),
-        (x.requires_grad_(), c.requires_grad_()))
+        (x.requires_grad_(), c.requires_grad_()),
+    )
 
 
 def test_zero_distance_subgradient_is_zero():
@@ -192,8 +211,7 @@ def test_zero_distance_subgradient_is_zero():
     # Only the other classes act: grad x_i = -k sum_{m != y_i} (x_i - c_m) / |x_i - c_m|,
     # k = 1/(3 (C - 1)) = 1/6, |x_i - c_m| = sqrt 2 between one-hot centroids.
     k, s = 1 / 6, math.sqrt(2)
-    expected = torch.stack([-k * ((c[0] - c[1]) + (c[0] - c[2])) / s,
-                            -k * ((c[1] - c[0]) + (c[1] - c[2])) / s])
+    expected = torch.stack([-k * ((c[0] - c[1]) + (c[0] - c[2])) / s, -k * ((c[1] - c[0]) + (c[1] - c[2])) / s])
     assert_close_rel(gx, expected, 1e-12)
     assert_close_rel(gx, torch.autograd.grad(R.centroid_triplet_loss(x, labels, c, reduction="sum"), x)[0], 1e-12)
 
@@ -310,8 +328,9 @@ def test_opcheck(dtype):
     torch.library.opcheck(ops.centroid_triplet.default, (x.detach(), labels, c.detach()))
     loss, dist = ops.centroid_triplet(x.detach(), labels, c.detach())
     for need_c in (True, False):
-        torch.library.opcheck(ops.centroid_triplet_backward.default,
-                              (torch.rand_like(loss), x.detach(), labels, c.detach(), dist, need_c))
+        torch.library.opcheck(
+            ops.centroid_triplet_backward.default, (torch.rand_like(loss), x.detach(), labels, c.detach(), dist, need_c)
+        )
 
 
 @pytest.mark.slow
@@ -321,8 +340,10 @@ def test_compile_fullgraph_matches_eager():
     c.requires_grad_()
 
     def f(x, labels, c):
-        return fastmine.centroid_triplet_loss(x, labels, c) + fastmine.centroid_triplet_loss(
-            x, labels, c, reduction="none")[3]
+        return (
+            fastmine.centroid_triplet_loss(x, labels, c)
+            + fastmine.centroid_triplet_loss(x, labels, c, reduction="none")[3]
+        )
 
     eager = f(x, labels, c)
     ge = torch.autograd.grad(eager, (x, c))

@@ -4,6 +4,7 @@ seeds' Hadsell formula.
 See tests/helpers.py::check_contrastive for what one comparison checks (loss and gradients,
 non-zero counts within the rounding band of the hinge's kink for "mean_nonzero").
 """
+
 from __future__ import annotations
 
 import math
@@ -31,43 +32,72 @@ neg_margins = st.sampled_from([0.0, 0.5, 1.0, 2.0, 5.0, 30.0, -1.0])
 
 
 @pytest.mark.parametrize("metric", METRICS)
-@given(case=batch_hard_cases(max_b=48, ref=False), power=powers64, pos_margin=pos_margins,
-       neg_margin=neg_margins, reduction=st.sampled_from(REDUCTIONS))
+@given(
+    case=batch_hard_cases(max_b=48, ref=False),
+    power=powers64,
+    pos_margin=pos_margins,
+    neg_margin=neg_margins,
+    reduction=st.sampled_from(REDUCTIONS),
+)
 @settings(max_examples=examples(15))
 def test_float64_parity(metric, case, power, pos_margin, neg_margin, reduction):
-    check_contrastive(case, metric=metric, power=power, pos_margin=pos_margin,
-                      neg_margin=neg_margin, reduction=reduction)
+    check_contrastive(
+        case, metric=metric, power=power, pos_margin=pos_margin, neg_margin=neg_margin, reduction=reduction
+    )
 
 
 @pytest.mark.parametrize("metric", METRICS)
-@given(case=batch_hard_cases(max_b=48, ref=True), power=powers64, pos_margin=pos_margins,
-       neg_margin=neg_margins, reduction=st.sampled_from(REDUCTIONS))
+@given(
+    case=batch_hard_cases(max_b=48, ref=True),
+    power=powers64,
+    pos_margin=pos_margins,
+    neg_margin=neg_margins,
+    reduction=st.sampled_from(REDUCTIONS),
+)
 @settings(max_examples=examples(15))
 def test_float64_parity_ref_set(metric, case, power, pos_margin, neg_margin, reduction):
-    check_contrastive(case, metric=metric, power=power, pos_margin=pos_margin,
-                      neg_margin=neg_margin, reduction=reduction)
+    check_contrastive(
+        case, metric=metric, power=power, pos_margin=pos_margin, neg_margin=neg_margin, reduction=reduction
+    )
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
-@given(case=batch_hard_cases(max_b=48, embedding_kinds=("grid",)), power=powers,
-       pos_margin=st.sampled_from([0.0, 1.0, 2.0]), neg_margin=st.sampled_from([1.0, 2.0, 4.0]),
-       reduction=st.sampled_from(REDUCTIONS), dtype=st.sampled_from([F64, torch.float32]))
+@given(
+    case=batch_hard_cases(max_b=48, embedding_kinds=("grid",)),
+    power=powers,
+    pos_margin=st.sampled_from([0.0, 1.0, 2.0]),
+    neg_margin=st.sampled_from([1.0, 2.0, 4.0]),
+    reduction=st.sampled_from(REDUCTIONS),
+    dtype=st.sampled_from([F64, torch.float32]),
+)
 @settings(max_examples=examples(12))
 def test_exact_grid_data(metric, case, power, pos_margin, neg_margin, reduction, dtype):
     """Integer data: many pairs exactly at a margin (d = pos_margin or d = neg_margin): a term
     at its kink is 0, has gradient 0 and is not counted by mean_nonzero."""
-    check_contrastive(case, dtype=dtype, metric=metric, power=power, pos_margin=pos_margin,
-                      neg_margin=neg_margin, reduction=reduction)
+    check_contrastive(
+        case, dtype=dtype, metric=metric, power=power, pos_margin=pos_margin, neg_margin=neg_margin, reduction=reduction
+    )
 
 
 @pytest.mark.parametrize("metric", METRICS)
-@given(case=batch_hard_cases(max_b=48, embedding_kinds=("gaussian", "clustered", "duplicates")),
-       power=powers, pos_margin=pos_margins, neg_margin=neg_margins,
-       reduction=st.sampled_from(REDUCTIONS))
+@given(
+    case=batch_hard_cases(max_b=48, embedding_kinds=("gaussian", "clustered", "duplicates")),
+    power=powers,
+    pos_margin=pos_margins,
+    neg_margin=neg_margins,
+    reduction=st.sampled_from(REDUCTIONS),
+)
 @settings(max_examples=examples(10))
 def test_float32_vs_float64_oracle(metric, case, power, pos_margin, neg_margin, reduction):
-    check_contrastive(case, dtype=torch.float32, metric=metric, power=power, pos_margin=pos_margin,
-                      neg_margin=neg_margin, reduction=reduction)
+    check_contrastive(
+        case,
+        dtype=torch.float32,
+        metric=metric,
+        power=power,
+        pos_margin=pos_margin,
+        neg_margin=neg_margin,
+        reduction=reduction,
+    )
 
 
 @pytest.mark.parametrize("b, d, ref_m", [(300, 8, None), (270, 8, 100)])
@@ -84,8 +114,9 @@ def test_larger_float32(b, d, ref_m, metric):
         case = Case(x, lab, make_embeddings("gaussian", ref_m, d, rl, g), rl)
     nm = {"euclidean": 4.0, "sqeuclidean": 16.0, "cosine": 1.0}[metric]
     for power, reduction in ((2, "mean"), (1, "mean_nonzero"), (1.5, "sum")):
-        check_contrastive(case, dtype=torch.float32, metric=metric, power=power, neg_margin=nm,
-                          pos_margin=0.5, reduction=reduction)
+        check_contrastive(
+            case, dtype=torch.float32, metric=metric, power=power, neg_margin=nm, pos_margin=0.5, reduction=reduction
+        )
 
 
 # ---- hand-computed values and the seeds' formula ------------------------------------------------
@@ -95,10 +126,18 @@ def _line(*vals):
     return torch.tensor([[float(v)] for v in vals], dtype=F64)
 
 
-@pytest.mark.parametrize("power, reduction, expected", [
-    (2, "sum", 10.25), (2, "mean", 10.25 / 6), (2, "mean_nonzero", 5.25),
-    (1, "sum", 4.5), (1, "mean", 4.5 / 6), (1, "mean_nonzero", 2.5),
-    (1.5, "sum", 1 + 27**0.5 + 0.5**1.5)])
+@pytest.mark.parametrize(
+    "power, reduction, expected",
+    [
+        (2, "sum", 10.25),
+        (2, "mean", 10.25 / 6),
+        (2, "mean_nonzero", 5.25),
+        (1, "sum", 4.5),
+        (1, "mean", 4.5 / 6),
+        (1, "mean_nonzero", 2.5),
+        (1.5, "sum", 1 + 27**0.5 + 0.5**1.5),
+    ],
+)
 def test_line_hand_values(power, reduction, expected):
     # points 0, 1 (class 0), 3, 6 (class 1); neg_margin 2.5. Unordered pairs:
     # (0,1) same d=1; (2,3) same d=3; (0,2) d=3, (0,3) d=6, (1,2) d=2, (1,3) d=5 different:
@@ -175,8 +214,7 @@ def test_no_pair(metric, reduction, power):
     """B = 1 (no pair), and a one-row reference set that is the anchor itself: 0.0, attached."""
     x = torch.randn(1, 5, dtype=F64, requires_grad=True)
     for kw in ({}, dict(ref_embeddings=x, ref_labels=torch.tensor([3]), self_offset=0)):
-        loss = fastmine.contrastive_loss(x, torch.tensor([3]), metric=metric, power=power,
-                                         reduction=reduction, **kw)
+        loss = fastmine.contrastive_loss(x, torch.tensor([3]), metric=metric, power=power, reduction=reduction, **kw)
         assert loss.requires_grad, "a zero loss must stay attached to the graph"
         assert loss.shape == () and loss.item() == 0.0
         (gx,) = torch.autograd.grad(loss, x)
@@ -204,8 +242,9 @@ def test_one_sided_batches(metric, reduction, labels):
 def test_no_nonzero_term_is_attached_zero():
     x = torch.tensor([[0.0], [0.1], [10.0], [10.1]], dtype=F64, requires_grad=True)
     for reduction in REDUCTIONS:
-        loss = fastmine.contrastive_loss(x, torch.tensor([0, 0, 1, 1]), pos_margin=1.0,
-                                         neg_margin=1.0, reduction=reduction)
+        loss = fastmine.contrastive_loss(
+            x, torch.tensor([0, 0, 1, 1]), pos_margin=1.0, neg_margin=1.0, reduction=reduction
+        )
         assert loss.requires_grad and loss.item() == 0.0
         (gx,) = torch.autograd.grad(loss, x)
         assert torch.equal(gx, torch.zeros_like(x))
@@ -244,11 +283,13 @@ def test_without_self_offset_own_copy_is_a_pair():
     ref = _line(0, 4, 1)
     ref_y = torch.tensor([0, 1, 0])
     # pairs: (0,0) d0 same, (0,1) d4 diff, (0,2) d1 same, (1,0) d4 diff, (1,1) d0 same, (1,2) d3 diff
-    loss = fastmine.contrastive_loss(x, y, ref_embeddings=ref, ref_labels=ref_y, neg_margin=3.5,
-                                     power=1, reduction="mean")
+    loss = fastmine.contrastive_loss(
+        x, y, ref_embeddings=ref, ref_labels=ref_y, neg_margin=3.5, power=1, reduction="mean"
+    )
     assert loss.item() == pytest.approx((1 + 0.5) / 6, rel=1e-14)
-    loss = fastmine.contrastive_loss(x, y, ref_embeddings=ref, ref_labels=ref_y, neg_margin=3.5,
-                                     power=1, reduction="mean", self_offset=0)
+    loss = fastmine.contrastive_loss(
+        x, y, ref_embeddings=ref, ref_labels=ref_y, neg_margin=3.5, power=1, reduction="mean", self_offset=0
+    )
     assert loss.item() == pytest.approx((1 + 0.5) / 4, rel=1e-14)
 
 
@@ -259,9 +300,10 @@ def test_defaults():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(12, 3, generator=g, dtype=F64)
     y = torch.arange(12) % 3
-    assert torch.equal(fastmine.contrastive_loss(x, y),
-                       fastmine.contrastive_loss(x, y, pos_margin=0.0, neg_margin=1.0, power=2,
-                                                 metric="euclidean", reduction="mean"))
+    assert torch.equal(
+        fastmine.contrastive_loss(x, y),
+        fastmine.contrastive_loss(x, y, pos_margin=0.0, neg_margin=1.0, power=2, metric="euclidean", reduction="mean"),
+    )
     x = torch.zeros(3, 2, dtype=F64)  # all distances 0: negatives cost (1 - 0)^2 = 1
     assert fastmine.contrastive_loss(x, torch.tensor([0, 0, 1])).item() == pytest.approx(2 / 3)
 
@@ -274,8 +316,7 @@ def test_duplicate_embeddings(metric):
     labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 3, 3])
     for reduction in REDUCTIONS:
         for power in (1, 2, 1.5):
-            loss = check_contrastive(Case(x, labels), metric=metric, reduction=reduction, power=power,
-                                     neg_margin=2.0)
+            loss = check_contrastive(Case(x, labels), metric=metric, reduction=reduction, power=power, neg_margin=2.0)
             assert torch.isfinite(loss)
     _, _, gx, _ = run_all_pairs(fastmine.contrastive_loss, Case(x, labels), metric=metric, power=1)
     assert torch.isfinite(gx).all()

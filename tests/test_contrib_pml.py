@@ -1,6 +1,7 @@
 """fastmine.contrib.pml: the drop-ins give pytorch-metric-learning's numbers (loss and
 gradient) for every supported configuration, the same training trajectory when swapped into
 a PML training loop, and clear errors for unsupported options."""
+
 from __future__ import annotations
 
 import os
@@ -32,19 +33,18 @@ CONTRASTIVE_CONFIGS = [
     dict(),
     dict(pos_margin=0.2, neg_margin=0.8, distance=distances.LpDistance(normalize_embeddings=False)),
     dict(pos_margin=0.9, neg_margin=0.3, distance=distances.CosineSimilarity()),
-    dict(neg_margin=1.5, reducer=reducers.SumReducer(),
-         distance=distances.LpDistance(normalize_embeddings=False)),
+    dict(neg_margin=1.5, reducer=reducers.SumReducer(), distance=distances.LpDistance(normalize_embeddings=False)),
     dict(pos_margin=0.1, neg_margin=2.0, distance=distances.LpDistance(power=2)),
 ]
-PAIRS = ([(pml_losses.TripletMarginLoss, fm_pml.TripletMarginLoss, c) for c in TRIPLET_CONFIGS]
-         + [(pml_losses.ContrastiveLoss, fm_pml.ContrastiveLoss, c) for c in CONTRASTIVE_CONFIGS])
+PAIRS = [(pml_losses.TripletMarginLoss, fm_pml.TripletMarginLoss, c) for c in TRIPLET_CONFIGS] + [
+    (pml_losses.ContrastiveLoss, fm_pml.ContrastiveLoss, c) for c in CONTRASTIVE_CONFIGS
+]
 IDS = [f"{a.__name__}-{i}" for i, (a, _, _) in enumerate(PAIRS)]
 
 
 def _batch(seed, b, d=6, classes=4):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, d, generator=g, dtype=torch.float64),
-            torch.randint(0, classes, (b,), generator=g))
+    return (torch.randn(b, d, generator=g, dtype=torch.float64), torch.randint(0, classes, (b,), generator=g))
 
 
 def _loss_and_grad(loss_fn, x, labels, **kw):
@@ -61,8 +61,9 @@ def _loss_and_grad(loss_fn, x, labels, **kw):
 
 
 @pytest.mark.parametrize("pml_cls, fm_cls, config", PAIRS, ids=IDS)
-@given(seed=st.integers(0, 2**31 - 1), b=st.integers(1, 24),
-       ref=st.sampled_from(["none", "other", "same_labels_object"]))
+@given(
+    seed=st.integers(0, 2**31 - 1), b=st.integers(1, 24), ref=st.sampled_from(["none", "other", "same_labels_object"])
+)
 def test_same_numbers_as_pml(pml_cls, fm_cls, config, seed, b, ref):
     x, labels = _batch(seed, b)
     kw = {}
@@ -88,8 +89,7 @@ def test_drop_in_training_trajectory(pml_cls, fm_cls, config):
 
     def trajectory(loss_cls):
         torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(),
-                                    torch.nn.Linear(32, 8)).double()
+        model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)).double()
         opt = torch.optim.SGD(model.parameters(), lr=0.5)
         loss_func = loss_cls(**config)
         g = torch.Generator().manual_seed(1)
@@ -132,15 +132,15 @@ UNSUPPORTED = [
     (fm_pml.TripletMarginLoss, dict(distance=distances.SNRDistance()), "distance"),
     (fm_pml.TripletMarginLoss, dict(distance=distances.DotProductSimilarity()), "distance"),
     (fm_pml.TripletMarginLoss, dict(reducer=reducers.ThresholdReducer(low=0.1)), "reducer"),
-    (fm_pml.TripletMarginLoss, dict(embedding_regularizer=regularizers.LpRegularizer()),
-     "embedding_regularizer"),
+    (fm_pml.TripletMarginLoss, dict(embedding_regularizer=regularizers.LpRegularizer()), "embedding_regularizer"),
     (fm_pml.ContrastiveLoss, dict(reducer=reducers.MeanReducer()), "reducer"),
     (fm_pml.ContrastiveLoss, dict(distance=distances.LpDistance(power=3)), "distance"),
 ]
 
 
-@pytest.mark.parametrize("cls, kw, match", UNSUPPORTED,
-                         ids=[f"{c.__name__}-{m}-{i}" for i, (c, _, m) in enumerate(UNSUPPORTED)])
+@pytest.mark.parametrize(
+    "cls, kw, match", UNSUPPORTED, ids=[f"{c.__name__}-{m}-{i}" for i, (c, _, m) in enumerate(UNSUPPORTED)]
+)
 def test_unsupported_options_raise(cls, kw, match):
     with pytest.raises(ValueError, match=match):
         cls(**kw)
@@ -159,10 +159,11 @@ def test_labels_required():
 
 
 def test_import_is_lazy_and_fails_clearly_without_pml():
-    code = ("import sys, fastmine; assert 'pytorch_metric_learning' not in sys.modules; "
-            "sys.modules['pytorch_metric_learning'] = None\n"
-            "try:\n    import fastmine.contrib.pml\nexcept ImportError as e:\n"
-            "    assert 'pip install pytorch-metric-learning' in str(e), e; print('OK')")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=ROOT_DIR, timeout=120)
+    code = (
+        "import sys, fastmine; assert 'pytorch_metric_learning' not in sys.modules; "
+        "sys.modules['pytorch_metric_learning'] = None\n"
+        "try:\n    import fastmine.contrib.pml\nexcept ImportError as e:\n"
+        "    assert 'pip install pytorch-metric-learning' in str(e), e; print('OK')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT_DIR, timeout=120)
     assert proc.stdout.strip() == "OK", proc.stdout + proc.stderr

@@ -8,6 +8,7 @@ Exact equality is only owed where no decision is within rounding: every batch is
 seed, deterministically) until the decisions its test compares are clear of ties by a
 tolerance well above the two implementations' rounding (PML's cdist, fastmine's panels).
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,7 @@ DISTANCES = {
     "cosine": lambda: distances.CosineSimilarity(),
 }
 # a margin on each distance's scale, so that every type selects something
-MARGINS = {"lp_normalized": 0.3, "lp": 1.0, "lp_sq": 3.0, "lp_sq_normalized": 0.5,
-           "cosine": 0.2}
+MARGINS = {"lp_normalized": 0.3, "lp": 1.0, "lp_sq": 3.0, "lp_sq_normalized": 0.5, "cosine": 0.2}
 REFS = ["none", "other", "same_labels_object", "batch_new_labels"]
 TYPES = ["all", "hard", "semihard", "easy"]
 DTYPES = [torch.float64, torch.float32]
@@ -43,6 +43,7 @@ TOL = {torch.float64: 1e-6, torch.float32: 1e-4}  # clearance demanded of the te
 
 # ---- inputs and the PML-side view of them ------------------------------------------------
 
+
 def _draw(seed: int, b: int, classes: int, ref: str, dtype, d: int = 6):
     """(x, labels, kw) for miner(x, labels, **kw): the reference-set cases of PML's API."""
     g = torch.Generator().manual_seed(seed)
@@ -50,11 +51,12 @@ def _draw(seed: int, b: int, classes: int, ref: str, dtype, d: int = 6):
     y = torch.randint(0, classes, (b,), generator=g)
     if ref == "other":
         m = 17
-        kw = dict(ref_emb=torch.randn(m, d, generator=g, dtype=torch.float64).to(dtype),
-                  ref_labels=torch.randint(0, classes, (m,), generator=g))
+        kw = dict(
+            ref_emb=torch.randn(m, d, generator=g, dtype=torch.float64).to(dtype),
+            ref_labels=torch.randint(0, classes, (m,), generator=g),
+        )
     elif ref == "same_labels_object":  # PML drops the diagonal when ref_labels *is* labels
-        kw = dict(ref_emb=torch.randn(b, d, generator=g, dtype=torch.float64).to(dtype),
-                  ref_labels=y)
+        kw = dict(ref_emb=torch.randn(b, d, generator=g, dtype=torch.float64).to(dtype), ref_labels=y)
     elif ref == "batch_new_labels":  # the batch as a reference set: each anchor is a positive
         kw = dict(ref_emb=x, ref_labels=y.clone())
     else:
@@ -100,13 +102,13 @@ def margins_clear(thresholds) -> Callable:
     def clear(dd, pos, neg, tol) -> bool:
         t = _margins(dd, pos, neg)
         return all(bool(((t - thr).abs() > tol).all()) for thr in thresholds)
+
     return clear
 
 
 def semi_hard_clear(dd, pos, neg, tol) -> bool:
     """No negative within tol of a positive's distance, nor of another negative."""
-    return margins_clear([0.0])(dd, pos, neg, tol) and all(
-        _gaps_clear(dd[i][neg[i]], tol) for i in range(dd.shape[0]))
+    return margins_clear([0.0])(dd, pos, neg, tol) and all(_gaps_clear(dd[i][neg[i]], tol) for i in range(dd.shape[0]))
 
 
 def clear_draw(seed, b, classes, ref, dtype, dist_name, clear):
@@ -134,6 +136,7 @@ def assert_same_triplets(got, want, what=""):
 
 
 # ---- BatchHardMiner -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("ref", REFS)
@@ -178,8 +181,15 @@ def test_batch_hard_miner_statistics(dist_name, ref):
     pml = pml_miners.BatchHardMiner(distance=DISTANCES[dist_name](), collect_stats=True)
     fm = fm_pml.BatchHardMiner(distance=DISTANCES[dist_name](), collect_stats=True)
     pml(x, y, **kw), fm(x, y, **kw)
-    names = ["num_triplets", "easiest_triplet", "hardest_triplet", "easiest_pos_pair",
-             "hardest_pos_pair", "easiest_neg_pair", "hardest_neg_pair"]
+    names = [
+        "num_triplets",
+        "easiest_triplet",
+        "hardest_triplet",
+        "easiest_pos_pair",
+        "hardest_pos_pair",
+        "easiest_neg_pair",
+        "hardest_neg_pair",
+    ]
     assert set(names) <= set(fm._record_these_stats)
     for name in names:
         assert_stat(getattr(fm, name), getattr(pml, name), 1e-12, what=name)
@@ -187,20 +197,20 @@ def test_batch_hard_miner_statistics(dist_name, ref):
 
 # ---- TripletMarginMiner ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("ref", REFS)
 @pytest.mark.parametrize("dist_name", DISTANCES)
 def test_triplet_margin_miner_is_pmls(dist_name, ref, dtype):
     margin = MARGINS[dist_name]
     for seed, b, classes in [(11, 20, 4), (12, 12, 6), (13, 24, 3)]:
-        x, y, kw = clear_draw(seed, b, classes, ref, dtype, dist_name,
-                              margins_clear([0.0, margin]))
+        x, y, kw = clear_draw(seed, b, classes, ref, dtype, dist_name, margins_clear([0.0, margin]))
         for type in TYPES:
             what = f"{dist_name} {type} ref={ref} seed={seed}"
-            want = pml_miners.TripletMarginMiner(margin=margin, type_of_triplets=type,
-                                                 distance=DISTANCES[dist_name]())(x, y, **kw)
-            miner = fm_pml.TripletMarginMiner(margin=margin, type_of_triplets=type,
-                                              distance=DISTANCES[dist_name]())
+            want = pml_miners.TripletMarginMiner(margin=margin, type_of_triplets=type, distance=DISTANCES[dist_name]())(
+                x, y, **kw
+            )
+            miner = fm_pml.TripletMarginMiner(margin=margin, type_of_triplets=type, distance=DISTANCES[dist_name]())
             got = miner(x, y, **kw)
             assert_same_triplets(got, want, what)  # same triplets, in PML's order
             assert miner.num_triplets == len(want[0])
@@ -213,12 +223,13 @@ def test_triplet_margin_miner_default_margin_and_edge_labels():
     select nothing, in the same (empty, int64) form."""
     g = torch.Generator().manual_seed(14)
     x = torch.randn(10, 6, generator=g, dtype=torch.float64)
-    for y in [torch.randint(0, 3, (10,), generator=g), torch.zeros(10, dtype=torch.int64),
-              torch.arange(10)]:
-        assert_same_triplets(fm_pml.TripletMarginMiner()(x, y),
-                             pml_miners.TripletMarginMiner()(x, y), f"labels={y.tolist()}")
-    assert_same_triplets(fm_pml.TripletMarginMiner()(x[:1], y[:1]),
-                         pml_miners.TripletMarginMiner()(x[:1], y[:1]), "B=1")
+    for y in [torch.randint(0, 3, (10,), generator=g), torch.zeros(10, dtype=torch.int64), torch.arange(10)]:
+        assert_same_triplets(
+            fm_pml.TripletMarginMiner()(x, y), pml_miners.TripletMarginMiner()(x, y), f"labels={y.tolist()}"
+        )
+    assert_same_triplets(
+        fm_pml.TripletMarginMiner()(x[:1], y[:1]), pml_miners.TripletMarginMiner()(x[:1], y[:1]), "B=1"
+    )
 
 
 @pytest.mark.parametrize("panel_rows", [1024, 3])
@@ -231,10 +242,12 @@ def test_triplet_margin_miner_statistics(dist_name, ref, panel_rows, monkeypatch
     margin = MARGINS[dist_name]
     x, y, kw = clear_draw(15, 14, 3, ref, torch.float64, dist_name, margins_clear([0.0, margin]))
     for type in ("all", "easy"):
-        pml = pml_miners.TripletMarginMiner(margin=margin, type_of_triplets=type,
-                                            distance=DISTANCES[dist_name](), collect_stats=True)
-        fm = fm_pml.TripletMarginMiner(margin=margin, type_of_triplets=type,
-                                       distance=DISTANCES[dist_name](), collect_stats=True)
+        pml = pml_miners.TripletMarginMiner(
+            margin=margin, type_of_triplets=type, distance=DISTANCES[dist_name](), collect_stats=True
+        )
+        fm = fm_pml.TripletMarginMiner(
+            margin=margin, type_of_triplets=type, distance=DISTANCES[dist_name](), collect_stats=True
+        )
         pml(x, y, **kw), fm(x, y, **kw)
         for name in ["num_triplets", "pos_pair_dist", "neg_pair_dist", "avg_triplet_margin"]:
             assert_stat(getattr(fm, name), getattr(pml, name), 1e-12, f"{type} {name}")
@@ -255,13 +268,13 @@ def test_distance_statistics_are_pmls():
         got = distances.LpDistance(collect_stats=True)
         pml_cls(distance=want)(x, y, **kw)
         cls(distance=got)(x, y, **kw)
-        for name in ["initial_avg_query_norm", "initial_avg_ref_norm", "final_avg_query_norm",
-                     "final_avg_ref_norm"]:
+        for name in ["initial_avg_query_norm", "initial_avg_ref_norm", "final_avg_query_norm", "final_avg_ref_norm"]:
             assert getattr(got, name) != 0, name
             assert_stat(getattr(got, name), getattr(want, name), 1e-14, name)
 
 
 # ---- SemiHardMiner --------------------------------------------------------------------------
+
 
 def semi_hard_oracle(dd, pos, neg):
     """FaceNet / TF-Addons semi-hard, brute force in PML's terms: for every positive pair
@@ -312,11 +325,11 @@ def test_semi_hard_miner_edge_labels_and_statistics():
     sim = distances.CosineSimilarity()(x)
     assert_stat(miner.pos_pair_dist, sim[a, p].mean(), 1e-12, "pos_pair_dist")
     assert_stat(miner.neg_pair_dist, sim[a, n].mean(), 1e-12, "neg_pair_dist")
-    assert_stat(miner.avg_triplet_margin, (sim[a, p] - sim[a, n]).mean(), 1e-12,
-                "avg_triplet_margin")
+    assert_stat(miner.avg_triplet_margin, (sim[a, p] - sim[a, n]).mean(), 1e-12, "avg_triplet_margin")
 
 
 # ---- in a PML training loop -----------------------------------------------------------------
+
 
 class _BruteSemiHardMiner(pml_miners.BaseMiner):
     """The semi-hard oracle as a PML miner (PML has none of its own)."""
@@ -336,18 +349,24 @@ def _semi_hard_miner(module, **kw):
     return fm_pml.SemiHardMiner(**kw) if module is fm_pml else _BruteSemiHardMiner(**kw)
 
 
-LOOP_CASES = [
-    ("batch_hard", lambda m, **kw: m.BatchHardMiner(**kw), {}),
-    ("batch_hard_cosine", lambda m, **kw: m.BatchHardMiner(**kw),
-     dict(distance=distances.CosineSimilarity())),
-] + [
-    (f"triplet_margin_{t}", lambda m, t=t, **kw: m.TripletMarginMiner(type_of_triplets=t, **kw),
-     dict(margin=0.3)) for t in TYPES
-] + [
-    ("semi_hard", lambda m, **kw: _semi_hard_miner(m, **kw), {}),
-    ("semi_hard_lp", lambda m, **kw: _semi_hard_miner(m, **kw),
-     dict(distance=distances.LpDistance(normalize_embeddings=False))),
-]
+LOOP_CASES = (
+    [
+        ("batch_hard", lambda m, **kw: m.BatchHardMiner(**kw), {}),
+        ("batch_hard_cosine", lambda m, **kw: m.BatchHardMiner(**kw), dict(distance=distances.CosineSimilarity())),
+    ]
+    + [
+        (f"triplet_margin_{t}", lambda m, t=t, **kw: m.TripletMarginMiner(type_of_triplets=t, **kw), dict(margin=0.3))
+        for t in TYPES
+    ]
+    + [
+        ("semi_hard", lambda m, **kw: _semi_hard_miner(m, **kw), {}),
+        (
+            "semi_hard_lp",
+            lambda m, **kw: _semi_hard_miner(m, **kw),
+            dict(distance=distances.LpDistance(normalize_embeddings=False)),
+        ),
+    ]
+)
 
 
 @pytest.mark.parametrize("name, make, config", LOOP_CASES, ids=[c[0] for c in LOOP_CASES])
@@ -386,6 +405,7 @@ def test_drop_in_training_trajectory(name, make, config):
 
 # ---- PML's API and the errors ---------------------------------------------------------------
 
+
 def test_they_are_pml_miners_with_pmls_defaults():
     bh, tm, sh = fm_pml.BatchHardMiner(), fm_pml.TripletMarginMiner(), fm_pml.SemiHardMiner()
     assert isinstance(bh, pml_miners.BatchHardMiner)
@@ -420,18 +440,23 @@ UNSUPPORTED = [
 ]
 
 
-@pytest.mark.parametrize("cls, kw, match", UNSUPPORTED,
-                         ids=[f"{c.__name__}-{m}-{i}" for i, (c, _, m) in enumerate(UNSUPPORTED)])
+@pytest.mark.parametrize(
+    "cls, kw, match", UNSUPPORTED, ids=[f"{c.__name__}-{m}-{i}" for i, (c, _, m) in enumerate(UNSUPPORTED)]
+)
 def test_unsupported_options_raise(cls, kw, match):
     with pytest.raises(ValueError, match=match):
         cls(**kw)
 
 
-@pytest.mark.parametrize("miner, attr, value, match", [
-    (fm_pml.TripletMarginMiner(), "type_of_triplets", "hardest", "type_of_triplets"),
-    (fm_pml.BatchHardMiner(), "neg_strategy", "easy", "neg_strategy"),
-    (fm_pml.SemiHardMiner(), "distance", distances.SNRDistance(), "distance"),
-], ids=["type_of_triplets", "neg_strategy", "distance"])
+@pytest.mark.parametrize(
+    "miner, attr, value, match",
+    [
+        (fm_pml.TripletMarginMiner(), "type_of_triplets", "hardest", "type_of_triplets"),
+        (fm_pml.BatchHardMiner(), "neg_strategy", "easy", "neg_strategy"),
+        (fm_pml.SemiHardMiner(), "distance", distances.SNRDistance(), "distance"),
+    ],
+    ids=["type_of_triplets", "neg_strategy", "distance"],
+)
 def test_changed_attribute_is_checked_at_call(miner, attr, value, match):
     setattr(miner, attr, value)
     x, y, _ = _draw(0, 8, 2, "none", torch.float64)
@@ -439,8 +464,7 @@ def test_changed_attribute_is_checked_at_call(miner, attr, value, match):
         miner(x, y)
 
 
-@pytest.mark.parametrize("cls", [fm_pml.BatchHardMiner, fm_pml.TripletMarginMiner,
-                                 fm_pml.SemiHardMiner])
+@pytest.mark.parametrize("cls", [fm_pml.BatchHardMiner, fm_pml.TripletMarginMiner, fm_pml.SemiHardMiner])
 def test_ref_emb_needs_ref_labels(cls):
     """PML would pair a same-sized ref_emb with the batch's labels, silently."""
     x, y, kw = _draw(0, 8, 2, "other", torch.float64)
@@ -465,5 +489,6 @@ def test_batch_hard_miner_nan_follows_pml():
     y = torch.arange(4).repeat(4)
     x[5, 0] = float("nan")
     dist = DISTANCES["lp"]
-    assert_same_triplets(fm_pml.BatchHardMiner(distance=dist())(x, y),
-                         pml_miners.BatchHardMiner(distance=dist())(x, y), "NaN")
+    assert_same_triplets(
+        fm_pml.BatchHardMiner(distance=dist())(x, y), pml_miners.BatchHardMiner(distance=dist())(x, y), "NaN"
+    )

@@ -2,6 +2,7 @@
 (loss and gradient) for each loss and distance function, on the batches its docs require and
 on the degenerate ones they rule out; an unfusable distance falls back to the parent with one
 warning; a SentenceTransformerTrainer run follows the same loss trajectory."""
+
 from __future__ import annotations
 
 import functools
@@ -30,8 +31,11 @@ Dist = st_losses.BatchHardTripletLossDistanceFunction
 # (fastmine class, sentence-transformers class, the method computing a batch's loss)
 LOSSES = [
     (fm_st.BatchHardTripletLoss, st_losses.BatchHardTripletLoss, "batch_hard_triplet_loss"),
-    (fm_st.BatchHardSoftMarginTripletLoss, st_losses.BatchHardSoftMarginTripletLoss,
-     "batch_hard_triplet_soft_margin_loss"),
+    (
+        fm_st.BatchHardSoftMarginTripletLoss,
+        st_losses.BatchHardSoftMarginTripletLoss,
+        "batch_hard_triplet_soft_margin_loss",
+    ),
     (fm_st.BatchAllTripletLoss, st_losses.BatchAllTripletLoss, "batch_all_triplet_loss"),
     (fm_st.BatchSemiHardTripletLoss, st_losses.BatchSemiHardTripletLoss, "batch_semi_hard_triplet_loss"),
 ]
@@ -131,8 +135,7 @@ def test_batch_all_counts_triplets_above_zero_where_sentence_transformers_counts
     # 1e-17; every other triplet is inactive (class 1 is a tight pair away from class 0).
     x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [-1.0, 0.01]], dtype=torch.float64)
     labels = torch.tensor([0, 0, 1, 1])
-    ours, theirs = _pair(fm_st.BatchAllTripletLoss, st_losses.BatchAllTripletLoss,
-                         Dist.euclidean_distance, 1e-17)
+    ours, theirs = _pair(fm_st.BatchAllTripletLoss, st_losses.BatchAllTripletLoss, Dist.euclidean_distance, 1e-17)
     got = float(ours.batch_all_triplet_loss(labels, x))
     want = float(theirs.batch_all_triplet_loss(labels, x))
     assert got == pytest.approx(1e-17, rel=1e-6)  # the mean over the one active triplet
@@ -140,20 +143,24 @@ def test_batch_all_counts_triplets_above_zero_where_sentence_transformers_counts
     # With any real margin both count the same triplets.
     ours.triplet_margin = theirs.triplet_margin = 0.5
     assert float(ours.batch_all_triplet_loss(labels, x)) == pytest.approx(
-        float(theirs.batch_all_triplet_loss(labels, x)), rel=1e-12)
+        float(theirs.batch_all_triplet_loss(labels, x)), rel=1e-12
+    )
 
 
-@pytest.mark.parametrize("distance,metric", [
-    (Dist.euclidean_distance, "euclidean"),
-    (Dist.eucledian_distance, "euclidean"),
-    (functools.partial(Dist.euclidean_distance, squared=True), "sqeuclidean"),
-    (functools.partial(Dist.euclidean_distance, squared=False), "euclidean"),
-    (fm_st.squared_euclidean_distance, "sqeuclidean"),
-    (Dist.cosine_distance, "cosine"),
-    (lambda e: Dist.euclidean_distance(e), None),
-    (functools.partial(Dist.euclidean_distance, squared=True, extra=1), None),
-    (torch.cdist, None),
-])
+@pytest.mark.parametrize(
+    "distance,metric",
+    [
+        (Dist.euclidean_distance, "euclidean"),
+        (Dist.eucledian_distance, "euclidean"),
+        (functools.partial(Dist.euclidean_distance, squared=True), "sqeuclidean"),
+        (functools.partial(Dist.euclidean_distance, squared=False), "euclidean"),
+        (fm_st.squared_euclidean_distance, "sqeuclidean"),
+        (Dist.cosine_distance, "cosine"),
+        (lambda e: Dist.euclidean_distance(e), None),
+        (functools.partial(Dist.euclidean_distance, squared=True, extra=1), None),
+        (torch.cdist, None),
+    ],
+)
 def test_fused_metric_recognises_sentence_transformers_functions_only(distance, metric):
     assert fm_st.fused_metric(distance) == metric
 
@@ -175,8 +182,7 @@ def test_unfusable_distance_falls_back_to_the_parent_with_one_warning(ours, thei
     a, b = _pair(ours, theirs, manhattan, 1.0)
     assert not a.uses_fastmine
     called = []
-    for name in ("batch_hard_triplet_loss", "batch_all_triplet_loss", "semi_hard_triplet_loss",
-                 "contrastive_loss"):
+    for name in ("batch_hard_triplet_loss", "batch_all_triplet_loss", "semi_hard_triplet_loss", "contrastive_loss"):
         monkeypatch.setattr(fastmine, name, lambda *args, _n=name, **kw: called.append(_n))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -198,10 +204,10 @@ def test_fused_path_computes_through_fastmine(ours, theirs, method, metric, monk
         def wrapper(*args, **kwargs):
             called.append((name, kwargs.get("metric")))
             return real(*args, **kwargs)
+
         return wrapper
 
-    for name in ("batch_hard_triplet_loss", "batch_all_triplet_loss", "semi_hard_triplet_loss",
-                 "contrastive_loss"):
+    for name in ("batch_hard_triplet_loss", "batch_all_triplet_loss", "semi_hard_triplet_loss", "contrastive_loss"):
         monkeypatch.setattr(fastmine, name, spy(getattr(fastmine, name), name))
     monkeypatch.setattr(theirs, method, lambda *_a, **_k: pytest.fail("the parent's code ran"))
     a = ours(None, distance_metric=METRICS[metric])
@@ -243,10 +249,11 @@ def test_labels_of_the_wrong_size_name_the_argument():
 
 
 def test_import_is_lazy_and_fails_clearly_without_sentence_transformers():
-    code = ("import sys, fastmine; assert 'sentence_transformers' not in sys.modules; "
-            "sys.modules['sentence_transformers'] = None\n"
-            "try:\n    import fastmine.contrib.sentence_transformers\nexcept ImportError as e:\n"
-            "    assert 'pip install sentence-transformers' in str(e), e; print('OK')")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=ROOT_DIR, timeout=120)
+    code = (
+        "import sys, fastmine; assert 'sentence_transformers' not in sys.modules; "
+        "sys.modules['sentence_transformers'] = None\n"
+        "try:\n    import fastmine.contrib.sentence_transformers\nexcept ImportError as e:\n"
+        "    assert 'pip install sentence-transformers' in str(e), e; print('OK')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT_DIR, timeout=120)
     assert proc.stdout.strip() == "OK", proc.stdout + proc.stderr

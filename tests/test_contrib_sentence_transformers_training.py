@@ -1,6 +1,7 @@
 """A SentenceTransformerTrainer run with fastmine's drop-in loss follows the loss trajectory
 of the same run with sentence-transformers' own loss. The model is a static-embedding model
 over a word-level tokenizer built here: nothing is downloaded."""
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,11 @@ def _dataset() -> Dataset:
     for c in range(CLASSES):
         lo = c * WORDS_PER_CLASS
         for _ in range(PER_CLASS):
-            sentences.append(" ".join(f"w{rng.randrange(lo, lo + WORDS_PER_CLASS + 4) % (CLASSES * WORDS_PER_CLASS)}"
-                                      for _ in range(5)))
+            sentences.append(
+                " ".join(
+                    f"w{rng.randrange(lo, lo + WORDS_PER_CLASS + 4) % (CLASSES * WORDS_PER_CLASS)}" for _ in range(5)
+                )
+            )
             labels.append(c)
     return Dataset.from_dict({"sentence": sentences, "label": labels})
 
@@ -55,14 +59,22 @@ def _dataset() -> Dataset:
 def _train(loss_cls, out_dir, **loss_kw):
     model = _model(seed=0)
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(out_dir), num_train_epochs=3, per_device_train_batch_size=12,
-        learning_rate=0.05, logging_steps=1, save_strategy="no", report_to="none", seed=0,
-        use_cpu=True, disable_tqdm=True,
+        output_dir=str(out_dir),
+        num_train_epochs=3,
+        per_device_train_batch_size=12,
+        learning_rate=0.05,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        use_cpu=True,
+        disable_tqdm=True,
     )
     # The default batch sampler: random batches, so some hold a label once (the degenerate
     # anchors whose numbers the drop-ins match too).
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=_dataset(),
-                                         loss=loss_cls(model, **loss_kw))
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=_dataset(), loss=loss_cls(model, **loss_kw)
+    )
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return model, losses
@@ -72,8 +84,11 @@ PAIRS = [
     (fm_st.BatchHardTripletLoss, st_losses.BatchHardTripletLoss, {}),  # margin 5, its default
     (fm_st.BatchHardSoftMarginTripletLoss, st_losses.BatchHardSoftMarginTripletLoss, {}),
     (fm_st.BatchAllTripletLoss, st_losses.BatchAllTripletLoss, {"margin": 1.0}),
-    (fm_st.BatchSemiHardTripletLoss, st_losses.BatchSemiHardTripletLoss,
-     {"margin": 1.0, "distance_metric": fm_st.squared_euclidean_distance}),
+    (
+        fm_st.BatchSemiHardTripletLoss,
+        st_losses.BatchSemiHardTripletLoss,
+        {"margin": 1.0, "distance_metric": fm_st.squared_euclidean_distance},
+    ),
 ]
 
 
@@ -86,10 +101,10 @@ def test_trainer_trajectory_equals_sentence_transformers(ours, theirs, kw, tmp_p
             if "ref_embeddings" not in kwargs:
                 batches.append(labels.tolist())
             return real(emb, labels, *args, **kwargs)
+
         return wrapper
 
-    for name in ("batch_hard_triplet_loss", "batch_all_triplet_loss", "semi_hard_triplet_loss",
-                 "contrastive_loss"):
+    for name in ("batch_hard_triplet_loss", "batch_all_triplet_loss", "semi_hard_triplet_loss", "contrastive_loss"):
         monkeypatch.setattr(fm_st.fastmine, name, spy(getattr(fm_st.fastmine, name)))
     model_ours, traj_ours = _train(ours, tmp_path / "ours", **kw)
     monkeypatch.undo()
@@ -114,5 +129,4 @@ def test_model_card_names_the_loss_and_its_config(tmp_path):
     assert '"margin": 1.0' in card and '"distance_metric": "euclidean_distance"' in card
     assert "hermans2017defense" in card  # the citation
     reloaded = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
-    torch.testing.assert_close(torch.as_tensor(reloaded.encode(["w1 w2"])),
-                               torch.as_tensor(model.encode(["w1 w2"])))
+    torch.testing.assert_close(torch.as_tensor(reloaded.encode(["w1 w2"])), torch.as_tensor(model.encode(["w1 w2"])))

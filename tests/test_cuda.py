@@ -1,5 +1,6 @@
 """CUDA kernels against the float64 oracle (run on the GPU too), CPU agreement, determinism.
 Skipped without a GPU (every test here carries the ``cuda`` marker)."""
+
 from __future__ import annotations
 
 import itertools
@@ -39,17 +40,18 @@ def _case(b, d, seed, *, lkind="pk", ekind="clustered", ref_m=None, self_offset=
 
 # Every (B, D) of the grid, every dtype; the metric rotates so each (B, D) sees all three
 # across dtypes without a 360-case product.
-GRID = [(b, d, dt, METRICS[(i + j + k) % 3])
-        for (i, b), (j, d), (k, dt) in itertools.product(enumerate(BS), enumerate(DS), enumerate(DTYPES))
-        if b * b * d <= 3 * 10**8]
+GRID = [
+    (b, d, dt, METRICS[(i + j + k) % 3])
+    for (i, b), (j, d), (k, dt) in itertools.product(enumerate(BS), enumerate(DS), enumerate(DTYPES))
+    if b * b * d <= 3 * 10**8
+]
 
 
 @pytest.mark.parametrize("b, d, dtype, metric", GRID, ids=lambda v: str(v).replace("torch.", ""))
 def test_grid_against_oracle(b, d, dtype, metric):
     case = _case(b, d, seed=b * 7919 + d)
     for reduction, soft in (("mean", False), ("none", True)):
-        check_batch_hard(case, dtype=dtype, device="cuda", metric=metric, reduction=reduction,
-                         soft=soft)
+        check_batch_hard(case, dtype=dtype, device="cuda", metric=metric, reduction=reduction, soft=soft)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -127,8 +129,9 @@ def test_return_info_on_cuda(metric):
     loss, info = check_batch_hard(case, dtype=torch.float32, device="cuda", metric=metric)
     for t in info:
         assert t.device.type == "cuda" or t.dim() == 0
-    _, info_cuda = fastmine.batch_hard_triplet_loss(case.x.float().cuda(), case.labels.cuda(),
-                                                    metric=metric, return_info=True)
+    _, info_cuda = fastmine.batch_hard_triplet_loss(
+        case.x.float().cuda(), case.labels.cuda(), metric=metric, return_info=True
+    )
     for t in info_cuda:
         assert t.device.type == "cuda", "info tensors live on the input's device"
     assert info_cuda.pos_idx.dtype == torch.int64 and info_cuda.valid.dtype == torch.bool
@@ -189,8 +192,7 @@ def test_tf32_opt_in_tolerance():
     try:
         case = _case(1000, 256, seed=7)
         for metric in METRICS:
-            check_batch_hard(case, dtype=torch.float32, device="cuda", metric=metric, rtol=1e-4,
-                             sel_eps=2.0**-11)
+            check_batch_hard(case, dtype=torch.float32, device="cuda", metric=metric, rtol=1e-4, sel_eps=2.0**-11)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
 
@@ -200,8 +202,9 @@ def test_cuda_errors_name_the_argument():
     with pytest.raises(ValueError, match="labels"):
         fastmine.batch_hard_triplet_loss(x, torch.arange(6) % 2)  # labels on the CPU
     with pytest.raises(ValueError, match="ref_embeddings"):
-        fastmine.batch_hard_triplet_loss(x, (torch.arange(6) % 2).cuda(), ref_embeddings=torch.randn(4, 3),
-                                         ref_labels=(torch.arange(4) % 2).cuda())
+        fastmine.batch_hard_triplet_loss(
+            x, (torch.arange(6) % 2).cuda(), ref_embeddings=torch.randn(4, 3), ref_labels=(torch.arange(4) % 2).cuda()
+        )
     with pytest.raises(ValueError, match="y"):
         fastmine.pairwise_distance(x, torch.randn(4, 3))
 

@@ -2,6 +2,7 @@
 the GPU too), CPU agreement, determinism. Skipped without a GPU (every test here carries the
 ``cuda`` marker). The batch-all oracle materialises the B x M x M triplet cube in anchor
 chunks: its sizes stay where that fits in GPU memory (B = 1024: 8.6 GB of float64 terms)."""
+
 from __future__ import annotations
 
 import itertools
@@ -11,8 +12,7 @@ import torch
 
 import fastmine
 from fastmine import reference as R
-from helpers import (RTOL, assert_bitwise, assert_close_rel, check_batch_all, check_contrastive,
-                     hub_batch, run_all_pairs)
+from helpers import RTOL, assert_bitwise, assert_close_rel, check_batch_all, check_contrastive, hub_batch, run_all_pairs
 from strategies import Case, make_embeddings, make_labels, shape_labels
 
 pytestmark = pytest.mark.cuda
@@ -48,14 +48,16 @@ def _case(b, d, seed, *, lkind="pk", ekind="clustered", ref_m=None, self_offset=
 def _unit_scale(d):
     """Clustered data with per-coordinate spread 1/sqrt(D): distances O(1) for every D, so
     that the margins meet active and inactive terms alike."""
-    return 1.0 / (d ** 0.5)
+    return 1.0 / (d**0.5)
 
 
 # ---- every (B, D) of the grid, every dtype ---------------------------------------------------
 # The metric rotates so each (B, D) sees all three across dtypes without a 360-case product.
 
-GRID = [(b, d, dt, METRICS[(i + j + k) % 3])
-        for (i, b), (j, d), (k, dt) in itertools.product(enumerate(BS), enumerate(DS), enumerate(DTYPES))]
+GRID = [
+    (b, d, dt, METRICS[(i + j + k) % 3])
+    for (i, b), (j, d), (k, dt) in itertools.product(enumerate(BS), enumerate(DS), enumerate(DTYPES))
+]
 GRID_BATCH_ALL = [p for p in GRID if p[0] <= 257]  # the oracle's cube: B^3 <= 1.7e7
 GRID_CONTRASTIVE = [p for p in GRID if p[0] * p[0] * p[1] <= 3 * 10**8]
 
@@ -64,8 +66,7 @@ GRID_CONTRASTIVE = [p for p in GRID if p[0] * p[0] * p[1] <= 3 * 10**8]
 def test_batch_all_grid_against_oracle(b, d, dtype, metric):
     case = _case(b, d, seed=b * 7919 + d, scale=_unit_scale(d))
     for reduction, soft, margin in (("mean_positive", False, 0.3), ("sum", True, 0.1), ("mean", False, 1.0)):
-        check_batch_all(case, dtype=dtype, device=DEV, metric=metric, reduction=reduction, soft=soft,
-                        margin=margin)
+        check_batch_all(case, dtype=dtype, device=DEV, metric=metric, reduction=reduction, soft=soft, margin=margin)
 
 
 @pytest.mark.parametrize("b, d, dtype, metric", GRID_CONTRASTIVE, ids=lambda v: str(v).replace("torch.", ""))
@@ -73,8 +74,16 @@ def test_contrastive_grid_against_oracle(b, d, dtype, metric):
     case = _case(b, d, seed=b * 7919 + d, scale=_unit_scale(d))
     nm = NEG_MARGIN[metric] * (3.0 if metric != "cosine" else 1.0)
     for power, reduction in ((2, "mean"), (1, "mean_nonzero"), (1.5, "sum")):
-        check_contrastive(case, dtype=dtype, device=DEV, metric=metric, power=power, pos_margin=0.1,
-                          neg_margin=nm, reduction=reduction)
+        check_contrastive(
+            case,
+            dtype=dtype,
+            device=DEV,
+            metric=metric,
+            power=power,
+            pos_margin=0.1,
+            neg_margin=nm,
+            reduction=reduction,
+        )
 
 
 # ---- options: metrics x reductions x dtypes, reference sets --------------------------------------
@@ -95,8 +104,16 @@ def test_batch_all_dtypes_metrics_reductions(dtype, metric, reduction):
 def test_contrastive_dtypes_metrics_reductions(dtype, metric, reduction):
     case = _case(300, 48, seed=1, lkind="random", ekind="gaussian", scale=_unit_scale(48))
     for power in (1, 2, 1.5):
-        check_contrastive(case, dtype=dtype, device=DEV, metric=metric, reduction=reduction, power=power,
-                          pos_margin=0.2, neg_margin=NEG_MARGIN[metric])
+        check_contrastive(
+            case,
+            dtype=dtype,
+            device=DEV,
+            metric=metric,
+            reduction=reduction,
+            power=power,
+            pos_margin=0.2,
+            neg_margin=NEG_MARGIN[metric],
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -106,10 +123,12 @@ def test_ref_set_and_self_offset(dtype, metric, self_offset):
     case = _case(129, 65, seed=2, ref_m=300, self_offset=self_offset, scale=_unit_scale(65))
     check_batch_all(case, dtype=dtype, device=DEV, metric=metric, reduction="mean_positive")
     check_batch_all(case, dtype=dtype, device=DEV, metric=metric, reduction="sum", soft=True)
-    check_contrastive(case, dtype=dtype, device=DEV, metric=metric, reduction="mean_nonzero", power=1,
-                      neg_margin=NEG_MARGIN[metric])
-    check_contrastive(case, dtype=dtype, device=DEV, metric=metric, reduction="mean", power=2,
-                      neg_margin=NEG_MARGIN[metric])
+    check_contrastive(
+        case, dtype=dtype, device=DEV, metric=metric, reduction="mean_nonzero", power=1, neg_margin=NEG_MARGIN[metric]
+    )
+    check_contrastive(
+        case, dtype=dtype, device=DEV, metric=metric, reduction="mean", power=2, neg_margin=NEG_MARGIN[metric]
+    )
 
 
 @pytest.mark.parametrize("lkind", ["one_class", "distinct", "singletons", "random"])
@@ -119,8 +138,9 @@ def test_label_and_tie_patterns(lkind, ekind, dtype):
     for metric in METRICS:
         case = _case(200, 9, seed=3, lkind=lkind, ekind=ekind)
         check_batch_all(case, dtype=dtype, device=DEV, metric=metric, margin=1.0)
-        check_contrastive(case, dtype=dtype, device=DEV, metric=metric, power=1, neg_margin=2.0,
-                          reduction="mean_nonzero")
+        check_contrastive(
+            case, dtype=dtype, device=DEV, metric=metric, power=1, neg_margin=2.0, reduction="mean_nonzero"
+        )
 
 
 # ---- large classes -----------------------------------------------------------------------------
@@ -132,10 +152,10 @@ def test_label_and_tie_patterns(lkind, ekind, dtype):
 def test_batch_all_two_classes_large_k_against_oracle(dtype, soft, metric):
     """B = 1024 in 2 classes: 511 positives and 512 negatives per anchor (2.7e8 triplets)."""
     case = _case(1024, 64, seed=8, lkind="one_class", ekind="gaussian", scale=_unit_scale(64))
-    case.labels = shape_labels(torch.arange(1024) % 2, shuffle=True, shift=10**12,
-                               gen=torch.Generator().manual_seed(8))
-    _, info = check_batch_all(case, dtype=dtype, device=DEV, metric=metric, soft=soft,
-                              reduction="mean_positive", margin=0.2)
+    case.labels = shape_labels(torch.arange(1024) % 2, shuffle=True, shift=10**12, gen=torch.Generator().manual_seed(8))
+    _, info = check_batch_all(
+        case, dtype=dtype, device=DEV, metric=metric, soft=soft, reduction="mean_positive", margin=0.2
+    )
     assert int(info.num_valid) == 1024 * 511 * 512
 
 
@@ -146,10 +166,8 @@ def test_batch_all_two_classes_4096_cuda_vs_cpu(dtype):
     g = torch.Generator().manual_seed(9)
     lab = torch.arange(4096) % 2
     x = (torch.randn(4096, 128, generator=g, dtype=torch.float64) / 128**0.5).to(dtype)
-    cpu = run_all_pairs(fastmine.batch_all_triplet_loss, Case(x, lab), device="cpu", return_info=True,
-                        margin=0.2)
-    gpu = run_all_pairs(fastmine.batch_all_triplet_loss, Case(x, lab), device=DEV, return_info=True,
-                        margin=0.2)
+    cpu = run_all_pairs(fastmine.batch_all_triplet_loss, Case(x, lab), device="cpu", return_info=True, margin=0.2)
+    gpu = run_all_pairs(fastmine.batch_all_triplet_loss, Case(x, lab), device=DEV, return_info=True, margin=0.2)
     # both within RTOL of the truth (SPEC): within 2 RTOL of each other
     rtol = 2 * RTOL[dtype]
     assert int(gpu[1].num_valid) == int(cpu[1].num_valid) == 4096 * 2047 * 2048
@@ -166,11 +184,12 @@ def test_batch_all_two_classes_4096_cuda_vs_cpu(dtype):
 def test_cuda_agrees_with_cpu(dtype, metric):
     case = _case(600, 129, seed=4, ref_m=900, self_offset=200, scale=_unit_scale(129))
     rtol = 2 * RTOL[dtype]  # both within RTOL of the truth (SPEC): within 2 RTOL of each other
-    for fn, kw in ((fastmine.batch_all_triplet_loss, dict(margin=0.3)),
-                   (fastmine.batch_all_triplet_loss, dict(margin=0.3, soft=True, reduction="sum")),
-                   (fastmine.contrastive_loss, dict(power=1, neg_margin=NEG_MARGIN[metric],
-                                                    reduction="mean_nonzero")),
-                   (fastmine.contrastive_loss, dict(power=2, neg_margin=NEG_MARGIN[metric]))):
+    for fn, kw in (
+        (fastmine.batch_all_triplet_loss, dict(margin=0.3)),
+        (fastmine.batch_all_triplet_loss, dict(margin=0.3, soft=True, reduction="sum")),
+        (fastmine.contrastive_loss, dict(power=1, neg_margin=NEG_MARGIN[metric], reduction="mean_nonzero")),
+        (fastmine.contrastive_loss, dict(power=2, neg_margin=NEG_MARGIN[metric])),
+    ):
         cpu = run_all_pairs(fn, case, dtype=dtype, device="cpu", metric=metric, **kw)
         gpu = run_all_pairs(fn, case, dtype=dtype, device=DEV, metric=metric, **kw)
         assert_close_rel(gpu[0], cpu[0], rtol, floor=1.0, what=f"loss cuda vs cpu {kw}")
@@ -193,10 +212,12 @@ def _once(fn, x, lab, **kw):
 def test_determinism_hub(dtype, metric):
     """One point near everybody (the origin): its gradient row sums ~B contributions."""
     x, lab = hub_batch(b=4097, dtype=dtype, device=DEV)
-    cases = ((fastmine.batch_all_triplet_loss, dict(margin=30.0, return_info=True)),
-             (fastmine.batch_all_triplet_loss, dict(margin=1.0, soft=True, reduction="sum")),
-             (fastmine.contrastive_loss, dict(neg_margin=20.0)),
-             (fastmine.contrastive_loss, dict(neg_margin=20.0, power=1, reduction="mean_nonzero")))
+    cases = (
+        (fastmine.batch_all_triplet_loss, dict(margin=30.0, return_info=True)),
+        (fastmine.batch_all_triplet_loss, dict(margin=1.0, soft=True, reduction="sum")),
+        (fastmine.contrastive_loss, dict(neg_margin=20.0)),
+        (fastmine.contrastive_loss, dict(neg_margin=20.0, power=1, reduction="mean_nonzero")),
+    )
     for fn, kw in cases:
         first = _once(fn, x, lab, metric=metric, **kw)
         for _ in range(3):
@@ -213,8 +234,10 @@ def test_determinism_ref_set(dtype):
         loss = fn(xr, c.labels, ref_embeddings=rr, ref_labels=c.ref_labels, self_offset=100, **kw)
         return (loss.detach(), *torch.autograd.grad(loss, [xr, rr]))
 
-    for fn, kw in ((fastmine.batch_all_triplet_loss, dict(soft=True)),
-                   (fastmine.contrastive_loss, dict(power=1.5, reduction="sum"))):
+    for fn, kw in (
+        (fastmine.batch_all_triplet_loss, dict(soft=True)),
+        (fastmine.contrastive_loss, dict(power=1.5, reduction="sum")),
+    ):
         first = once(fn, **kw)
         for _ in range(2):
             assert_bitwise(first, once(fn, **kw))
@@ -229,8 +252,9 @@ def test_no_triplet_no_pair_cuda(dtype, metric):
     x = torch.randn(9, 5, device=DEV, dtype=dtype, requires_grad=True)
     for labels in (torch.zeros(9, dtype=torch.int64), torch.arange(9)):
         for reduction in R.REDUCTIONS_BATCH_ALL:
-            loss, info = fastmine.batch_all_triplet_loss(x, labels.to(DEV), metric=metric,
-                                                         reduction=reduction, return_info=True)
+            loss, info = fastmine.batch_all_triplet_loss(
+                x, labels.to(DEV), metric=metric, reduction=reduction, return_info=True
+            )
             assert loss.requires_grad and loss.item() == 0.0 and int(info.num_valid) == 0
             assert loss.dtype == (torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
             (gx,) = torch.autograd.grad(loss, x)
@@ -239,8 +263,9 @@ def test_no_triplet_no_pair_cuda(dtype, metric):
                 assert t.device.type == torch.device(DEV).type, "info tensors live on the input's device"
     x1 = x[:1].detach().clone().requires_grad_(True)
     for reduction in R.REDUCTIONS_CONTRASTIVE:
-        loss = fastmine.contrastive_loss(x1, torch.zeros(1, dtype=torch.int64, device=DEV),
-                                         metric=metric, reduction=reduction)
+        loss = fastmine.contrastive_loss(
+            x1, torch.zeros(1, dtype=torch.int64, device=DEV), metric=metric, reduction=reduction
+        )
         assert loss.requires_grad and loss.item() == 0.0
         (gx,) = torch.autograd.grad(loss, x1)
         assert torch.equal(gx, torch.zeros_like(x1))
@@ -264,10 +289,12 @@ def test_nan_on_cuda(dtype, metric):
     ref[513, 2] = float("nan")  # beyond the first tiles
     ref_lab = (torch.arange(700) % 5).to(DEV)
     y = x[:50]  # finite rows
-    assert not torch.isfinite(fastmine.batch_all_triplet_loss(y, lab[:50], metric=metric,
-                                                              ref_embeddings=ref, ref_labels=ref_lab))
-    assert not torch.isfinite(fastmine.contrastive_loss(y, lab[:50], metric=metric,
-                                                        ref_embeddings=ref, ref_labels=ref_lab))
+    assert not torch.isfinite(
+        fastmine.batch_all_triplet_loss(y, lab[:50], metric=metric, ref_embeddings=ref, ref_labels=ref_lab)
+    )
+    assert not torch.isfinite(
+        fastmine.contrastive_loss(y, lab[:50], metric=metric, ref_embeddings=ref, ref_labels=ref_lab)
+    )
 
 
 def test_cuda_errors_name_the_argument():
@@ -276,8 +303,12 @@ def test_cuda_errors_name_the_argument():
         with pytest.raises(ValueError, match="labels"):
             fn(x, torch.arange(6) % 2)  # labels on the CPU
         with pytest.raises(ValueError, match="ref_embeddings"):
-            fn(x, (torch.arange(6) % 2).to(DEV), ref_embeddings=torch.randn(4, 3),
-               ref_labels=(torch.arange(4) % 2).to(DEV))
+            fn(
+                x,
+                (torch.arange(6) % 2).to(DEV),
+                ref_embeddings=torch.randn(4, 3),
+                ref_labels=(torch.arange(4) % 2).to(DEV),
+            )
 
 
 @pytest.mark.slow
@@ -288,8 +319,7 @@ def test_compile_on_cuda():
 
     def f(x):
         loss, info = fastmine.batch_all_triplet_loss(x, lab, return_info=True)
-        return loss + fastmine.contrastive_loss(x, lab, power=1, reduction="mean_nonzero") \
-            + 1e-3 * info.active_fraction
+        return loss + fastmine.contrastive_loss(x, lab, power=1, reduction="mean_nonzero") + 1e-3 * info.active_fraction
 
     e = f(x)
     (ge,) = torch.autograd.grad(e, x)

@@ -1,6 +1,7 @@
 """The focal-loss family and the centroid bound on the GPU: against the float64 oracle in
 every dtype, against the CPU kernels, determinism, extreme logits. Skipped without a GPU
 (every test carries the ``cuda`` marker)."""
+
 from __future__ import annotations
 
 import pytest
@@ -43,8 +44,9 @@ def _check(fn, oracle, x, args, dtype, **kw):
     assert gk.dtype == dtype
     assert_close_rel(lk.cpu(), lo, _tol(dtype), what="loss")
     finite = torch.isfinite(go)
-    assert_close_rel(gk.cpu()[finite], go[finite], _tol(dtype) * (1 if dtype in (torch.float32, F64) else 4),
-                     what="grad")
+    assert_close_rel(
+        gk.cpu()[finite], go[finite], _tol(dtype) * (1 if dtype in (torch.float32, F64) else 4), what="grad"
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -55,8 +57,7 @@ def test_sigmoid_focal(dtype, n, gamma):
     x = torch.randn(n, generator=g, dtype=F64) * 4
     t = (torch.rand(n, generator=g, dtype=F64) > 0.7).to(dtype)
     for reduction in ("none", "mean", "sum"):
-        _check(fastmine.sigmoid_focal_loss, R.sigmoid_focal_loss, x, (t,), dtype, gamma=gamma,
-               reduction=reduction)
+        _check(fastmine.sigmoid_focal_loss, R.sigmoid_focal_loss, x, (t,), dtype, gamma=gamma, reduction=reduction)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -66,8 +67,7 @@ def test_focal_star(dtype, n):
     x = torch.randn(n, generator=g, dtype=F64) * 4
     t = torch.randint(0, 2, (n,), generator=g) * 2 - 1
     for reduction in ("none", "mean"):
-        _check(fastmine.focal_star_loss, R.focal_star_loss, x, (t,), dtype, gamma=2.0, beta=0.5,
-               reduction=reduction)
+        _check(fastmine.focal_star_loss, R.focal_star_loss, x, (t,), dtype, gamma=2.0, beta=0.5, reduction=reduction)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -78,8 +78,9 @@ def test_softmax_focal(dtype, n, c):
     y = torch.randint(0, c, (n,), generator=g)
     a = torch.rand(c, generator=g, dtype=F64).to(dtype)
     for gamma in (0.0, 2.0, 0.7):
-        _check(fastmine.softmax_focal_loss, R.softmax_focal_loss, x, (y,), dtype, alpha=0.25,
-               gamma=gamma, reduction="none")
+        _check(
+            fastmine.softmax_focal_loss, R.softmax_focal_loss, x, (y,), dtype, alpha=0.25, gamma=gamma, reduction="none"
+        )
     xd = x.to(dtype)
     ours = fastmine.softmax_focal_loss(xd.cuda(), y.cuda(), alpha=a.cuda(), reduction="sum")
     assert_close_rel(ours.cpu(), R.softmax_focal_loss(xd.double(), y, alpha=a.double(), reduction="sum"), _tol(dtype))
@@ -152,5 +153,6 @@ def test_extreme_logits_and_bad_labels():
     with pytest.raises(ValueError, match="target"):
         fastmine.softmax_focal_loss(torch.randn(3, 4, device="cuda"), torch.tensor([0, 4, 1], device="cuda"))
     with pytest.raises(ValueError, match="labels"):
-        fastmine.centroid_triplet_loss(torch.randn(3, 4, device="cuda"), torch.tensor([0, 2, 1], device="cuda"),
-                                       torch.randn(2, 4, device="cuda"))
+        fastmine.centroid_triplet_loss(
+            torch.randn(3, 4, device="cuda"), torch.tensor([0, 2, 1], device="cuda"), torch.randn(2, 4, device="cuda")
+        )

@@ -1,5 +1,6 @@
 """The miners on CUDA: against the float64 oracle, against the CPU op, empty results, NaN,
 determinism. Skipped without a GPU (every test here carries the ``cuda`` marker)."""
+
 from __future__ import annotations
 
 import pytest

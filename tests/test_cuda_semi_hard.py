@@ -1,5 +1,6 @@
 """CUDA semi-hard kernels against the float64 oracle and the CPU op; determinism; large
 classes. Skipped without a GPU (every test here carries the ``cuda`` marker)."""
+
 from __future__ import annotations
 
 import pytest
@@ -54,8 +55,9 @@ def test_ref_set_and_self_offset(dtype, metric, self_offset):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_label_and_tie_patterns(lkind, ekind, dtype):
     for metric in METRICS:
-        check_semi_hard(_case(150, 9, seed=3, lkind=lkind, ekind=ekind), dtype=dtype, device="cuda",
-                        metric=metric, reduction="none")
+        check_semi_hard(
+            _case(150, 9, seed=3, lkind=lkind, ekind=ekind), dtype=dtype, device="cuda", metric=metric, reduction="none"
+        )
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -63,8 +65,7 @@ def test_matches_cpu_op(metric):
     case = _case(500, 64, seed=4)
     x, lab = case.x.float(), case.labels
     a, ia = fastmine.semi_hard_triplet_loss(x, lab, metric=metric, return_info=True, reduction="none")
-    b, ib = fastmine.semi_hard_triplet_loss(x.cuda(), lab.cuda(), metric=metric, return_info=True,
-                                            reduction="none")
+    b, ib = fastmine.semi_hard_triplet_loss(x.cuda(), lab.cuda(), metric=metric, return_info=True, reduction="none")
     assert torch.equal(ia.anchor_idx, ib.anchor_idx.cpu()) and torch.equal(ia.pos_idx, ib.pos_idx.cpu())
     same = ia.neg_idx == ib.neg_idx.cpu()
     assert same.float().mean() > 0.99

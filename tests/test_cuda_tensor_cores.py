@@ -3,6 +3,7 @@ mma_tile.cuh) against the float64 oracle at SPEC's half tolerance, for every op 
 tile mainloop, at shapes that are not multiples of the 64 x 64 tile and D not a multiple of
 16; bitwise determinism; and embeddings produced under torch.autocast. Skipped without a GPU
 (the layouts themselves are checked on the CPU by tests/test_emu_tensor_cores.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -100,8 +101,10 @@ def test_tf32_opt_in_follows_torch_flag():
         # Index checks assume fp32 resolution of near-ties: TF32 is held to the half tolerance.
         check_batch_hard(case, dtype=torch.float32, device="cuda", rtol=2e-2, check_indices=False)
         lab = case.labels.cuda()
-        for fn, oracle in ((fastmine.contrastive_loss, R.contrastive_loss),
-                           (fastmine.batch_all_triplet_loss, R.batch_all_triplet_loss)):
+        for fn, oracle in (
+            (fastmine.contrastive_loss, R.contrastive_loss),
+            (fastmine.batch_all_triplet_loss, R.batch_all_triplet_loss),
+        ):
             got = fn(x, lab).double().cpu()
             want_loss = oracle(case.x.float().double(), case.labels)
             torch.testing.assert_close(got, want_loss, rtol=2e-2, atol=1e-4)

@@ -1,5 +1,6 @@
 """The ops are proper custom ops: torch.library.opcheck (schema, fake kernel, autograd
 registration, AOT dispatch) and torch.compile(fullgraph=True) traces through the public API."""
+
 from __future__ import annotations
 
 import pytest
@@ -63,9 +64,10 @@ def test_opcheck_batch_hard_triplet_backward(metric):
     x, _, r = args[0], args[1], args[2]
     loss, pi, ni, pd, nd = ops.batch_hard_triplet(*args)
     gl = torch.ones_like(loss)
-    torch.library.opcheck(ops.batch_hard_triplet_backward.default,
-                          (gl, torch.zeros_like(pd), torch.zeros_like(nd), x, r, pi, ni, pd, nd,
-                           0.3, METRIC_IDS[metric], False))
+    torch.library.opcheck(
+        ops.batch_hard_triplet_backward.default,
+        (gl, torch.zeros_like(pd), torch.zeros_like(nd), x, r, pi, ni, pd, nd, 0.3, METRIC_IDS[metric], False),
+    )
 
 
 def test_low_level_op_outputs():
@@ -83,8 +85,9 @@ def test_low_level_op_outputs():
 
 def _f(x, lab, ref, ref_lab):
     loss = fastmine.batch_hard_triplet_loss(x, lab, margin=0.5)
-    loss2 = fastmine.batch_hard_triplet_loss(x, lab, metric="cosine", soft=True, reduction="sum",
-                                             ref_embeddings=ref, ref_labels=ref_lab, self_offset=3)
+    loss2 = fastmine.batch_hard_triplet_loss(
+        x, lab, metric="cosine", soft=True, reduction="sum", ref_embeddings=ref, ref_labels=ref_lab, self_offset=3
+    )
     d = fastmine.pairwise_distance(x, ref, metric="sqeuclidean")
     return loss + 0.1 * loss2 + 1e-3 * d.mean()
 
@@ -129,9 +132,12 @@ def test_compile_fullgraph_return_info_aot_eager():
     (gc,) = torch.autograd.grad(compiled[0], xc)
     torch.testing.assert_close(ge, gc)
     # And compiled matches the oracle.
-    torch.testing.assert_close(compiled[0].detach().double(),
-                               2 * R.batch_hard_triplet_loss(x.double(), lab, reduction="mean_nonzero"),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        compiled[0].detach().double(),
+        2 * R.batch_hard_triplet_loss(x.double(), lab, reduction="mean_nonzero"),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 # ---- batch_all_triplet, contrastive ----------------------------------------------------------
@@ -162,11 +168,23 @@ def _ct_args(metric, power, ref, dtype=F64, requires_grad=True):
 
 
 # Each metric, hinge and soft, each reference-set mode (not their full product: opcheck is slow).
-BA_COMBOS = [("euclidean", False, "none"), ("sqeuclidean", True, "none"), ("cosine", False, "ref"),
-             ("euclidean", True, "ref"), ("sqeuclidean", False, "self_offset"), ("cosine", True, "self_offset")]
-CT_COMBOS = [("euclidean", 2, "none"), ("sqeuclidean", 1, "none"), ("cosine", 1.5, "none"),
-             ("cosine", 2, "ref"), ("euclidean", 1.5, "ref"), ("sqeuclidean", 1, "self_offset"),
-             ("euclidean", 2, "self_offset")]
+BA_COMBOS = [
+    ("euclidean", False, "none"),
+    ("sqeuclidean", True, "none"),
+    ("cosine", False, "ref"),
+    ("euclidean", True, "ref"),
+    ("sqeuclidean", False, "self_offset"),
+    ("cosine", True, "self_offset"),
+]
+CT_COMBOS = [
+    ("euclidean", 2, "none"),
+    ("sqeuclidean", 1, "none"),
+    ("cosine", 1.5, "none"),
+    ("cosine", 2, "ref"),
+    ("euclidean", 1.5, "ref"),
+    ("sqeuclidean", 1, "self_offset"),
+    ("euclidean", 2, "self_offset"),
+]
 
 
 @pytest.mark.parametrize("metric, soft, ref", BA_COMBOS)
@@ -249,17 +267,34 @@ def _compare_compiled(fn, **compile_kw):
 
 def _batch_all_f(x, lab, ref, ref_lab):
     loss = fastmine.batch_all_triplet_loss(x, lab, margin=0.5)
-    loss2, info = fastmine.batch_all_triplet_loss(x, lab, metric="cosine", soft=True, reduction="sum",
-                                                  ref_embeddings=ref, ref_labels=ref_lab,
-                                                  self_offset=3, return_info=True)
+    loss2, info = fastmine.batch_all_triplet_loss(
+        x,
+        lab,
+        metric="cosine",
+        soft=True,
+        reduction="sum",
+        ref_embeddings=ref,
+        ref_labels=ref_lab,
+        self_offset=3,
+        return_info=True,
+    )
     return loss + 0.01 * loss2 + 1e-3 * info.active_fraction
 
 
 def _contrastive_f(x, lab, ref, ref_lab):
     loss = fastmine.contrastive_loss(x, lab, neg_margin=4.0)
-    loss2 = fastmine.contrastive_loss(x, lab, pos_margin=0.3, neg_margin=1.0, power=1,
-                                      metric="cosine", reduction="mean_nonzero",
-                                      ref_embeddings=ref, ref_labels=ref_lab, self_offset=3)
+    loss2 = fastmine.contrastive_loss(
+        x,
+        lab,
+        pos_margin=0.3,
+        neg_margin=1.0,
+        power=1,
+        metric="cosine",
+        reduction="mean_nonzero",
+        ref_embeddings=ref,
+        ref_labels=ref_lab,
+        self_offset=3,
+    )
     return loss + 0.1 * loss2
 
 
@@ -268,9 +303,17 @@ def test_compile_fullgraph_batch_all_matches_eager():
     out, _, _ = _compare_compiled(_batch_all_f)
     x, lab, ref, ref_lab = _compile_data()
     x, ref = x.double(), ref.double()
-    loss2, info = R.batch_all_triplet_loss(x, lab, metric="cosine", soft=True, reduction="sum",
-                                           ref_embeddings=ref, ref_labels=ref_lab, self_offset=3,
-                                           return_info=True)
+    loss2, info = R.batch_all_triplet_loss(
+        x,
+        lab,
+        metric="cosine",
+        soft=True,
+        reduction="sum",
+        ref_embeddings=ref,
+        ref_labels=ref_lab,
+        self_offset=3,
+        return_info=True,
+    )
     expected = R.batch_all_triplet_loss(x, lab, margin=0.5) + 0.01 * loss2 + 1e-3 * info.active_fraction
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
 
@@ -279,9 +322,16 @@ def test_compile_fullgraph_batch_all_matches_eager():
 def test_compile_fullgraph_contrastive_matches_eager():
     out, _, _ = _compare_compiled(_contrastive_f)
     x, lab, ref, ref_lab = _compile_data()
-    expected = (R.contrastive_loss(x.double(), lab, neg_margin=4.0)
-                + 0.1 * R.contrastive_loss(x.double(), lab, pos_margin=0.3, neg_margin=1.0, power=1,
-                                           metric="cosine", reduction="mean_nonzero",
-                                           ref_embeddings=ref.double(), ref_labels=ref_lab,
-                                           self_offset=3))
+    expected = R.contrastive_loss(x.double(), lab, neg_margin=4.0) + 0.1 * R.contrastive_loss(
+        x.double(),
+        lab,
+        pos_margin=0.3,
+        neg_margin=1.0,
+        power=1,
+        metric="cosine",
+        reduction="mean_nonzero",
+        ref_embeddings=ref.double(),
+        ref_labels=ref_lab,
+        self_offset=3,
+    )
     torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
 """Same inputs, same device: bitwise-identical losses and gradients, run after run."""
+
 from __future__ import annotations
 
 import pytest
@@ -93,8 +94,11 @@ def run_all_pairs_once(name, x, lab, **kw):
 
 ALL_PAIRS_KW = {
     "batch_all": [dict(margin=30.0), dict(margin=1.0, soft=True, reduction="sum")],
-    "contrastive": [dict(neg_margin=20.0), dict(neg_margin=20.0, power=1, reduction="mean_nonzero"),
-                    dict(neg_margin=20.0, pos_margin=0.5, power=1.5, reduction="sum")],
+    "contrastive": [
+        dict(neg_margin=20.0),
+        dict(neg_margin=20.0, power=1, reduction="mean_nonzero"),
+        dict(neg_margin=20.0, pos_margin=0.5, power=1.5, reduction="sum"),
+    ],
 }
 
 

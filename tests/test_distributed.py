@@ -1,6 +1,7 @@
 """fastmine.distributed with 2 CPU processes (gloo): every rank's loss equals the
 single-process loss of the concatenated batch, and the gradients (of the embeddings, and of a
 DDP model's parameters) equal single-process training on it. Uneven batch sizes."""
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,7 @@ def _weights(n, offset=0, total=None):
 
 
 def _worker(rank, world, port, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         x, inputs, labels = _data()
         lo = sum(SIZES[:rank])
@@ -79,8 +79,9 @@ def _worker(rank, world, port, out_dir):
         grads = [p.grad for p in ddp.module.parameters()]
         # gather_batch itself: the global batch and the offset
         g_emb, g_lab, off = fastmine.distributed.gather_batch(x[rows], labels[rows])
-        torch.save(dict(results=results, ddp=grads, gathered=(g_emb, g_lab, off)),
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            dict(results=results, ddp=grads, gathered=(g_emb, g_lab, off)), os.path.join(out_dir, f"rank{rank}.pt")
+        )
     finally:
         dist.destroy_process_group()
 
@@ -98,8 +99,9 @@ def ranks(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt") for r in range(len(SIZES))]
 
 
-@pytest.mark.parametrize("case", range(len(CASES)),
-                         ids=[f"{c.__name__}-{o.get('reduction', 'default')}" for c, o in CASES])
+@pytest.mark.parametrize(
+    "case", range(len(CASES)), ids=[f"{c.__name__}-{o.get('reduction', 'default')}" for c, o in CASES]
+)
 def test_loss_and_gradients_equal_single_process(ranks, case):
     cls, opts = CASES[case]
     x, _, labels = _data()

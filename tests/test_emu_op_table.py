@@ -8,6 +8,7 @@ and on degenerate ones: exact ties, a batch of one class (no negatives), all-dis
 (no positives) and a NaN row. A call the CPU op refuses (the miner's non-finite candidates)
 must be refused alike.
 """
+
 from __future__ import annotations
 
 import itertools

@@ -4,6 +4,7 @@ with its kernels emulated (tests/emu/, emu_ops.py). Small odd shapes (partial ti
 row, one column), every dtype, exact ties (integer grids), NaN/inf rows, degenerate label
 sets. Skips where g++ or the CUDA headers are missing.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -53,8 +54,7 @@ def _semi_hard(emu, x, lab, metric, ref=None, ref_lab=None, offset=0, half=None)
     gl, gp, gn = (torch.randn(ai.numel(), generator=g).to(loss.dtype) for _ in range(3))
     # The backward at the emulated op's triplets (the CPU op's are the same ones where the
     # indices were compared exactly).
-    compare(emu, "semi_hard_triplet_backward", gl, gp, gn, x, ref, ai, pi, ni, pd, nd, 0.3, metric,
-            half=half)
+    compare(emu, "semi_hard_triplet_backward", gl, gp, gn, x, ref, ai, pi, ni, pd, nd, 0.3, metric, half=half)
     return f
 
 
@@ -122,8 +122,14 @@ def test_contrastive_ref_set_tf32(emu, params):
     _contrastive(emu, x, lab, 2, params, ref, ref_lab, has_exclude=False, tf32=True)
 
 
-@pytest.mark.parametrize("rows, labels", [([[float("nan")]], [0]), ([[-1.0], [float("inf")]], [0, 1]),
-                                          ([[1.0, 2.0], [float("nan"), 0.0], [0.5, 0.5]], [0, 0, 1])])
+@pytest.mark.parametrize(
+    "rows, labels",
+    [
+        ([[float("nan")]], [0]),
+        ([[-1.0], [float("inf")]], [0, 1]),
+        ([[1.0, 2.0], [float("nan"), 0.0], [0.5, 0.5]], [0, 0, 1]),
+    ],
+)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_contrastive_nonfinite(emu, rows, labels, dtype):
     """A non-finite anchor row gives NaN sums, pairs or not (B = 1 included)."""

@@ -8,6 +8,7 @@ ctypes. Any wrong register, lane or half of a fragment gives O(1) errors, far ab
 tolerances; the half-precision kernels are also held to SPEC's 2e-2 against the float64 CPU
 op on the upcast inputs. Skips where g++ or the CUDA headers are missing.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -41,9 +42,22 @@ def lib(tmp_path_factory):
     if cxx is None or inc is None:
         pytest.skip("needs g++ and the CUDA headers (cuda_fp16.h) for the host emulator")
     out = tmp_path_factory.mktemp("emu") / "libfm_emu.so"
-    cmd = [cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w",
-           "-DFASTMINE_EMULATED_MMA", f"-I{os.path.join(ROOT, 'csrc')}", f"-I{EMU}", f"-I{inc}",
-           os.path.join(EMU, "harness.cpp"), "-o", str(out)]
+    cmd = [
+        cxx,
+        "-std=c++20",
+        "-O1",
+        "-shared",
+        "-fPIC",
+        "-pthread",
+        "-w",
+        "-DFASTMINE_EMULATED_MMA",
+        f"-I{os.path.join(ROOT, 'csrc')}",
+        f"-I{EMU}",
+        f"-I{inc}",
+        os.path.join(EMU, "harness.cpp"),
+        "-o",
+        str(out),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-4000:]
     so = ctypes.CDLL(str(out))
@@ -69,7 +83,9 @@ def _entry(dtype, tf32):
 
 
 def emu_dot(lib, x, y, tf32=False):
-    out = torch.full((x.shape[0], y.shape[0]), float("nan"), dtype=torch.float32 if x.dtype != torch.float64 else x.dtype)
+    out = torch.full(
+        (x.shape[0], y.shape[0]), float("nan"), dtype=torch.float32 if x.dtype != torch.float64 else x.dtype
+    )
     getattr(lib, "tile_" + _entry(x.dtype, tf32))(_p(x), x.shape[0], _p(y), y.shape[0], x.shape[1], _p(out))
     _no_emu_errors(lib)
     return out
@@ -135,8 +151,26 @@ def _bh(lib, kind, x, lab, splits, metric=0, margin=0.2, soft=False):
     acc = torch.float32 if x.dtype != torch.float64 else x.dtype
     loss, pd, nd = (torch.full((b,), -777.0, dtype=acc) for _ in range(3))
     pi, ni = (torch.full((b,), -777, dtype=torch.int64) for _ in range(2))
-    getattr(lib, "bh_fwd_" + kind)(_p(x), _p(lab), _p(x), _p(lab), b, b, d, margin, metric, soft,
-                                             True, 0, splits, _p(loss), _p(pi), _p(ni), _p(pd), _p(nd))
+    getattr(lib, "bh_fwd_" + kind)(
+        _p(x),
+        _p(lab),
+        _p(x),
+        _p(lab),
+        b,
+        b,
+        d,
+        margin,
+        metric,
+        soft,
+        True,
+        0,
+        splits,
+        _p(loss),
+        _p(pi),
+        _p(ni),
+        _p(pd),
+        _p(nd),
+    )
     _no_emu_errors(lib)
     return loss, pi, ni, pd, nd
 
@@ -150,7 +184,8 @@ def test_batch_hard_tensor_cores_against_cpu_float64(lib, kind, b, d, metric):
     x = torch.randn(b, d, generator=g).to(dtype)
     loss, pi, ni, pd, nd = _bh(lib, kind, x, lab, splits=2, metric=metric)
     w_loss, w_pi, w_ni, w_pd, w_nd = torch.ops.fastmine.batch_hard_triplet(
-        x.double(), lab, x.double(), lab, 0.2, metric, False, True, 0)
+        x.double(), lab, x.double(), lab, 0.2, metric, False, True, 0
+    )
     # Near-ties may pick another index under half rounding; the mined distances may not move.
     tol = dict(rtol=2e-2, atol=2e-2 * float(w_pd.abs().max()))
     torch.testing.assert_close(pd.double(), w_pd, **tol)

@@ -3,6 +3,7 @@ argument contract is checked for every loss (the ``op`` fixture).
 
 A second device is needed for the "different devices" checks: without a GPU the meta device
 plays that role (it is a real, distinct torch device that the checks must notice)."""
+
 from __future__ import annotations
 
 import math
@@ -75,9 +76,16 @@ def test_embeddings_zero_features(bh):
         bh(embeddings=torch.empty(6, 0, dtype=F64))
 
 
-@pytest.mark.parametrize("labels", [torch.zeros(6, 1, dtype=torch.int64), torch.zeros(5, dtype=torch.int64),
-                                    torch.zeros(7, dtype=torch.int64), torch.tensor(0)],
-                         ids=["2-D", "short", "long", "0-D"])
+@pytest.mark.parametrize(
+    "labels",
+    [
+        torch.zeros(6, 1, dtype=torch.int64),
+        torch.zeros(5, dtype=torch.int64),
+        torch.zeros(7, dtype=torch.int64),
+        torch.tensor(0),
+    ],
+    ids=["2-D", "short", "long", "0-D"],
+)
 def test_labels_bad_shape(labels, bh):
     with pytest.raises(ValueError, match="labels"):
         bh(labels=labels)
@@ -166,9 +174,18 @@ def test_contrastive_bad_power(power):
         fastmine.contrastive_loss(emb(), lab(), power=power)
 
 
-@pytest.mark.parametrize("name, value", [("margin", "0.3"), ("margin", None), ("margin", torch.tensor(0.3)),
-                                         ("pos_margin", "0"), ("neg_margin", None), ("power", "2"),
-                                         ("power", None)])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("margin", "0.3"),
+        ("margin", None),
+        ("margin", torch.tensor(0.3)),
+        ("pos_margin", "0"),
+        ("neg_margin", None),
+        ("power", "2"),
+        ("power", None),
+    ],
+)
 def test_non_number_hyperparameter(name, value):
     fn = fastmine.contrastive_loss if name != "margin" else fastmine.batch_all_triplet_loss
     with pytest.raises(TypeError, match=name):
@@ -276,8 +293,7 @@ def test_pairwise_other_device():
 # ---- double backward ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kw", [{}, {"soft": True}, {"metric": "cosine", "reduction": "none"},
-                                {"ref": True}])
+@pytest.mark.parametrize("kw", [{}, {"soft": True}, {"metric": "cosine", "reduction": "none"}, {"ref": True}])
 def test_batch_hard_double_backward_refused(kw):
     kw = dict(kw)
     x = emb().requires_grad_(True)

@@ -2,6 +2,7 @@
 trained digits (Recall@1 and MAP@R far above the untrained network's), with and without XBM.
 (On the never-trained digits 6-9 it does not improve much; the example reports that, the
 test does not assert on it.)"""
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,8 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _example():
-    spec = importlib.util.spec_from_file_location(
-        "train_digits", os.path.join(ROOT, "examples", "train_digits.py"))
+    spec = importlib.util.spec_from_file_location("train_digits", os.path.join(ROOT, "examples", "train_digits.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

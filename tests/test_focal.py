@@ -2,6 +2,7 @@
 (fastmine/reference.py), torchvision's formula written out, F.cross_entropy at gamma = 0,
 BCE-with-logits for FL* at gamma = 1, extreme logits, degenerate and bad input, NaN,
 determinism, opcheck, torch.compile and double backward."""
+
 from __future__ import annotations
 
 import math
@@ -77,12 +78,21 @@ def _compare(fn_k, fn_o, x, args_k, args_o, dtype, **kw):
 # ---- oracle parity (hypothesis) ---------------------------------------------------------------
 
 
-shapes = st.lists(st.integers(1, 9), min_size=1, max_size=3).map(tuple) | st.sampled_from([(1,), (7,), (8,), (1000,), (3, 333)])
+shapes = st.lists(st.integers(1, 9), min_size=1, max_size=3).map(tuple) | st.sampled_from(
+    [(1,), (7,), (8,), (1000,), (3, 333)]
+)
 
 
-@given(shape=shapes, seed=st.integers(0, 2**31 - 1), scale=st.sampled_from([0.1, 1.0, 5.0, 25.0]),
-       gamma=st.sampled_from(GAMMAS), alpha=st.sampled_from(ALPHAS), reduction=st.sampled_from(REDUCTIONS),
-       dtype=st.sampled_from([torch.float32, F64]), soft=st.booleans())
+@given(
+    shape=shapes,
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.sampled_from([0.1, 1.0, 5.0, 25.0]),
+    gamma=st.sampled_from(GAMMAS),
+    alpha=st.sampled_from(ALPHAS),
+    reduction=st.sampled_from(REDUCTIONS),
+    dtype=st.sampled_from([torch.float32, F64]),
+    soft=st.booleans(),
+)
 def test_sigmoid_focal_matches_oracle(shape, seed, scale, gamma, alpha, reduction, dtype, soft):
     g = _gen(seed)
     x = torch.randn(shape, generator=g, dtype=F64) * scale
@@ -93,10 +103,16 @@ def test_sigmoid_focal_matches_oracle(shape, seed, scale, gamma, alpha, reductio
     _compare(fastmine.sigmoid_focal_loss, R.sigmoid_focal_loss, x, (t.to(dtype),), (t,), dtype, **kw)
 
 
-@given(n=st.integers(1, 40), c=st.integers(1, 37), seed=st.integers(0, 2**31 - 1),
-       scale=st.sampled_from([0.1, 1.0, 8.0]), gamma=st.sampled_from(GAMMAS),
-       alpha=st.sampled_from(["none", "float", "tensor"]), reduction=st.sampled_from(REDUCTIONS),
-       dtype=st.sampled_from([torch.float32, F64]))
+@given(
+    n=st.integers(1, 40),
+    c=st.integers(1, 37),
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.sampled_from([0.1, 1.0, 8.0]),
+    gamma=st.sampled_from(GAMMAS),
+    alpha=st.sampled_from(["none", "float", "tensor"]),
+    reduction=st.sampled_from(REDUCTIONS),
+    dtype=st.sampled_from([torch.float32, F64]),
+)
 def test_softmax_focal_matches_oracle(n, c, seed, scale, gamma, alpha, reduction, dtype):
     g = _gen(seed)
     x = torch.randn(n, c, generator=g, dtype=F64) * scale
@@ -110,9 +126,15 @@ def test_softmax_focal_matches_oracle(n, c, seed, scale, gamma, alpha, reduction
     _assert_grad(gk, go, RTOL[dtype] * 4)
 
 
-@given(shape=shapes, seed=st.integers(0, 2**31 - 1), gamma=st.sampled_from([0.25, 1.0, 2.0, 5.0]),
-       beta=st.sampled_from([0.0, 1.0, -2.5]), reduction=st.sampled_from(REDUCTIONS),
-       dtype=st.sampled_from([torch.float32, F64]), labels=st.sampled_from(["pm1", "01", "bool"]))
+@given(
+    shape=shapes,
+    seed=st.integers(0, 2**31 - 1),
+    gamma=st.sampled_from([0.25, 1.0, 2.0, 5.0]),
+    beta=st.sampled_from([0.0, 1.0, -2.5]),
+    reduction=st.sampled_from(REDUCTIONS),
+    dtype=st.sampled_from([torch.float32, F64]),
+    labels=st.sampled_from(["pm1", "01", "bool"]),
+)
 def test_focal_star_matches_oracle(shape, seed, gamma, beta, reduction, dtype, labels):
     g = _gen(seed)
     x = torch.randn(shape, generator=g, dtype=F64) * 4
@@ -144,9 +166,13 @@ def test_gradcheck(reduction, gamma):
     ypm = torch.randint(0, 2, (3, 5), generator=g) * 2 - 1
     a = torch.rand(5, generator=g, dtype=F64)
     torch.autograd.gradcheck(lambda v: fastmine.sigmoid_focal_loss(v, t, gamma=gamma, reduction=reduction), (x,))
-    torch.autograd.gradcheck(lambda v: fastmine.softmax_focal_loss(v, y, alpha=a, gamma=gamma, reduction=reduction), (x,))
+    torch.autograd.gradcheck(
+        lambda v: fastmine.softmax_focal_loss(v, y, alpha=a, gamma=gamma, reduction=reduction), (x,)
+    )
     if gamma > 0:
-        torch.autograd.gradcheck(lambda v: fastmine.focal_star_loss(v, ypm, gamma=gamma, beta=0.5, reduction=reduction), (x,))
+        torch.autograd.gradcheck(
+            lambda v: fastmine.focal_star_loss(v, ypm, gamma=gamma, beta=0.5, reduction=reduction), (x,)
+        )
 
 
 # ---- peers: torchvision's formula, F.cross_entropy, BCE-with-logits -----------------------------
@@ -349,8 +375,11 @@ def test_half_inputs_on_cpu(half):
     x = torch.randn(40, 3).to(half).requires_grad_()
     t = (torch.rand(40, 3) > 0.5).to(half)
     y = torch.randint(0, 3, (40,))
-    for loss in (fastmine.sigmoid_focal_loss(x, t, reduction="mean"), fastmine.focal_star_loss(x, t),
-                 fastmine.softmax_focal_loss(x, y)):
+    for loss in (
+        fastmine.sigmoid_focal_loss(x, t, reduction="mean"),
+        fastmine.focal_star_loss(x, t),
+        fastmine.softmax_focal_loss(x, y),
+    ):
         assert loss.dtype == torch.float32
         (g,) = torch.autograd.grad(loss, x)
         assert g.dtype == half
@@ -437,10 +466,12 @@ def test_compile_fullgraph_matches_eager():
     a = torch.rand(5, generator=g)
 
     def f(x, t, y, a):
-        return (fastmine.sigmoid_focal_loss(x, t, reduction="mean")
-                + fastmine.sigmoid_focal_loss(x, t, gamma=0.5).sum()
-                + fastmine.focal_star_loss(x, t * 2 - 1, beta=0.3)
-                + fastmine.softmax_focal_loss(x, y, alpha=a, gamma=1.5))
+        return (
+            fastmine.sigmoid_focal_loss(x, t, reduction="mean")
+            + fastmine.sigmoid_focal_loss(x, t, gamma=0.5).sum()
+            + fastmine.focal_star_loss(x, t * 2 - 1, beta=0.3)
+            + fastmine.softmax_focal_loss(x, y, alpha=a, gamma=1.5)
+        )
 
     eager = f(x, t, y, a)
     (ge,) = torch.autograd.grad(eager, x)
@@ -454,8 +485,11 @@ def test_double_backward_raises():
     x = torch.randn(5, 3, dtype=F64, requires_grad=True)
     t = torch.rand(5, 3, dtype=F64)
     y = torch.randint(0, 3, (5,))
-    for loss in (fastmine.sigmoid_focal_loss(x, t, reduction="sum"), fastmine.focal_star_loss(x, t),
-                 fastmine.softmax_focal_loss(x, y)):
+    for loss in (
+        fastmine.sigmoid_focal_loss(x, t, reduction="sum"),
+        fastmine.focal_star_loss(x, t),
+        fastmine.softmax_focal_loss(x, y),
+    ):
         (g,) = torch.autograd.grad(loss, x, create_graph=True)
         with pytest.raises(RuntimeError, match="double backward"):
             g.sum().backward()
@@ -475,8 +509,11 @@ def test_backward_twice_with_retain_graph():
     """Nothing is consumed by a backward: a second one gives the same gradient."""
     x = torch.randn(10, 3, requires_grad=True)
     t, y = torch.rand(10, 3), torch.randint(0, 3, (10,))
-    for loss in (fastmine.sigmoid_focal_loss(x, t, reduction="mean"), fastmine.focal_star_loss(x, t),
-                 fastmine.softmax_focal_loss(x, y)):
+    for loss in (
+        fastmine.sigmoid_focal_loss(x, t, reduction="mean"),
+        fastmine.focal_star_loss(x, t),
+        fastmine.softmax_focal_loss(x, y),
+    ):
         (g1,) = torch.autograd.grad(loss, x, retain_graph=True)
         (g2,) = torch.autograd.grad(loss, x)
         assert torch.equal(g1, g2)

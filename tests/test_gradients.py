@@ -1,6 +1,7 @@
 """torch.autograd.gradcheck in float64 for both ops, every metric, hinge and soft, with and
 without a reference set. Data are chosen well separated (helpers.well_separated) so that
 gradcheck's finite-difference perturbations cannot flip an argmax/argmin or cross the kink."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,12 +30,20 @@ def separated_batch(metric, margin, *, b=8, d=4, classes=3, ref_m=None, self_off
                 ref_lab = torch.cat([extra_lab[:self_offset], lab, extra_lab[self_offset:]])
             else:
                 ref, ref_lab = extra, extra_lab
-        if well_separated(x, lab, metric=metric, margin=margin, ref=ref, ref_labels=ref_lab,
-                          self_offset=self_offset, gap=1e-3):
+        if well_separated(
+            x, lab, metric=metric, margin=margin, ref=ref, ref_labels=ref_lab, self_offset=self_offset, gap=1e-3
+        ):
             # at least one anchor must be active, or the hinge gradient is trivially 0
-            loss = R.batch_hard_triplet_loss(x, lab, margin=margin, metric=metric, reduction="none",
-                                             ref_embeddings=ref, ref_labels=ref_lab,
-                                             self_offset=self_offset)
+            loss = R.batch_hard_triplet_loss(
+                x,
+                lab,
+                margin=margin,
+                metric=metric,
+                reduction="none",
+                ref_embeddings=ref,
+                ref_labels=ref_lab,
+                self_offset=self_offset,
+            )
             if (loss > 0).any():
                 return x, lab, ref, ref_lab
     raise RuntimeError("no well-separated seed found")
@@ -49,8 +58,7 @@ def test_gradcheck_batch_hard(metric, soft, reduction):
     x.requires_grad_(True)
 
     def f(x):
-        return fastmine.batch_hard_triplet_loss(x, lab, margin=margin, metric=metric, soft=soft,
-                                                reduction=reduction)
+        return fastmine.batch_hard_triplet_loss(x, lab, margin=margin, metric=metric, soft=soft, reduction=reduction)
 
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -67,9 +75,17 @@ def test_gradcheck_batch_hard_ref_set(metric, soft, self_offset):
     ref = ref.clone().requires_grad_(True)
 
     def f(x, ref):
-        return fastmine.batch_hard_triplet_loss(x, lab, margin=margin, metric=metric, soft=soft,
-                                                reduction="none", ref_embeddings=ref,
-                                                ref_labels=ref_lab, self_offset=self_offset)
+        return fastmine.batch_hard_triplet_loss(
+            x,
+            lab,
+            margin=margin,
+            metric=metric,
+            soft=soft,
+            reduction="none",
+            ref_embeddings=ref,
+            ref_labels=ref_lab,
+            self_offset=self_offset,
+        )
 
     assert torch.autograd.gradcheck(f, (x, ref), eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -79,8 +95,9 @@ def test_gradcheck_pairwise(metric):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(5, 3, generator=g, dtype=F64, requires_grad=True)
     y = torch.randn(4, 3, generator=g, dtype=F64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: fastmine.pairwise_distance(a, b, metric=metric),
-                                    (x, y), eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert torch.autograd.gradcheck(
+        lambda a, b: fastmine.pairwise_distance(a, b, metric=metric), (x, y), eps=1e-6, atol=1e-7, rtol=1e-5
+    )
     # y=None: off-diagonal entries only are smooth for euclidean; gradcheck the whole thing on
     # sqeuclidean/cosine, and euclidean via a mask of the diagonal.
     if metric == "euclidean":
@@ -121,8 +138,10 @@ def _ref_batch(g, x, lab, classes, ref_m, self_offset):
     extra = torch.randn(ref_m, d, generator=g, dtype=F64)
     extra_lab = torch.randint(0, classes + 1, (ref_m,), generator=g)
     if self_offset is not None:
-        return (torch.cat([extra[:self_offset], x, extra[self_offset:]]),
-                torch.cat([extra_lab[:self_offset], lab, extra_lab[self_offset:]]))
+        return (
+            torch.cat([extra[:self_offset], x, extra[self_offset:]]),
+            torch.cat([extra_lab[:self_offset], lab, extra_lab[self_offset:]]),
+        )
     return extra, extra_lab
 
 
@@ -163,8 +182,12 @@ def contrastive_separated(metric, pos_margin, neg_margin, gap=1e-3, **kw):
         allowed = R.contrastive_pair_mask(lab, ref_lab, kw.get("self_offset"))
         same = lab[:, None] == rl[None, :]
         v = torch.where(same, dist - pos_margin, neg_margin - dist)
-        return (bool((allowed & same & (v > gap)).any()) and bool((allowed & ~same & (v > gap)).any())
-                and not bool((allowed & (v.abs() <= gap)).any()) and bool((dist[allowed] > gap).all()))
+        return (
+            bool((allowed & same & (v > gap)).any())
+            and bool((allowed & ~same & (v > gap)).any())
+            and not bool((allowed & (v.abs() <= gap)).any())
+            and bool((dist[allowed] > gap).all())
+        )
 
     return all_pairs_separated(score, **kw)
 
@@ -178,8 +201,7 @@ def test_gradcheck_batch_all(metric, soft, reduction):
     x.requires_grad_(True)
 
     def f(x):
-        return fastmine.batch_all_triplet_loss(x, lab, margin=margin, metric=metric, soft=soft,
-                                               reduction=reduction)
+        return fastmine.batch_all_triplet_loss(x, lab, margin=margin, metric=metric, soft=soft, reduction=reduction)
 
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -193,9 +215,16 @@ def test_gradcheck_batch_all_ref_set(metric, soft, self_offset):
     x, ref = x.clone().requires_grad_(True), ref.clone().requires_grad_(True)
 
     def f(x, ref):
-        return fastmine.batch_all_triplet_loss(x, lab, margin=margin, metric=metric, soft=soft,
-                                               ref_embeddings=ref, ref_labels=ref_lab,
-                                               self_offset=self_offset)
+        return fastmine.batch_all_triplet_loss(
+            x,
+            lab,
+            margin=margin,
+            metric=metric,
+            soft=soft,
+            ref_embeddings=ref,
+            ref_labels=ref_lab,
+            self_offset=self_offset,
+        )
 
     assert torch.autograd.gradcheck(f, (x, ref), eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -213,8 +242,9 @@ def test_gradcheck_contrastive(metric, power, reduction):
     x.requires_grad_(True)
 
     def f(x):
-        return fastmine.contrastive_loss(x, lab, pos_margin=pm, neg_margin=nm, power=power,
-                                         metric=metric, reduction=reduction)
+        return fastmine.contrastive_loss(
+            x, lab, pos_margin=pm, neg_margin=nm, power=power, metric=metric, reduction=reduction
+        )
 
     assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
 
@@ -228,8 +258,17 @@ def test_gradcheck_contrastive_ref_set(metric, power, self_offset):
     x, ref = x.clone().requires_grad_(True), ref.clone().requires_grad_(True)
 
     def f(x, ref):
-        return fastmine.contrastive_loss(x, lab, pos_margin=pm, neg_margin=nm, power=power,
-                                         metric=metric, reduction="mean_nonzero",
-                                         ref_embeddings=ref, ref_labels=ref_lab, self_offset=self_offset)
+        return fastmine.contrastive_loss(
+            x,
+            lab,
+            pos_margin=pm,
+            neg_margin=nm,
+            power=power,
+            metric=metric,
+            reduction="mean_nonzero",
+            ref_embeddings=ref,
+            ref_labels=ref_lab,
+            self_offset=self_offset,
+        )
 
     assert torch.autograd.gradcheck(f, (x, ref), eps=1e-6, atol=1e-7, rtol=1e-5)

@@ -1,4 +1,5 @@
 """python -m fastmine.info: the facts a bug report needs, as text and as JSON."""
+
 from __future__ import annotations
 
 import json
@@ -16,22 +17,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run(*args):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "fastmine.info", *args], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastmine.info", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
 
 def test_text_report_names_versions_devices_build_and_tf32():
     out = _run()
-    for needle in (f"fastmine:         {fastmine.__version__}", f"torch:            {torch.__version__}",
-                   "GPU visible:      " + ("yes" if torch.cuda.is_available() else "no"),
-                   "TF32:             torch.backends.cuda.matmul.allow_tf32=", "-march:",
-                   "CPU module:", "CUDA module:", "kernels (op: devices with a kernel in this process):"):
+    for needle in (
+        f"fastmine:         {fastmine.__version__}",
+        f"torch:            {torch.__version__}",
+        "GPU visible:      " + ("yes" if torch.cuda.is_available() else "no"),
+        "TF32:             torch.backends.cuda.matmul.allow_tf32=",
+        "-march:",
+        "CPU module:",
+        "CUDA module:",
+        "kernels (op: devices with a kernel in this process):",
+    ):
         assert needle in out, f"{needle!r} missing from:\n{out}"
     # Every registered op is listed with the devices it has a kernel for.
-    assert any(line.split() == ["batch_hard_triplet", "cpu" + (", cuda" if fastmine.CUDA_AVAILABLE else "")]
-               or line.split() == ["batch_hard_triplet", "cpu,", "cuda"] for line in out.splitlines()), out
+    assert any(
+        line.split() == ["batch_hard_triplet", "cpu" + (", cuda" if fastmine.CUDA_AVAILABLE else "")]
+        or line.split() == ["batch_hard_triplet", "cpu,", "cuda"]
+        for line in out.splitlines()
+    ), out
 
 
 def test_json_report_matches_this_process():

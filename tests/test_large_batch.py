@@ -6,6 +6,7 @@ CPU tests run in the normal suite (a few seconds each at D = 4); the CUDA ones s
 GPU and add the issue's memory target: B = 65536, D = 256 forward + backward of batch-hard,
 batch-all and contrastive with under 1 GiB of extra GPU memory.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -30,8 +31,12 @@ def _data(b, d, device, dtype=torch.float32, n_class=None, seed=0):
 
 
 def _tol(dtype):
-    return {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-9, atol=1e-9),
-            torch.float16: dict(rtol=2e-2, atol=2e-2), torch.bfloat16: dict(rtol=2e-2, atol=4e-2)}[dtype]
+    return {
+        torch.float32: dict(rtol=1e-4, atol=1e-4),
+        torch.float64: dict(rtol=1e-9, atol=1e-9),
+        torch.float16: dict(rtol=2e-2, atol=2e-2),
+        torch.bfloat16: dict(rtol=2e-2, atol=4e-2),
+    }[dtype]
 
 
 def check_batch_hard_rows(device, dtype=torch.float32, b=B_LARGE, d=D_SMALL):
@@ -55,8 +60,7 @@ def check_batch_hard_rows(device, dtype=torch.float32, b=B_LARGE, d=D_SMALL):
 def check_contrastive_rows(device, dtype=torch.float32, b=B_LARGE, d=D_SMALL):
     x, labels, rows = _data(b, d, device, dtype, seed=1)
     # The raw op: per-anchor sums and pair counts over the unordered pairs i < j.
-    ps, pnz, pn, ns, nnz, nn = torch.ops.fastmine.contrastive(
-        x, labels, x, labels, 0.0, 1.0, 2.0, 0, True, False, 0)
+    ps, pnz, pn, ns, nnz, nn = torch.ops.fastmine.contrastive(x, labels, x, labels, 0.0, 1.0, 2.0, 0, True, False, 0)
     w_ps, w_pn, w_ns, w_nn = R.contrastive_rows(x, labels, rows, pos_margin=0.0, neg_margin=1.0, power=2)
     assert torch.equal(pn[rows].long(), w_pn) and torch.equal(nn[rows].long(), w_nn)
     tol = _tol(dtype)
@@ -104,8 +108,11 @@ def test_b65536_d256_under_1gib_cuda(loss_name, dtype):
     b, d = 65536, 256
     x, labels, _ = _data(b, d, "cuda", dtype, n_class=b // 4, seed=2)
     x.requires_grad_(True)
-    fn = {"batch_hard": fastmine.batch_hard_triplet_loss, "batch_all": fastmine.batch_all_triplet_loss,
-          "contrastive": fastmine.contrastive_loss}[loss_name]
+    fn = {
+        "batch_hard": fastmine.batch_hard_triplet_loss,
+        "batch_all": fastmine.batch_all_triplet_loss,
+        "contrastive": fastmine.contrastive_loss,
+    }[loss_name]
 
     def step():
         loss = fn(x, labels)

@@ -1,6 +1,7 @@
 """The miners (mine_batch_hard, mine_triplets) against the float64 oracle: random inputs with
 hypothesis (reference sets, self_offset, ties, duplicates), empty results, NaN, bad input,
 determinism, opcheck and torch.compile."""
+
 from __future__ import annotations
 
 import pytest
@@ -34,16 +35,23 @@ def _pk(p=6, k=4, d=8, seed=0, dtype=torch.float64):
 
 
 @settings(max_examples=examples(60))
-@given(case=batch_hard_cases(max_b=40, max_d=8), metric=st.sampled_from(METRICS),
-       type=st.sampled_from(TRIPLET_TYPES), margin=st.sampled_from(MARGINS))
+@given(
+    case=batch_hard_cases(max_b=40, max_d=8),
+    metric=st.sampled_from(METRICS),
+    type=st.sampled_from(TRIPLET_TYPES),
+    margin=st.sampled_from(MARGINS),
+)
 def test_mine_triplets_matches_oracle(case, metric, type, margin):
     mined = _mine(case, margin=margin, type=type, metric=metric)
     check_triplets(case, mined, margin=margin, type=type, metric=metric)
 
 
 @settings(max_examples=examples(30))
-@given(case=batch_hard_cases(max_b=40, max_d=8, embedding_kinds=("gaussian", "clustered")),
-       metric=st.sampled_from(METRICS), type=st.sampled_from(TRIPLET_TYPES))
+@given(
+    case=batch_hard_cases(max_b=40, max_d=8, embedding_kinds=("gaussian", "clustered")),
+    metric=st.sampled_from(METRICS),
+    type=st.sampled_from(TRIPLET_TYPES),
+)
 def test_mine_triplets_float32_matches_oracle(case, metric, type):
     case32 = case.to(dtype=torch.float32)
     mined = _mine(case32, margin=0.2, type=type, metric=metric)
@@ -81,8 +89,7 @@ def test_large_intervals_take_the_scan_path():
     case = Case(x, y)
     for type in TRIPLET_TYPES:
         for margin in (0.2, 5.0):
-            check_triplets(case, _mine(case, margin=margin, type=type), margin=margin, type=type,
-                           metric="euclidean")
+            check_triplets(case, _mine(case, margin=margin, type=type), margin=margin, type=type, metric="euclidean")
 
 
 def test_types_partition_all_triplets():
@@ -105,6 +112,7 @@ def test_exact_ties_at_thresholds():
     hard includes t == 0, semihard excludes it; all/semihard include t == margin, easy not."""
     x = torch.tensor([[0.0], [1.0], [-1.0], [2.0], [3.0]], dtype=torch.float64)
     y = torch.tensor([0, 0, 1, 1, 2])
+
     # anchor 0: positive 1 (d=1); negatives 2 (d=1, t=0), 3 (d=4, t=3), 4 (d=9, t=8)
     def negs(type, margin):
         a, p, n = fastmine.mine_triplets(x, y, margin=margin, type=type, metric="sqeuclidean")
@@ -127,14 +135,13 @@ def test_mine_triplets_ref_and_self_offset():
     for off in (None, 2):
         case = Case(x, y, ref, ref_y, off)
         for type in TRIPLET_TYPES:
-            check_triplets(case, _mine(case, margin=0.3, type=type), margin=0.3, type=type,
-                           metric="euclidean")
+            check_triplets(case, _mine(case, margin=0.3, type=type), margin=0.3, type=type, metric="euclidean")
     # With self_offset the anchor itself is never its own positive.
-    a, p, n = fastmine.mine_triplets(x, y, type="all", margin=100.0, ref_embeddings=ref,
-                                     ref_labels=ref_y, self_offset=2)
+    a, p, n = fastmine.mine_triplets(
+        x, y, type="all", margin=100.0, ref_embeddings=ref, ref_labels=ref_y, self_offset=2
+    )
     assert not (p == a + 2).any()
-    a, p, n = fastmine.mine_triplets(x, y, type="all", margin=100.0, ref_embeddings=ref,
-                                     ref_labels=ref_y)
+    a, p, n = fastmine.mine_triplets(x, y, type="all", margin=100.0, ref_embeddings=ref, ref_labels=ref_y)
     assert (p == a + 2).any()
 
 
@@ -230,7 +237,11 @@ def _bad_calls():
         (ValueError, "ref_labels", dict(embeddings=x, labels=y, ref_embeddings=r, ref_labels=ry[:4])),
         (ValueError, "self_offset", dict(embeddings=x, labels=y, self_offset=0)),
         (ValueError, "self_offset", dict(embeddings=x, labels=y, ref_embeddings=r, ref_labels=ry, self_offset=1)),
-        (TypeError, "self_offset", dict(embeddings=x, labels=y, ref_embeddings=torch.randn(9, 3), ref_labels=torch.arange(9), self_offset=1.0)),
+        (
+            TypeError,
+            "self_offset",
+            dict(embeddings=x, labels=y, ref_embeddings=torch.randn(9, 3), ref_labels=torch.arange(9), self_offset=1.0),
+        ),
     ]
 
 
@@ -242,12 +253,15 @@ def test_bad_input_names_the_argument(miner, case):
         getattr(fastmine, miner)(**kw)
 
 
-@pytest.mark.parametrize("kw,err,name", [
-    (dict(type="medium"), ValueError, "type"),
-    (dict(margin=float("nan")), ValueError, "margin"),
-    (dict(margin=float("inf")), ValueError, "margin"),
-    (dict(margin="0.2"), TypeError, "margin"),
-])
+@pytest.mark.parametrize(
+    "kw,err,name",
+    [
+        (dict(type="medium"), ValueError, "type"),
+        (dict(margin=float("nan")), ValueError, "margin"),
+        (dict(margin=float("inf")), ValueError, "margin"),
+        (dict(margin="0.2"), TypeError, "margin"),
+    ],
+)
 def test_mine_triplets_bad_options(kw, err, name):
     with pytest.raises(err, match=name):
         fastmine.mine_triplets(torch.randn(4, 3), torch.tensor([0, 0, 1, 1]), **kw)
@@ -267,9 +281,11 @@ def test_no_gradient_tracking():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_deterministic(dtype):
     x, y = _pk(40, 8, 16, seed=14, dtype=dtype)
-    for fn in (lambda: fastmine.mine_batch_hard(x, y),
-               lambda: fastmine.mine_triplets(x, y, type="all", margin=1.0),
-               lambda: fastmine.mine_triplets(x, y, type="semihard")):
+    for fn in (
+        lambda: fastmine.mine_batch_hard(x, y),
+        lambda: fastmine.mine_triplets(x, y, type="all", margin=1.0),
+        lambda: fastmine.mine_triplets(x, y, type="semihard"),
+    ):
         first = fn()
         for _ in range(3):
             for u, v in zip(first, fn()):
@@ -304,8 +320,7 @@ def test_compile_fullgraph():
     # Data-dependent output lengths (nonzero, the miner's count): dynamo must be allowed to
     # capture them instead of breaking the graph.
     with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
-        ft = torch.compile(lambda e, l: fastmine.mine_triplets(e, l, type="semihard", margin=0.5),
-                           fullgraph=True)
+        ft = torch.compile(lambda e, l: fastmine.mine_triplets(e, l, type="semihard", margin=0.5), fullgraph=True)
         fb = torch.compile(lambda e, l: fastmine.mine_batch_hard(e, l), fullgraph=True)
         for got, want in ((ft(x, y), want_t), (fb(x, y), want_b)):
             for g, w in zip(got, want):

@@ -10,6 +10,7 @@ threshold (no candidate within rounding of the best), so PML's and fastmine's ro
 PML's torch.max tie choice, cannot make them differ: then outputs must be identical.
 PML has no self_offset (with a reference set it excludes nothing).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -44,8 +45,7 @@ def pk_batch(p, k, d, seed, dtype=torch.float64):
 
 def ref_set(m, d, classes, seed, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(m, d, generator=g, dtype=torch.float64).to(dtype),
-            torch.randint(0, classes, (m,), generator=g))
+    return (torch.randn(m, d, generator=g, dtype=torch.float64).to(dtype), torch.randint(0, classes, (m,), generator=g))
 
 
 def assert_same(got, want):
@@ -56,9 +56,9 @@ def assert_same(got, want):
 
 
 def margins_clear_of(x, labels, metric, thresholds, tol, ref=None, ref_labels=None):
-    t, valid = R.triplet_margins(x.double(), labels, metric=metric,
-                                 ref_embeddings=None if ref is None else ref.double(),
-                                 ref_labels=ref_labels)
+    t, valid = R.triplet_margins(
+        x.double(), labels, metric=metric, ref_embeddings=None if ref is None else ref.double(), ref_labels=ref_labels
+    )
     for thr in thresholds:
         assert not ((t[valid] - thr).abs() <= tol).any(), "test data too close to a threshold"
 
@@ -108,8 +108,7 @@ def test_triplet_margin_miner(type, metric, p, k, d, seed):
     x, y = pk_batch(p, k, d, seed)
     margin = 0.2 if metric != "sqeuclidean" else 1.0
     margins_clear_of(x, y, metric, (0.0, margin), 1e-9)
-    want = miners.TripletMarginMiner(margin=margin, type_of_triplets=type,
-                                     distance=pml_distance(metric))(x, y)
+    want = miners.TripletMarginMiner(margin=margin, type_of_triplets=type, distance=pml_distance(metric))(x, y)
     got = fastmine.mine_triplets(x, y, margin=margin, type=type, metric=metric)
     assert_same(got, want)
 
@@ -120,10 +119,8 @@ def test_triplet_margin_miner_with_ref(type, metric):
     x, y = pk_batch(8, 4, 16, 9)
     r, ry = ref_set(40, 16, 10, 10)
     margins_clear_of(x, y, metric, (0.0, 0.2), 1e-9, r, ry)
-    want = miners.TripletMarginMiner(margin=0.2, type_of_triplets=type,
-                                     distance=pml_distance(metric))(x, y, r, ry)
-    got = fastmine.mine_triplets(x, y, margin=0.2, type=type, metric=metric,
-                                 ref_embeddings=r, ref_labels=ry)
+    want = miners.TripletMarginMiner(margin=0.2, type_of_triplets=type, distance=pml_distance(metric))(x, y, r, ry)
+    got = fastmine.mine_triplets(x, y, margin=0.2, type=type, metric=metric, ref_embeddings=r, ref_labels=ry)
     assert_same(got, want)
 
 
@@ -133,6 +130,5 @@ def test_triplet_margin_miner_float32(type):
     triplet is within 1e-4 of a threshold (asserted not to be)."""
     x, y = pk_batch(16, 4, 16, 11, torch.float32)
     margins_clear_of(x, y, "euclidean", (0.0, 0.2), 1e-4)
-    want = miners.TripletMarginMiner(margin=0.2, type_of_triplets=type,
-                                     distance=pml_distance("euclidean"))(x, y)
+    want = miners.TripletMarginMiner(margin=0.2, type_of_triplets=type, distance=pml_distance("euclidean"))(x, y)
     assert_same(fastmine.mine_triplets(x, y, margin=0.2, type=type), want)

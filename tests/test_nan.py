@@ -1,4 +1,5 @@
 """Non-finite embeddings make the loss non-finite: a NaN is never skipped by a comparison."""
+
 from __future__ import annotations
 
 import pytest
@@ -60,14 +61,16 @@ def test_nan_in_ref_row(metric, reduction, dtype):
     ref = torch.randn(300, 5, generator=g, dtype=torch.float64).to(dtype)
     ref_y = torch.arange(300) % 3
     ref[257, 1] = float("nan")  # beyond the first SIMD chunk / panel boundary
-    loss = fastmine.batch_hard_triplet_loss(x, y, metric=metric, reduction=reduction,
-                                            ref_embeddings=ref, ref_labels=ref_y)
+    loss = fastmine.batch_hard_triplet_loss(
+        x, y, metric=metric, reduction=reduction, ref_embeddings=ref, ref_labels=ref_y
+    )
     assert not torch.isfinite(loss).all()
     if reduction == "none":
         # every anchor has row 257 as a candidate (positive for class 2, negative otherwise)
         assert torch.isnan(loss).all(), loss
-    _, info = fastmine.batch_hard_triplet_loss(x, y, metric=metric, ref_embeddings=ref,
-                                               ref_labels=ref_y, return_info=True)
+    _, info = fastmine.batch_hard_triplet_loss(
+        x, y, metric=metric, ref_embeddings=ref, ref_labels=ref_y, return_info=True
+    )
     assert torch.isnan(info.pos_dist[y == 2]).all() and torch.isnan(info.neg_dist[y != 2]).all()
 
 
@@ -76,9 +79,9 @@ def test_nan_in_ref_row_with_self_offset(metric):
     x, y = _batch(torch.float64, b=6)
     ref = torch.cat([x, torch.randn(4, 5, dtype=torch.float64)])
     ref[8, 0] = float("nan")
-    per = fastmine.batch_hard_triplet_loss(x, y, metric=metric, reduction="none",
-                                           ref_embeddings=ref, ref_labels=torch.arange(10) % 3,
-                                           self_offset=0)
+    per = fastmine.batch_hard_triplet_loss(
+        x, y, metric=metric, reduction="none", ref_embeddings=ref, ref_labels=torch.arange(10) % 3, self_offset=0
+    )
     assert torch.isnan(per).all()
 
 
@@ -129,8 +132,10 @@ ALL_PAIRS = {
     "contrastive": (fastmine.contrastive_loss, R.contrastive_loss, R.REDUCTIONS_CONTRASTIVE),
 }
 # contrastive runs with a few powers (power 1 and 2 take their own code paths)
-VARIANTS = {"batch_all": [dict(), dict(soft=True)],
-            "contrastive": [dict(), dict(power=1, neg_margin=3.0), dict(power=1.5, pos_margin=0.2)]}
+VARIANTS = {
+    "batch_all": [dict(), dict(soft=True)],
+    "contrastive": [dict(), dict(power=1, neg_margin=3.0), dict(power=1.5, pos_margin=0.2)],
+}
 
 
 def _assert_all_non_finite(name, x, y, metric, **kw):
@@ -139,8 +144,9 @@ def _assert_all_non_finite(name, x, y, metric, **kw):
         for reduction in reductions:
             loss = fn(x, y, metric=metric, reduction=reduction, **variant, **kw)
             assert not torch.isfinite(loss), f"finite loss {loss} ({reduction}, {variant})"
-            kw64 = {k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
-                    for k, v in kw.items()}
+            kw64 = {
+                k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in kw.items()
+            }
             expected = oracle(x.double(), y, metric=metric, reduction=reduction, **variant, **kw64)
             assert not torch.isfinite(expected), "the oracle disagrees"
 
@@ -173,8 +179,7 @@ def test_all_pairs_nan_in_ref_row_with_self_offset(name, metric):
     x, y = _batch(torch.float64, b=6)
     ref = torch.cat([x, torch.randn(4, 5, dtype=torch.float64)])
     ref[8, 0] = float("nan")
-    _assert_all_non_finite(name, x, y, metric, ref_embeddings=ref, ref_labels=torch.arange(10) % 3,
-                           self_offset=0)
+    _assert_all_non_finite(name, x, y, metric, ref_embeddings=ref, ref_labels=torch.arange(10) % 3, self_offset=0)
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -209,9 +214,15 @@ def test_all_pairs_single_non_finite_row(name, metric, bad):
     non-finite embeddings make the loss non-finite), with and without a reference set."""
     x = torch.tensor([[bad, 1.0]], dtype=torch.float64)
     _assert_all_non_finite(name, x, torch.tensor([0]), metric)
-    _assert_all_non_finite(name, x, torch.tensor([0]), metric,
-                           ref_embeddings=torch.tensor([[0.0, 1.0]], dtype=torch.float64),
-                           ref_labels=torch.tensor([0]), self_offset=0)
+    _assert_all_non_finite(
+        name,
+        x,
+        torch.tensor([0]),
+        metric,
+        ref_embeddings=torch.tensor([[0.0, 1.0]], dtype=torch.float64),
+        ref_labels=torch.tensor([0]),
+        self_offset=0,
+    )
 
 
 @pytest.mark.parametrize("name", list(ALL_PAIRS))
@@ -224,5 +235,4 @@ def test_all_pairs_inf_row_with_only_far_partners(name, metric, sign):
     x = torch.tensor([[-sign * 1.0], [sign * float("inf")]], dtype=torch.float64)
     _assert_all_non_finite(name, x, torch.tensor([0, 1]), metric)
     ref = torch.tensor([[-sign * 1.0], [-sign * 2.0]], dtype=torch.float64)
-    _assert_all_non_finite(name, x, torch.tensor([0, 1]), metric, ref_embeddings=ref,
-                           ref_labels=torch.tensor([2, 3]))
+    _assert_all_non_finite(name, x, torch.tensor([0, 1]), metric, ref_embeddings=ref, ref_labels=torch.tensor([2, 3]))

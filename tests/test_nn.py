@@ -1,5 +1,6 @@
 """fastmine.nn: the loss modules against the functional ops and the float64 oracle; option
 validation at construction; extra_repr; pickling and state_dict round trips."""
+
 from __future__ import annotations
 
 import inspect
@@ -18,14 +19,30 @@ from helpers import assert_close_rel
 
 # module class, functional op, oracle, non-default options to try
 MODULES = [
-    (fastmine.nn.BatchHardTripletLoss, fastmine.batch_hard_triplet_loss, R.batch_hard_triplet_loss,
-     dict(margin=0.7, metric="sqeuclidean", soft=True, reduction="sum")),
-    (fastmine.nn.BatchAllTripletLoss, fastmine.batch_all_triplet_loss, R.batch_all_triplet_loss,
-     dict(margin=0.1, metric="cosine", soft=False, reduction="mean")),
-    (fastmine.nn.ContrastiveLoss, fastmine.contrastive_loss, R.contrastive_loss,
-     dict(pos_margin=0.1, neg_margin=1.5, power=1, metric="euclidean", reduction="mean_nonzero")),
-    (fastmine.nn.SemiHardTripletLoss, fastmine.semi_hard_triplet_loss, R.semi_hard_triplet_loss,
-     dict(margin=0.6, metric="cosine", reduction="sum")),
+    (
+        fastmine.nn.BatchHardTripletLoss,
+        fastmine.batch_hard_triplet_loss,
+        R.batch_hard_triplet_loss,
+        dict(margin=0.7, metric="sqeuclidean", soft=True, reduction="sum"),
+    ),
+    (
+        fastmine.nn.BatchAllTripletLoss,
+        fastmine.batch_all_triplet_loss,
+        R.batch_all_triplet_loss,
+        dict(margin=0.1, metric="cosine", soft=False, reduction="mean"),
+    ),
+    (
+        fastmine.nn.ContrastiveLoss,
+        fastmine.contrastive_loss,
+        R.contrastive_loss,
+        dict(pos_margin=0.1, neg_margin=1.5, power=1, metric="euclidean", reduction="mean_nonzero"),
+    ),
+    (
+        fastmine.nn.SemiHardTripletLoss,
+        fastmine.semi_hard_triplet_loss,
+        R.semi_hard_triplet_loss,
+        dict(margin=0.6, metric="cosine", reduction="sum"),
+    ),
 ]
 IDS = [m[0].__name__ for m in MODULES]
 REF_ARGS = ("ref_embeddings", "ref_labels", "self_offset", "return_info")
@@ -41,8 +58,11 @@ def _batch(seed, b=24, d=8, classes=5, dtype=torch.float64):
 @pytest.mark.parametrize("cls, fn, oracle, opts", MODULES, ids=IDS)
 def test_defaults_and_options_are_the_functionals(cls, fn, oracle, opts):
     """The constructor's keyword-only options are exactly the op's, with the same defaults."""
-    op_params = {n: p.default for n, p in inspect.signature(fn).parameters.items()
-                 if p.kind is p.KEYWORD_ONLY and n not in REF_ARGS}
+    op_params = {
+        n: p.default
+        for n, p in inspect.signature(fn).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and n not in REF_ARGS
+    }
     ctor = inspect.signature(cls.__init__).parameters
     assert {n: p.default for n, p in ctor.items() if n != "self"} == op_params
     assert all(p.kind is p.KEYWORD_ONLY for n, p in ctor.items() if n != "self")
@@ -75,8 +95,9 @@ def test_module_equals_functional_and_oracle(cls, fn, oracle, opts, seed, use_op
     assert_close_rel(xk.grad, xo.grad, 1e-8, what="gradient vs oracle")
 
 
-@pytest.mark.parametrize("cls", [fastmine.nn.BatchHardTripletLoss, fastmine.nn.BatchAllTripletLoss,
-                                 fastmine.nn.SemiHardTripletLoss])
+@pytest.mark.parametrize(
+    "cls", [fastmine.nn.BatchHardTripletLoss, fastmine.nn.BatchAllTripletLoss, fastmine.nn.SemiHardTripletLoss]
+)
 def test_return_info_passes_through(cls):
     x, labels = _batch(3, dtype=torch.float32)
     loss, info = cls()(x, labels, return_info=True)
@@ -161,10 +182,8 @@ def test_state_dict_with_bad_options_is_rejected():
 
 def test_inside_a_model_state_dict():
     """A loss held by a model: the model's checkpoint restores the loss's options."""
-    model = torch.nn.ModuleDict({"head": torch.nn.Linear(4, 3),
-                                 "loss": fastmine.nn.BatchHardTripletLoss(margin=0.9)})
-    other = torch.nn.ModuleDict({"head": torch.nn.Linear(4, 3),
-                                 "loss": fastmine.nn.BatchHardTripletLoss()})
+    model = torch.nn.ModuleDict({"head": torch.nn.Linear(4, 3), "loss": fastmine.nn.BatchHardTripletLoss(margin=0.9)})
+    other = torch.nn.ModuleDict({"head": torch.nn.Linear(4, 3), "loss": fastmine.nn.BatchHardTripletLoss()})
     other.load_state_dict(model.state_dict())
     assert other["loss"].margin == 0.9
 

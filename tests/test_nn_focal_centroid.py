@@ -1,6 +1,7 @@
 """fastmine.nn's focal-loss modules and CentroidTripletLoss (which owns its centroids):
 against the functional ops and the float64 oracle, option validation at construction,
 extra_repr, pickling and state_dict round trips, the centroid parameter's gradient."""
+
 from __future__ import annotations
 
 import inspect
@@ -29,20 +30,34 @@ def _logits_and_targets(kind, seed, dtype=torch.float64):
 
 # module class, functional op, oracle, input kind, non-default options
 FOCAL = [
-    (fastmine.nn.SigmoidFocalLoss, fastmine.sigmoid_focal_loss, R.sigmoid_focal_loss, "sigmoid",
-     dict(alpha=0.6, gamma=1.5, reduction="mean")),
-    (fastmine.nn.SoftmaxFocalLoss, fastmine.softmax_focal_loss, R.softmax_focal_loss, "softmax",
-     dict(alpha=0.4, gamma=0.5, reduction="none")),
-    (fastmine.nn.FocalStarLoss, fastmine.focal_star_loss, R.focal_star_loss, "star",
-     dict(gamma=3.0, beta=0.5, reduction="sum")),
+    (
+        fastmine.nn.SigmoidFocalLoss,
+        fastmine.sigmoid_focal_loss,
+        R.sigmoid_focal_loss,
+        "sigmoid",
+        dict(alpha=0.6, gamma=1.5, reduction="mean"),
+    ),
+    (
+        fastmine.nn.SoftmaxFocalLoss,
+        fastmine.softmax_focal_loss,
+        R.softmax_focal_loss,
+        "softmax",
+        dict(alpha=0.4, gamma=0.5, reduction="none"),
+    ),
+    (
+        fastmine.nn.FocalStarLoss,
+        fastmine.focal_star_loss,
+        R.focal_star_loss,
+        "star",
+        dict(gamma=3.0, beta=0.5, reduction="sum"),
+    ),
 ]
 FOCAL_IDS = [f[0].__name__ for f in FOCAL]
 
 
 @pytest.mark.parametrize("cls, fn, oracle, kind, opts", FOCAL, ids=FOCAL_IDS)
 def test_focal_defaults_are_the_functionals(cls, fn, oracle, kind, opts):
-    op_params = {n: p.default for n, p in inspect.signature(fn).parameters.items()
-                 if p.kind is p.KEYWORD_ONLY}
+    op_params = {n: p.default for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
     ctor = inspect.signature(cls.__init__).parameters
     assert {n: p.default for n, p in ctor.items() if n != "self"} == op_params
     assert all(p.kind is p.KEYWORD_ONLY for n, p in ctor.items() if n != "self")
@@ -101,8 +116,9 @@ FOCAL_BAD = [
 ]
 
 
-@pytest.mark.parametrize("cls, kw, exc, name", FOCAL_BAD,
-                         ids=[f"{b[0].__name__}-{b[3]}-{i}" for i, b in enumerate(FOCAL_BAD)])
+@pytest.mark.parametrize(
+    "cls, kw, exc, name", FOCAL_BAD, ids=[f"{b[0].__name__}-{b[3]}-{i}" for i, b in enumerate(FOCAL_BAD)]
+)
 def test_focal_bad_options_fail_at_construction(cls, kw, exc, name):
     with pytest.raises(exc, match=name):
         cls(**kw)
@@ -138,8 +154,9 @@ def test_centroid_module_equals_functional_and_oracle(reduction):
     assert torch.equal(module.centroids.detach(), fastmine.onehot_centroids(5, 8, scale=2.0).double())
     xk = x.clone().requires_grad_(True)
     got = module(xk, y)
-    assert torch.equal(got.detach(), fastmine.centroid_triplet_loss(
-        x, y, module.centroids.detach(), reduction=reduction))
+    assert torch.equal(
+        got.detach(), fastmine.centroid_triplet_loss(x, y, module.centroids.detach(), reduction=reduction)
+    )
     xo = x.clone().requires_grad_(True)
     co = module.centroids.detach().clone().requires_grad_(True)
     want = R.centroid_triplet_loss(xo, y, co, reduction=reduction)
@@ -197,14 +214,17 @@ def test_centroids_follow_the_embeddings_dtype():
     assert torch.equal(loss.detach(), want)
 
 
-@pytest.mark.parametrize("args, kw, exc, name", [
-    ((1, 8), {}, ValueError, "num_classes"),
-    ((5, 4), {}, ValueError, "dim"),
-    ((5.0, 8), {}, TypeError, "num_classes"),
-    ((5, 8), dict(learnable=1), TypeError, "learnable"),
-    ((5, 8), dict(reduction="mean_nonzero"), ValueError, "reduction"),
-    ((5, 8), dict(scale=float("inf")), ValueError, "scale"),
-])
+@pytest.mark.parametrize(
+    "args, kw, exc, name",
+    [
+        ((1, 8), {}, ValueError, "num_classes"),
+        ((5, 4), {}, ValueError, "dim"),
+        ((5.0, 8), {}, TypeError, "num_classes"),
+        ((5, 8), dict(learnable=1), TypeError, "learnable"),
+        ((5, 8), dict(reduction="mean_nonzero"), ValueError, "reduction"),
+        ((5, 8), dict(scale=float("inf")), ValueError, "scale"),
+    ],
+)
 def test_centroid_bad_options_fail_at_construction(args, kw, exc, name):
     with pytest.raises(exc, match=name):
         fastmine.nn.CentroidTripletLoss(*args, **kw)

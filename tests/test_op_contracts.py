@@ -9,6 +9,7 @@ of every argument of every op at fixed sizes, plus hypothesis-drawn sizes, dtype
 variants. Under ``make sanitize`` the same cases run against the sanitizer build, where an
 out-of-bounds access is a report (and a failure) even when it does not crash.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,13 @@ TIMEOUT_S = 300
 # B > M, and B = M (the batch against itself, where triangle applies).
 SIZES = [dict(b=4, m=6, d=3, p=5, c=3), dict(b=5, m=3, d=2, p=4, c=4), dict(b=4, m=4, d=3, p=3, c=2)]
 # Degenerate but valid: no anchor, no reference row, no feature.
-DEGENERATE = [dict(b=0, m=4, d=3, p=0, c=3), dict(b=3, m=0, d=2, p=0, c=2), dict(b=3, m=4, d=0, p=2, c=3),
-              dict(b=0, m=0, d=0, p=0, c=1), dict(b=1, m=1, d=1, p=1, c=1)]
+DEGENERATE = [
+    dict(b=0, m=4, d=3, p=0, c=3),
+    dict(b=3, m=0, d=2, p=0, c=2),
+    dict(b=3, m=4, d=0, p=2, c=3),
+    dict(b=0, m=0, d=0, p=0, c=1),
+    dict(b=1, m=1, d=1, p=1, c=1),
+]
 
 
 class Worker:
@@ -55,9 +61,15 @@ class Worker:
     def _start(self) -> None:
         self.stderr = tempfile.TemporaryFile(mode="w+")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")]))
-        self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "contract_worker.py")],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                     text=True, cwd=PACKAGE_ROOT, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "contract_worker.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            cwd=PACKAGE_ROOT,
+            env=env,
+        )
 
     def run(self, case: Dict[str, Any]) -> Dict[str, Any]:
         self.proc.stdin.write(json.dumps(case) + "\n")
@@ -124,9 +136,12 @@ def test_the_table_covers_every_op():
 
 
 def malformed_cases(device: str, op: str) -> List[Dict[str, Any]]:
-    return [dict(op=op, device=device, dtype=dtype, sizes=sizes, seed=k, mutation=m)
-            for k, sizes in enumerate(SIZES) for dtype in ("float32", "float64")
-            for m in op_table.mutations(op, device, sizes)]
+    return [
+        dict(op=op, device=device, dtype=dtype, sizes=sizes, seed=k, mutation=m)
+        for k, sizes in enumerate(SIZES)
+        for dtype in ("float32", "float64")
+        for m in op_table.mutations(op, device, sizes)
+    ]
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)
@@ -147,8 +162,9 @@ def test_valid_and_degenerate_calls_run(worker, device, sizes):
     problems = []
     for op in _ops(device):
         for dtype in ("float32", "float64"):
-            case = dict(op=op, device=device, dtype=dtype, sizes=sizes, seed=1, mutation=None,
-                        compare_noncontiguous=True)
+            case = dict(
+                op=op, device=device, dtype=dtype, sizes=sizes, seed=1, mutation=None, compare_noncontiguous=True
+            )
             r = worker.run(case)
             if r.get("crashed"):
                 problems.append(f"{op} {dtype}: CRASHED (exit {r['returncode']}): {r['stderr'][-400:]}")
@@ -162,11 +178,22 @@ def test_valid_and_degenerate_calls_run(worker, device, sizes):
 @st.composite
 def generated_case(draw, device: str):
     op = draw(st.sampled_from(_ops(device)))
-    sizes = dict(b=draw(st.integers(0, 7)), m=draw(st.integers(0, 8)), d=draw(st.integers(0, 5)),
-                 p=draw(st.integers(0, 7)), c=draw(st.integers(1, 5)))
+    sizes = dict(
+        b=draw(st.integers(0, 7)),
+        m=draw(st.integers(0, 8)),
+        d=draw(st.integers(0, 5)),
+        p=draw(st.integers(0, 7)),
+        c=draw(st.integers(1, 5)),
+    )
     variants = op_table.mutations(op, device, sizes)
-    return dict(op=op, device=device, dtype=draw(st.sampled_from(["float32", "float64"])), sizes=sizes,
-                seed=draw(st.integers(0, 2**16)), mutation=draw(st.sampled_from(variants)))
+    return dict(
+        op=op,
+        device=device,
+        dtype=draw(st.sampled_from(["float32", "float64"])),
+        sizes=sizes,
+        seed=draw(st.integers(0, 2**16)),
+        mutation=draw(st.sampled_from(variants)),
+    )
 
 
 @pytest.mark.parametrize("device", DEVICE_PARAMS)

@@ -1,4 +1,5 @@
 """fastmine.pairwise_distance against the oracle: values and gradients."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,8 +29,7 @@ def _grad_floor(x, y, metric, grad_out):
     rows = x if y is None else torch.cat([x, y])
     n = rows.norm(dim=1)
     m = grad_out.shape[1] + grad_out.shape[0]
-    g = {"euclidean": 1.0, "sqeuclidean": 4 * float(n.max()),
-         "cosine": 2.0 / max(float(n.min()), 1e-3)}[metric]
+    g = {"euclidean": 1.0, "sqeuclidean": 4 * float(n.max()), "cosine": 2.0 / max(float(n.min()), 1e-3)}[metric]
     return g * m * float(grad_out.abs().max())
 
 
@@ -57,8 +57,7 @@ def check_pairwise(x, y, metric, dtype, rtol=None):
         # gradients are sums of unit vectors (u - v) / d: no intrinsic cancellation, so the
         # floor is the gradient's own max (normwise relative error, as SPEC owes).
         gf = gfloor if metric == "cosine" else gfloor * 1e-2
-        assert_close_rel(a, b, rtol, floor=max(gf, float(b.abs().max())),
-                         what=f"{metric} grad {name}")
+        assert_close_rel(a, b, rtol, floor=max(gf, float(b.abs().max())), what=f"{metric} grad {name}")
     return dk
 
 
@@ -95,8 +94,7 @@ def test_euclidean_duplicates_gradient_is_zero_not_nan(dtype):
     g = torch.Generator().manual_seed(1)
     base = torch.randn(3, 5, generator=g, dtype=F64)
     x = base[torch.tensor([0, 1, 0, 2, 1, 0])].to(dtype)
-    d, (gx,) = _run(fastmine.pairwise_distance, x, None, "euclidean",
-                    torch.ones(6, 6, dtype=dtype))
+    d, (gx,) = _run(fastmine.pairwise_distance, x, None, "euclidean", torch.ones(6, 6, dtype=dtype))
     assert torch.isfinite(gx).all(), "euclidean gradient at d = 0 must be 0, not NaN"
     check_pairwise(x.double(), None, "euclidean", dtype)
     # All rows identical: every distance is 0, every gradient entry exactly 0.
@@ -124,8 +122,10 @@ def test_hand_values():
     x = torch.tensor([[0.0, 0.0], [3.0, 4.0]], dtype=F64)
     y = torch.tensor([[3.0, 0.0], [0.0, 4.0], [3.0, 4.0]], dtype=F64)
     assert torch.equal(fastmine.pairwise_distance(x, y), torch.tensor([[3.0, 4.0, 5.0], [4.0, 3.0, 0.0]], dtype=F64))
-    assert torch.equal(fastmine.pairwise_distance(x, y, metric="sqeuclidean"),
-                       torch.tensor([[9.0, 16.0, 25.0], [16.0, 9.0, 0.0]], dtype=F64))
+    assert torch.equal(
+        fastmine.pairwise_distance(x, y, metric="sqeuclidean"),
+        torch.tensor([[9.0, 16.0, 25.0], [16.0, 9.0, 0.0]], dtype=F64),
+    )
     c = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0], [0.0, 0.0]], dtype=F64)
     expected = torch.tensor([[0, 1, 2, 1], [1, 0, 1, 1], [2, 1, 0, 1], [1, 1, 1, 1]], dtype=F64)
     assert_close_rel(fastmine.pairwise_distance(c, metric="cosine"), expected, 1e-15, floor=1.0)

@@ -9,6 +9,7 @@ soft=True. PML's LpDistance is torch.cdist: its gradient is NaN/undefined at zer
 so these cases use distinct random points; PML breaks exact ties however torch.max does, so
 cases avoid ties.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -28,8 +29,9 @@ F64 = torch.float64
 def pml_batch_hard(x, labels, margin, *, reducer=None, smooth=False, ref=None, ref_labels=None):
     dist = distances.LpDistance(normalize_embeddings=False, p=2, power=1)
     miner = miners.BatchHardMiner(distance=dist)
-    loss_fn = losses.TripletMarginLoss(margin=margin, distance=dist, smooth_loss=smooth,
-                                       reducer=reducer or reducers.MeanReducer())
+    loss_fn = losses.TripletMarginLoss(
+        margin=margin, distance=dist, smooth_loss=smooth, reducer=reducer or reducers.MeanReducer()
+    )
     if ref is None:
         idx = miner(x, labels)
         return loss_fn(x, labels, idx), idx
@@ -50,9 +52,13 @@ def _grad(fn, *tensors):
     return out.detach(), torch.autograd.grad(out, ts)
 
 
-@given(seed=st.integers(0, 2**31 - 1), b=st.integers(1, 48), d=st.integers(2, 16),
-       kind=st.sampled_from(["pk", "random", "singletons", "one_class", "distinct"]),
-       margin=st.sampled_from([0.0, 0.1, 0.3, 1.0, 3.0]))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    b=st.integers(1, 48),
+    d=st.integers(2, 16),
+    kind=st.sampled_from(["pk", "random", "singletons", "one_class", "distinct"]),
+    margin=st.sampled_from([0.0, 0.1, 0.3, 1.0, 3.0]),
+)
 @settings(max_examples=30)
 def test_batch_hard_mean_matches_pml(seed, b, d, kind, margin):
     x, lab = _data(seed, b, d, kind)
@@ -77,10 +83,10 @@ def test_mined_triplets_match_pml(seed):
 def test_mean_nonzero_matches_avg_nonzero_reducer(seed):
     x, lab = _data(seed, 32, 6, "pk")
     for margin in (0.1, 1.0, 5.0):
-        ours, (g1,) = _grad(lambda t, m=margin: fastmine.batch_hard_triplet_loss(
-            t, lab, margin=m, reduction="mean_nonzero"), x)
-        theirs, (g2,) = _grad(lambda t, m=margin: pml_batch_hard(
-            t, lab, m, reducer=reducers.AvgNonZeroReducer())[0], x)
+        ours, (g1,) = _grad(
+            lambda t, m=margin: fastmine.batch_hard_triplet_loss(t, lab, margin=m, reduction="mean_nonzero"), x
+        )
+        theirs, (g2,) = _grad(lambda t, m=margin: pml_batch_hard(t, lab, m, reducer=reducers.AvgNonZeroReducer())[0], x)
         assert_close_rel(ours, theirs, 1e-9, floor=1.0, what="mean_nonzero vs AvgNonZeroReducer")
         assert_close_rel(g1, g2, 1e-9, what="grad mean_nonzero")
 
@@ -101,10 +107,10 @@ def test_ref_set_matches_pml(seed):
     g = torch.Generator().manual_seed(100 + seed)
     ref = torch.randn(33, 6, generator=g, dtype=F64)
     ref_lab = torch.randint(0, 12, (33,), generator=g)
-    ours, (gx1, gr1) = _grad(lambda t, r: fastmine.batch_hard_triplet_loss(
-        t, lab, ref_embeddings=r, ref_labels=ref_lab), x, ref)
-    theirs, (gx2, gr2) = _grad(lambda t, r: pml_batch_hard(t, lab, 0.3, ref=r, ref_labels=ref_lab)[0],
-                               x, ref)
+    ours, (gx1, gr1) = _grad(
+        lambda t, r: fastmine.batch_hard_triplet_loss(t, lab, ref_embeddings=r, ref_labels=ref_lab), x, ref
+    )
+    theirs, (gx2, gr2) = _grad(lambda t, r: pml_batch_hard(t, lab, 0.3, ref=r, ref_labels=ref_lab)[0], x, ref)
     assert_close_rel(ours, theirs, 1e-9, floor=1.0, what="ref loss vs PML")
     assert_close_rel(gx1, gx2, 1e-9, what="ref grad x vs PML")
     assert_close_rel(gr1, gr2, 1e-9, what="ref grad ref vs PML")
@@ -136,14 +142,20 @@ def pml_batch_all(x, labels, margin, *, smooth=False, ref=None, ref_labels=None)
     return loss_fn(x, labels, ref_emb=ref, ref_labels=ref_labels)
 
 
-@given(seed=st.integers(0, 2**31 - 1), b=st.integers(1, 40), d=st.integers(2, 16),
-       kind=st.sampled_from(["pk", "random", "singletons", "one_class", "distinct"]),
-       margin=st.sampled_from([0.0, 0.1, 0.3, 1.0, 3.0]), smooth=st.booleans())
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    b=st.integers(1, 40),
+    d=st.integers(2, 16),
+    kind=st.sampled_from(["pk", "random", "singletons", "one_class", "distinct"]),
+    margin=st.sampled_from([0.0, 0.1, 0.3, 1.0, 3.0]),
+    smooth=st.booleans(),
+)
 @settings(max_examples=examples(20))
 def test_batch_all_mean_positive_matches_pml(seed, b, d, kind, margin, smooth):
     x, lab = _data(seed, b, d, kind)
-    ours, (g_ours,) = _grad(lambda t: fastmine.batch_all_triplet_loss(
-        t, lab, margin=margin, soft=smooth, reduction="mean_positive"), x)
+    ours, (g_ours,) = _grad(
+        lambda t: fastmine.batch_all_triplet_loss(t, lab, margin=margin, soft=smooth, reduction="mean_positive"), x
+    )
     theirs, (g_theirs,) = _grad(lambda t: pml_batch_all(t, lab, margin, smooth=smooth), x)
     assert_close_rel(ours, theirs, 1e-9, floor=1.0, what="batch-all loss vs PML")
     assert_close_rel(g_ours, g_theirs, 1e-9, what="batch-all grad vs PML")
@@ -156,10 +168,16 @@ def test_batch_all_ref_set_matches_pml(seed, smooth):
     g = torch.Generator().manual_seed(100 + seed)
     ref = torch.randn(33, 6, generator=g, dtype=F64)
     ref_lab = torch.randint(0, 12, (33,), generator=g)
-    ours, (gx1, gr1) = _grad(lambda t, r: fastmine.batch_all_triplet_loss(
-        t, lab, ref_embeddings=r, ref_labels=ref_lab, soft=smooth, margin=0.5), x, ref)
-    theirs, (gx2, gr2) = _grad(lambda t, r: pml_batch_all(t, lab, 0.5, smooth=smooth, ref=r,
-                                                          ref_labels=ref_lab), x, ref)
+    ours, (gx1, gr1) = _grad(
+        lambda t, r: fastmine.batch_all_triplet_loss(
+            t, lab, ref_embeddings=r, ref_labels=ref_lab, soft=smooth, margin=0.5
+        ),
+        x,
+        ref,
+    )
+    theirs, (gx2, gr2) = _grad(
+        lambda t, r: pml_batch_all(t, lab, 0.5, smooth=smooth, ref=r, ref_labels=ref_lab), x, ref
+    )
     assert_close_rel(ours, theirs, 1e-9, floor=1.0, what="batch-all ref loss vs PML")
     assert_close_rel(gx1, gx2, 1e-9, what="batch-all ref grad x vs PML")
     assert_close_rel(gr1, gr2, 1e-9, what="batch-all ref grad ref vs PML")
@@ -197,15 +215,23 @@ def pml_contrastive(x, labels, pos_margin, neg_margin, *, ref=None, ref_labels=N
     return loss_fn(x, labels, ref_emb=ref, ref_labels=ref_labels)
 
 
-@given(seed=st.integers(0, 2**31 - 1), b=st.integers(2, 48), d=st.integers(2, 16),
-       kind=st.sampled_from(["pk", "random", "singletons", "one_class", "distinct"]),
-       pos_margin=st.sampled_from([0.0, 0.5, 1.0, 3.0]),
-       neg_margin=st.sampled_from([0.0, 1.0, 3.0, 6.0]))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    b=st.integers(2, 48),
+    d=st.integers(2, 16),
+    kind=st.sampled_from(["pk", "random", "singletons", "one_class", "distinct"]),
+    pos_margin=st.sampled_from([0.0, 0.5, 1.0, 3.0]),
+    neg_margin=st.sampled_from([0.0, 1.0, 3.0, 6.0]),
+)
 @settings(max_examples=examples(20))
 def test_contrastive_mean_nonzero_matches_pml(seed, b, d, kind, pos_margin, neg_margin):
     x, lab = _data(seed, b, d, kind)
-    ours, (g_ours,) = _grad(lambda t: fastmine.contrastive_loss(
-        t, lab, pos_margin=pos_margin, neg_margin=neg_margin, power=1, reduction="mean_nonzero"), x)
+    ours, (g_ours,) = _grad(
+        lambda t: fastmine.contrastive_loss(
+            t, lab, pos_margin=pos_margin, neg_margin=neg_margin, power=1, reduction="mean_nonzero"
+        ),
+        x,
+    )
     theirs, (g_theirs,) = _grad(lambda t: pml_contrastive(t, lab, pos_margin, neg_margin), x)
     assert_close_rel(ours, theirs, 1e-9, floor=1.0, what="contrastive loss vs PML")
     assert_close_rel(g_ours, g_theirs, 1e-9, what="contrastive grad vs PML")
@@ -232,11 +258,21 @@ def test_contrastive_ref_set_matches_pml(seed):
     g = torch.Generator().manual_seed(100 + seed)
     ref = torch.randn(33, 6, generator=g, dtype=F64)
     ref_lab = torch.randint(0, 12, (33,), generator=g)
-    ours, (gx1, gr1) = _grad(lambda t, r: fastmine.contrastive_loss(
-        t, lab, ref_embeddings=r, ref_labels=ref_lab, pos_margin=0.5, neg_margin=3.0, power=1,
-        reduction="mean_nonzero"), x, ref)
-    theirs, (gx2, gr2) = _grad(lambda t, r: pml_contrastive(t, lab, 0.5, 3.0, ref=r, ref_labels=ref_lab),
-                               x, ref)
+    ours, (gx1, gr1) = _grad(
+        lambda t, r: fastmine.contrastive_loss(
+            t,
+            lab,
+            ref_embeddings=r,
+            ref_labels=ref_lab,
+            pos_margin=0.5,
+            neg_margin=3.0,
+            power=1,
+            reduction="mean_nonzero",
+        ),
+        x,
+        ref,
+    )
+    theirs, (gx2, gr2) = _grad(lambda t, r: pml_contrastive(t, lab, 0.5, 3.0, ref=r, ref_labels=ref_lab), x, ref)
     assert_close_rel(ours, theirs, 1e-9, floor=1.0, what="contrastive ref loss vs PML")
     assert_close_rel(gx1, gx2, 1e-9, what="contrastive ref grad x vs PML")
     assert_close_rel(gr1, gr2, 1e-9, what="contrastive ref grad ref vs PML")
@@ -245,8 +281,10 @@ def test_contrastive_ref_set_matches_pml(seed):
 def test_contrastive_float32_matches_pml():
     x, lab = _data(7, 256, 32, "pk")
     x = x.float()
-    ours, (g1,) = _grad(lambda t: fastmine.contrastive_loss(t, lab, pos_margin=2.0, neg_margin=8.0,
-                                                            power=1, reduction="mean_nonzero"), x)
+    ours, (g1,) = _grad(
+        lambda t: fastmine.contrastive_loss(t, lab, pos_margin=2.0, neg_margin=8.0, power=1, reduction="mean_nonzero"),
+        x,
+    )
     theirs, (g2,) = _grad(lambda t: pml_contrastive(t.double(), lab, 2.0, 8.0), x)
     assert_close_rel(ours, theirs, 1e-5, floor=1.0, what="float32 contrastive vs PML float64")
     assert_close_rel(g1, g2, 1e-5, what="float32 contrastive grad vs PML float64")

@@ -2,6 +2,7 @@
 
 If the oracle is wrong, every parity test is meaningless; these tests can fail on their own.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,9 +36,7 @@ def test_pairwise_line_all_metrics():
 
 def test_pairwise_cosine_hand():
     x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0], [0.0, 0.0]], dtype=F64)
-    expected = torch.tensor(
-        [[0, 1, 2, 1], [1, 0, 1, 1], [2, 1, 0, 1], [1, 1, 1, 1]], dtype=F64
-    )
+    expected = torch.tensor([[0, 1, 2, 1], [1, 0, 1, 1], [2, 1, 0, 1], [1, 1, 1, 1]], dtype=F64)
     assert torch.equal(R.pairwise_distance(x, metric="cosine"), expected)
     # Parallel vectors of different lengths: distance 0.
     y = torch.tensor([[2.0, 0.0]], dtype=F64)
@@ -139,8 +138,9 @@ def test_batch_hard_line_sqeuclidean():
 
 
 def test_batch_hard_soft():
-    loss = R.batch_hard_triplet_loss(line(0, 1, 3, 6), torch.tensor([0, 0, 1, 1]), soft=True,
-                                     margin=0.0, reduction="none")
+    loss = R.batch_hard_triplet_loss(
+        line(0, 1, 3, 6), torch.tensor([0, 0, 1, 1]), soft=True, margin=0.0, reduction="none"
+    )
     sp = lambda z: math.log1p(math.exp(z))  # noqa: E731
     assert loss.tolist() == pytest.approx([sp(1 - 3), sp(1 - 2), sp(3 - 2), sp(3 - 5)], rel=1e-14)
 
@@ -148,8 +148,9 @@ def test_batch_hard_soft():
 def test_batch_hard_cosine_hand_with_ties():
     # Distances (see test_pairwise_cosine_hand) are all 1 or 2, exactly.
     x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0], [0.0, 0.0]], dtype=F64)
-    loss, info = R.batch_hard_triplet_loss(x, torch.tensor([0, 0, 1, 1]), metric="cosine",
-                                           return_info=True, reduction="none")
+    loss, info = R.batch_hard_triplet_loss(
+        x, torch.tensor([0, 0, 1, 1]), metric="cosine", return_info=True, reduction="none"
+    )
     assert info.pos_idx.tolist() == [1, 0, 3, 2]
     # anchor 1: negatives 2 and 3 both at 1 -> 2; anchor 3: negatives 0 and 1 at 1 -> 0
     assert info.neg_idx.tolist() == [3, 2, 1, 0]
@@ -179,8 +180,7 @@ def test_batch_hard_duplicates_lowest_index():
 @pytest.mark.parametrize("reduction", R.REDUCTIONS_BATCH_HARD)
 def test_batch_hard_no_valid_anchor_is_attached_zero(labels, reduction):
     x = torch.randn(len(labels), 3, dtype=F64, requires_grad=True)
-    loss, info = R.batch_hard_triplet_loss(x, torch.tensor(labels), reduction=reduction,
-                                           return_info=True)
+    loss, info = R.batch_hard_triplet_loss(x, torch.tensor(labels), reduction=reduction, return_info=True)
     assert loss.requires_grad
     assert torch.equal(loss.detach(), torch.zeros_like(loss.detach()))
     loss.sum().backward()
@@ -209,13 +209,13 @@ def test_batch_hard_ref_set_and_self_offset():
     assert info.pos_idx.tolist() == [0, 4] and info.neg_idx.tolist() == [4, 3]
     # ref[1:4] = [0 (class 0), 4 (class 1), 1 (class 0)]: the batch sits at rows 0, 1.
     # Without self_offset anchor 1's only positive is its own copy (row 1, d = 0).
-    _, info = R.batch_hard_triplet_loss(x, y, ref_embeddings=ref[1:4], ref_labels=ref_y[1:4],
-                                        return_info=True)
+    _, info = R.batch_hard_triplet_loss(x, y, ref_embeddings=ref[1:4], ref_labels=ref_y[1:4], return_info=True)
     assert info.pos_idx.tolist() == [2, 1]
     assert info.pos_dist.tolist() == [1.0, 0.0]
     assert info.valid.tolist() == [True, True]
-    _, info = R.batch_hard_triplet_loss(x, y, ref_embeddings=ref[1:4], ref_labels=ref_y[1:4],
-                                        self_offset=0, return_info=True)
+    _, info = R.batch_hard_triplet_loss(
+        x, y, ref_embeddings=ref[1:4], ref_labels=ref_y[1:4], self_offset=0, return_info=True
+    )
     assert info.valid.tolist() == [True, False]  # anchor 0 has row 2 (at 1); anchor 1 none
     assert info.pos_idx.tolist() == [2, -1]
 
@@ -225,14 +225,12 @@ def test_batch_hard_self_offset_equals_no_ref():
     x = torch.randn(12, 4, generator=g, dtype=F64)
     y = torch.randint(0, 3, (12,), generator=g)
     a, ia = R.batch_hard_triplet_loss(x, y, return_info=True)
-    b, ib = R.batch_hard_triplet_loss(x, y, ref_embeddings=x, ref_labels=y, self_offset=0,
-                                      return_info=True)
+    b, ib = R.batch_hard_triplet_loss(x, y, ref_embeddings=x, ref_labels=y, self_offset=0, return_info=True)
     assert torch.equal(a, b) and torch.equal(ia.pos_idx, ib.pos_idx)
     pre = torch.randn(3, 4, generator=g, dtype=F64)
     ref = torch.cat([pre, x])
     ref_y = torch.cat([torch.tensor([100, 101, 102]), y])  # labels no anchor has
-    c, ic = R.batch_hard_triplet_loss(x, y, ref_embeddings=ref, ref_labels=ref_y, self_offset=3,
-                                      return_info=True)
+    c, ic = R.batch_hard_triplet_loss(x, y, ref_embeddings=ref, ref_labels=ref_y, self_offset=3, return_info=True)
     assert torch.equal(ic.pos_idx, ia.pos_idx + 3)
 
 
@@ -241,8 +239,9 @@ def test_batch_hard_self_offset_equals_no_ref():
 def test_batch_hard_nan_candidate_poisons(metric, reduction):
     x = torch.randn(6, 3, dtype=F64)
     x[4, 1] = float("nan")
-    loss, info = R.batch_hard_triplet_loss(x, torch.tensor([0, 0, 0, 1, 1, 1]), metric=metric,
-                                           reduction=reduction, return_info=True)
+    loss, info = R.batch_hard_triplet_loss(
+        x, torch.tensor([0, 0, 0, 1, 1, 1]), metric=metric, reduction=reduction, return_info=True
+    )
     assert torch.isnan(loss).any()
     if reduction == "none":
         assert torch.isnan(loss).all()  # every anchor has row 4 as a candidate
@@ -294,18 +293,33 @@ def _loop_batch_hard(x, y, rx, ry, self_offset, has_ref, margin, metric, soft, r
     return sum(per) / max(1, sum(p > 0 for p in per))
 
 
-@given(case=batch_hard_cases(max_b=10, max_d=4), metric=st.sampled_from(R.METRICS),
-       soft=st.booleans(), reduction=st.sampled_from(R.REDUCTIONS_BATCH_HARD),
-       margin=st.sampled_from([0.0, 0.3, 1.0]))
+@given(
+    case=batch_hard_cases(max_b=10, max_d=4),
+    metric=st.sampled_from(R.METRICS),
+    soft=st.booleans(),
+    reduction=st.sampled_from(R.REDUCTIONS_BATCH_HARD),
+    margin=st.sampled_from([0.0, 0.3, 1.0]),
+)
 @settings(max_examples=40)
 def test_oracle_matches_loops(case, metric, soft, reduction, margin):
     has_ref = case.ref is not None
     rx = case.ref if has_ref else case.x
     ry = case.ref_labels if has_ref else case.labels
-    expected = _loop_batch_hard(case.x.tolist(), case.labels.tolist(), rx.tolist(), ry.tolist(),
-                                case.self_offset, has_ref, margin, metric, soft, reduction)
-    got = R.batch_hard_triplet_loss(case.x, case.labels, margin=margin, metric=metric, soft=soft,
-                                    reduction=reduction, **case.kwargs())
+    expected = _loop_batch_hard(
+        case.x.tolist(),
+        case.labels.tolist(),
+        rx.tolist(),
+        ry.tolist(),
+        case.self_offset,
+        has_ref,
+        margin,
+        metric,
+        soft,
+        reduction,
+    )
+    got = R.batch_hard_triplet_loss(
+        case.x, case.labels, margin=margin, metric=metric, soft=soft, reduction=reduction, **case.kwargs()
+    )
     if reduction == "none":
         assert got.tolist() == pytest.approx(expected, rel=1e-9, abs=1e-9)
     else:

@@ -3,6 +3,7 @@ brute-force loop implementations (plain Python floats, one triplet / pair at a t
 
 If the oracle is wrong, every parity test is meaningless; these tests can fail on their own.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,8 +71,7 @@ def _loop_batch_all(x, y, rx, ry, self_offset, has_ref, margin, metric, soft, re
     return loss, valid_per, active_per
 
 
-def _loop_contrastive(x, y, rx, ry, self_offset, has_ref, pos_margin, neg_margin, power, metric,
-                      reduction):
+def _loop_contrastive(x, y, rx, ry, self_offset, has_ref, pos_margin, neg_margin, power, metric, reduction):
     pos, neg = [], []
     for i, (u, li) in enumerate(zip(x, y)):
         for j, (v, lj) in enumerate(zip(rx, ry)):
@@ -98,27 +98,52 @@ def _unpack(case):
     return case.x.tolist(), case.labels.tolist(), rx.tolist(), ry.tolist(), case.self_offset, has_ref
 
 
-@given(case=batch_hard_cases(max_b=9, max_d=4), metric=st.sampled_from(R.METRICS),
-       soft=st.booleans(), reduction=st.sampled_from(R.REDUCTIONS_BATCH_ALL),
-       margin=st.sampled_from([0.0, 0.3, 1.0]))
+@given(
+    case=batch_hard_cases(max_b=9, max_d=4),
+    metric=st.sampled_from(R.METRICS),
+    soft=st.booleans(),
+    reduction=st.sampled_from(R.REDUCTIONS_BATCH_ALL),
+    margin=st.sampled_from([0.0, 0.3, 1.0]),
+)
 @settings(max_examples=examples(40))
 def test_batch_all_oracle_matches_loops(case, metric, soft, reduction, margin):
     expected, valid_per, active_per = _loop_batch_all(*_unpack(case), margin, metric, soft, reduction)
-    got, info = R.batch_all_triplet_loss(case.x, case.labels, margin=margin, metric=metric, soft=soft,
-                                         reduction=reduction, return_info=True, **case.kwargs())
+    got, info = R.batch_all_triplet_loss(
+        case.x,
+        case.labels,
+        margin=margin,
+        metric=metric,
+        soft=soft,
+        reduction=reduction,
+        return_info=True,
+        **case.kwargs(),
+    )
     assert got.item() == pytest.approx(expected, rel=1e-9, abs=1e-9)
     assert info.valid_per_anchor.tolist() == valid_per
     assert info.active_per_anchor.tolist() == active_per
 
 
-@given(case=batch_hard_cases(max_b=10, max_d=4), metric=st.sampled_from(R.METRICS),
-       power=st.sampled_from([1, 2, 1.5, 3.0]), reduction=st.sampled_from(R.REDUCTIONS_CONTRASTIVE),
-       pos_margin=st.sampled_from([0.0, 0.5]), neg_margin=st.sampled_from([0.5, 1.0, 3.0]))
+@given(
+    case=batch_hard_cases(max_b=10, max_d=4),
+    metric=st.sampled_from(R.METRICS),
+    power=st.sampled_from([1, 2, 1.5, 3.0]),
+    reduction=st.sampled_from(R.REDUCTIONS_CONTRASTIVE),
+    pos_margin=st.sampled_from([0.0, 0.5]),
+    neg_margin=st.sampled_from([0.5, 1.0, 3.0]),
+)
 @settings(max_examples=examples(40))
 def test_contrastive_oracle_matches_loops(case, metric, power, reduction, pos_margin, neg_margin):
     expected = _loop_contrastive(*_unpack(case), pos_margin, neg_margin, power, metric, reduction)
-    got = R.contrastive_loss(case.x, case.labels, pos_margin=pos_margin, neg_margin=neg_margin,
-                             power=power, metric=metric, reduction=reduction, **case.kwargs())
+    got = R.contrastive_loss(
+        case.x,
+        case.labels,
+        pos_margin=pos_margin,
+        neg_margin=neg_margin,
+        power=power,
+        metric=metric,
+        reduction=reduction,
+        **case.kwargs(),
+    )
     assert got.item() == pytest.approx(expected, rel=1e-9, abs=1e-9)
 
 
@@ -147,11 +172,11 @@ def test_batch_all_ref_set_and_self_offset_hand():
     # anchor 1 has positive row 1 (itself, d 0), negatives rows 0 (d 4) and 2 (d 3)
     _, info = R.batch_all_triplet_loss(x, y, ref_embeddings=ref, ref_labels=ref_y, return_info=True)
     assert info.valid_per_anchor.tolist() == [2, 2]
-    _, info = R.batch_all_triplet_loss(x, y, ref_embeddings=ref, ref_labels=ref_y, self_offset=0,
-                                       return_info=True)
+    _, info = R.batch_all_triplet_loss(x, y, ref_embeddings=ref, ref_labels=ref_y, self_offset=0, return_info=True)
     assert info.valid_per_anchor.tolist() == [1, 0]
-    loss = R.batch_all_triplet_loss(x, y, ref_embeddings=ref, ref_labels=ref_y, self_offset=0,
-                                    margin=5.0, reduction="sum")
+    loss = R.batch_all_triplet_loss(
+        x, y, ref_embeddings=ref, ref_labels=ref_y, self_offset=0, margin=5.0, reduction="sum"
+    )
     assert loss.item() == pytest.approx(1 - 4 + 5.0)
 
 
@@ -200,18 +225,23 @@ def test_contrastive_line_hand():
 
 def test_contrastive_pair_masks():
     y = torch.tensor([0, 1, 2])
-    assert R.contrastive_pair_mask(y).tolist() == [[False, True, True], [False, False, True],
-                                                   [False, False, False]]
+    assert R.contrastive_pair_mask(y).tolist() == [[False, True, True], [False, False, True], [False, False, False]]
     rl = torch.tensor([0, 1, 2, 3])
     assert R.contrastive_pair_mask(y, rl).all()
-    assert R.contrastive_pair_mask(y, rl, 1).tolist() == [[True, False, True, True], [True, True, False, True],
-                                                          [True, True, True, False]]
+    assert R.contrastive_pair_mask(y, rl, 1).tolist() == [
+        [True, False, True, True],
+        [True, True, False, True],
+        [True, True, True, False],
+    ]
 
 
 def test_hinge_pow():
     v = torch.tensor([-1.0, 0.0, 0.25, 4.0, float("nan")], dtype=F64, requires_grad=True)
-    for p, vals, grads in ((1, [0, 0, 0.25, 4], [0, 0, 1, 1]), (2, [0, 0, 0.0625, 16], [0, 0, 0.5, 8]),
-                           (0.5, [0, 0, 0.5, 2], [0, 0, 1.0, 0.25])):
+    for p, vals, grads in (
+        (1, [0, 0, 0.25, 4], [0, 0, 1, 1]),
+        (2, [0, 0, 0.0625, 16], [0, 0, 0.5, 8]),
+        (0.5, [0, 0, 0.5, 2], [0, 0, 1.0, 0.25]),
+    ):
         out = R.hinge_pow(v, p)
         assert out[:4].tolist() == pytest.approx(vals) and torch.isnan(out[4])
         (g,) = torch.autograd.grad(out[:4].sum(), v)

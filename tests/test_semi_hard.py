@@ -3,6 +3,7 @@
 
 See tests/semi_hard_checks.py::check_semi_hard for what one comparison checks.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -38,8 +39,12 @@ def test_float64_parity_ref_set(metric, case, reduction, margin):
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
-@given(case=batch_hard_cases(embedding_kinds=("grid",)), reduction=st.sampled_from(REDUCTIONS),
-       dtype=st.sampled_from([torch.float64, torch.float32]), margin=margins)
+@given(
+    case=batch_hard_cases(embedding_kinds=("grid",)),
+    reduction=st.sampled_from(REDUCTIONS),
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+    margin=margins,
+)
 def test_exact_ties(metric, case, reduction, dtype, margin):
     """Small-integer embeddings: all arithmetic is exact, so ties (between negatives, and
     between a negative and the positive's threshold) are exact: the oracle's picks exactly."""
@@ -48,8 +53,10 @@ def test_exact_ties(metric, case, reduction, dtype, margin):
 
 
 @pytest.mark.parametrize("metric", METRICS)
-@given(case=batch_hard_cases(max_b=48, embedding_kinds=("gaussian", "clustered", "duplicates")),
-       reduction=st.sampled_from(REDUCTIONS))
+@given(
+    case=batch_hard_cases(max_b=48, embedding_kinds=("gaussian", "clustered", "duplicates")),
+    reduction=st.sampled_from(REDUCTIONS),
+)
 @settings(max_examples=15)
 def test_float32_vs_float64_oracle(metric, case, reduction):
     check_semi_hard(case, dtype=torch.float32, metric=metric, reduction=reduction)
@@ -59,9 +66,14 @@ def test_float32_vs_float64_oracle(metric, case, reduction):
 
 
 @pytest.mark.parametrize("metric", METRICS)
-@given(seed=st.integers(0, 2**31 - 1), b=st.integers(2, 40), d=st.integers(1, 12),
-       lkind=st.sampled_from(["pk", "random", "singletons"]),
-       ekind=st.sampled_from(["gaussian", "clustered", "grid", "duplicates"]), margin=margins)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    b=st.integers(2, 40),
+    d=st.integers(1, 12),
+    lkind=st.sampled_from(["pk", "random", "singletons"]),
+    ekind=st.sampled_from(["gaussian", "clustered", "grid", "duplicates"]),
+    margin=margins,
+)
 def test_matches_tf_addons_algorithm(metric, seed, b, d, lkind, ekind, margin):
     g = torch.Generator().manual_seed(seed)
     lab = shape_labels(make_labels(lkind, b, g), shuffle=True, shift=0, gen=g)
@@ -121,8 +133,9 @@ def test_threshold_is_strict_and_ties_go_lowest():
 def test_no_pair(metric, reduction, labels):
     g = torch.Generator().manual_seed(len(labels))
     x = torch.randn(len(labels), 5, generator=g, dtype=F64, requires_grad=True)
-    loss, info = fastmine.semi_hard_triplet_loss(x, torch.tensor(labels), metric=metric,
-                                                 reduction=reduction, return_info=True)
+    loss, info = fastmine.semi_hard_triplet_loss(
+        x, torch.tensor(labels), metric=metric, reduction=reduction, return_info=True
+    )
     assert loss.requires_grad, "a zero loss must stay attached to the graph"
     if reduction == "none":
         assert loss.shape == (0,)
@@ -140,9 +153,9 @@ def test_anchor_without_negative_forms_no_pair():
     """With a reference set, an anchor whose class fills the whole set has no negative."""
     x = torch.tensor([[0.0], [5.0]], dtype=F64)
     ref = torch.tensor([[1.0], [2.0]], dtype=F64)
-    loss, info = fastmine.semi_hard_triplet_loss(x, torch.tensor([3, 4]), ref_embeddings=ref,
-                                                 ref_labels=torch.tensor([3, 3]), return_info=True,
-                                                 reduction="none")
+    loss, info = fastmine.semi_hard_triplet_loss(
+        x, torch.tensor([3, 4]), ref_embeddings=ref, ref_labels=torch.tensor([3, 3]), return_info=True, reduction="none"
+    )
     # anchor 0: both reference rows are positives, no negative -> no pair; anchor 1: no positive
     assert info.anchor_idx.numel() == 0 and loss.numel() == 0
 
@@ -185,16 +198,16 @@ def test_self_offset_ref_equals_batch():
     x = torch.randn(20, 6, generator=g, dtype=F64)
     lab = torch.arange(20) % 4
     a, ia = fastmine.semi_hard_triplet_loss(x, lab, return_info=True)
-    b, ib = fastmine.semi_hard_triplet_loss(x, lab, ref_embeddings=x, ref_labels=lab, self_offset=0,
-                                            return_info=True)
+    b, ib = fastmine.semi_hard_triplet_loss(x, lab, ref_embeddings=x, ref_labels=lab, self_offset=0, return_info=True)
     assert torch.equal(a, b)
     for u, v in zip(ia, ib):
         assert torch.equal(u, v)
     pre = torch.randn(7, 6, generator=g, dtype=F64) + 100
     ref = torch.cat([pre, x])
     ref_lab = torch.cat([torch.full((7,), 50), lab])
-    c, ic = fastmine.semi_hard_triplet_loss(x, lab, ref_embeddings=ref, ref_labels=ref_lab,
-                                            self_offset=7, return_info=True)
+    c, ic = fastmine.semi_hard_triplet_loss(
+        x, lab, ref_embeddings=ref, ref_labels=ref_lab, self_offset=7, return_info=True
+    )
     assert torch.equal(ic.pos_idx, ia.pos_idx + 7)
     for off in (0, 3, 7):
         check_semi_hard(Case(x, lab, ref, ref_lab, off), reduction="none")
@@ -203,12 +216,13 @@ def test_self_offset_ref_equals_batch():
 def test_without_self_offset_own_copy_is_a_positive():
     x = torch.tensor([[0.0], [4.0]], dtype=F64)
     ref = torch.tensor([[0.0], [4.0], [1.0]], dtype=F64)
-    _, info = fastmine.semi_hard_triplet_loss(x, torch.tensor([0, 1]), ref_embeddings=ref,
-                                              ref_labels=torch.tensor([0, 1, 0]), return_info=True)
+    _, info = fastmine.semi_hard_triplet_loss(
+        x, torch.tensor([0, 1]), ref_embeddings=ref, ref_labels=torch.tensor([0, 1, 0]), return_info=True
+    )
     assert info.anchor_idx.tolist() == [0, 0, 1] and info.pos_idx.tolist() == [0, 2, 1]
-    _, info = fastmine.semi_hard_triplet_loss(x, torch.tensor([0, 1]), ref_embeddings=ref,
-                                              ref_labels=torch.tensor([0, 1, 0]), self_offset=0,
-                                              return_info=True)
+    _, info = fastmine.semi_hard_triplet_loss(
+        x, torch.tensor([0, 1]), ref_embeddings=ref, ref_labels=torch.tensor([0, 1, 0]), self_offset=0, return_info=True
+    )
     assert info.anchor_idx.tolist() == [0] and info.pos_idx.tolist() == [2]
 
 
@@ -228,8 +242,7 @@ def test_return_info_fields(metric):
     assert float(info.active_fraction) == pytest.approx(int(info.num_active) / 10)
     assert_close_rel(loss, per.sum() / 10, 1e-12)
     for reduction in REDUCTIONS:
-        _, info2 = fastmine.semi_hard_triplet_loss(x, lab, metric=metric, reduction=reduction,
-                                                   return_info=True)
+        _, info2 = fastmine.semi_hard_triplet_loss(x, lab, metric=metric, reduction=reduction, return_info=True)
         for u, v in zip(info, info2):
             assert torch.equal(u, v)
 
@@ -288,12 +301,14 @@ def test_gradcheck(metric, reduction):
     ref = _separated(9, 4, 1).requires_grad_(True)
     rl = torch.arange(9) % 4
     torch.autograd.gradcheck(
-        lambda x: fastmine.semi_hard_triplet_loss(x, lab, metric=metric, reduction=reduction, margin=1.0),
-        (x,))
+        lambda x: fastmine.semi_hard_triplet_loss(x, lab, metric=metric, reduction=reduction, margin=1.0), (x,)
+    )
     torch.autograd.gradcheck(
-        lambda x, r: fastmine.semi_hard_triplet_loss(x, lab, metric=metric, reduction=reduction,
-                                                     ref_embeddings=r, ref_labels=rl, margin=1.0),
-        (x, ref))
+        lambda x, r: fastmine.semi_hard_triplet_loss(
+            x, lab, metric=metric, reduction=reduction, ref_embeddings=r, ref_labels=rl, margin=1.0
+        ),
+        (x, ref),
+    )
 
 
 def test_gradcheck_info_distances():
@@ -325,8 +340,7 @@ def test_double_backward_raises():
 @settings(max_examples=20)
 def test_miner_matches_loss(metric, case):
     a, p, n = fastmine.mine_semi_hard(case.x, case.labels, metric=metric, **case.kwargs())
-    _, info = fastmine.semi_hard_triplet_loss(case.x, case.labels, metric=metric, return_info=True,
-                                              **case.kwargs())
+    _, info = fastmine.semi_hard_triplet_loss(case.x, case.labels, metric=metric, return_info=True, **case.kwargs())
     assert torch.equal(a, info.anchor_idx) and torch.equal(p, info.pos_idx) and torch.equal(n, info.neg_idx)
     assert a.dtype == p.dtype == n.dtype == torch.int64
     assert not (a.requires_grad or p.requires_grad or n.requires_grad)
@@ -339,6 +353,7 @@ def test_miner_feeds_pml_triplet_loss():
     triplets (no reducer) equals our per-pair loss."""
     pml = pytest.importorskip("pytorch_metric_learning")
     from pytorch_metric_learning import losses, reducers
+
     g = torch.Generator().manual_seed(9)
     x = torch.randn(32, 8, generator=g, dtype=F64)
     lab = torch.arange(32) % 8
@@ -392,8 +407,9 @@ def test_singleton_anchor_nan_with_ref_set_poisons_loss():
     """A NaN anchor with no pair (and not in the reference set) still makes mean/sum NaN."""
     x = torch.tensor([[0.0], [float("nan")]], dtype=F64)
     ref = torch.tensor([[1.0], [2.0], [3.0]], dtype=F64)
-    loss = fastmine.semi_hard_triplet_loss(x, torch.tensor([0, 7]), ref_embeddings=ref,
-                                           ref_labels=torch.tensor([0, 1, 1]))
+    loss = fastmine.semi_hard_triplet_loss(
+        x, torch.tensor([0, 7]), ref_embeddings=ref, ref_labels=torch.tensor([0, 1, 1])
+    )
     assert torch.isnan(loss)
 
 
@@ -412,8 +428,7 @@ def test_deterministic(metric, dtype):
     assert_bitwise(outs[0], outs[1])
 
 
-@pytest.mark.parametrize("b, d, classes, ref_m", [(512, 32, 128, None), (160, 16, 2, None),
-                                                  (300, 24, 40, 700)])
+@pytest.mark.parametrize("b, d, classes, ref_m", [(512, 32, 128, None), (160, 16, 2, None), (300, 24, 40, 700)])
 @pytest.mark.parametrize("metric", METRICS)
 def test_large_float32(b, d, classes, ref_m, metric):
     g = torch.Generator().manual_seed(b + d)

@@ -1,5 +1,6 @@
 """semi_hard_triplet as a custom op (opcheck, fake kernel with a data-dependent size,
 torch.compile(fullgraph=True)) and the bad-input contract of the semi-hard functions."""
+
 from __future__ import annotations
 
 import pytest
@@ -53,9 +54,10 @@ def test_opcheck_semi_hard_triplet_backward(metric):
     x, r = args[0], args[2]
     loss, a, p, n, pd, nd, _ = ops.semi_hard_triplet(*args)
     g = _x(loss.numel(), 1, seed=5)[:, 0].contiguous()
-    torch.library.opcheck(ops.semi_hard_triplet_backward.default,
-                          (g, torch.zeros_like(pd), 0.5 * g, x, r, a, p, n, pd, nd, 0.3,
-                           METRIC_IDS[metric]))
+    torch.library.opcheck(
+        ops.semi_hard_triplet_backward.default,
+        (g, torch.zeros_like(pd), 0.5 * g, x, r, a, p, n, pd, nd, 0.3, METRIC_IDS[metric]),
+    )
 
 
 def test_low_level_op_outputs():
@@ -83,9 +85,16 @@ def test_backward_rejects_out_of_range_indices():
 
 def _f(x, lab, ref, ref_lab):
     loss = fastmine.semi_hard_triplet_loss(x, lab, margin=0.5)
-    loss2, info = fastmine.semi_hard_triplet_loss(x, lab, metric="cosine", reduction="sum",
-                                                  ref_embeddings=ref, ref_labels=ref_lab,
-                                                  self_offset=3, return_info=True)
+    loss2, info = fastmine.semi_hard_triplet_loss(
+        x,
+        lab,
+        metric="cosine",
+        reduction="sum",
+        ref_embeddings=ref,
+        ref_labels=ref_lab,
+        self_offset=3,
+        return_info=True,
+    )
     per = fastmine.semi_hard_triplet_loss(x, lab, metric="sqeuclidean", reduction="none")
     return loss + 0.01 * loss2 + 1e-3 * info.active_fraction + 0.1 * per.mean()
 
@@ -112,10 +121,22 @@ def test_compile_fullgraph_matches_eager(backend):
     (gc,) = torch.autograd.grad(compiled, xc)
     torch.testing.assert_close(ge, gc)
     xd, rd = x.double(), ref.double()
-    loss2, info = R.semi_hard_triplet_loss(xd, lab, metric="cosine", reduction="sum", ref_embeddings=rd,
-                                           ref_labels=ref_lab, self_offset=3, return_info=True)
-    expected = (R.semi_hard_triplet_loss(xd, lab, margin=0.5) + 0.01 * loss2 + 1e-3 * info.active_fraction
-                + 0.1 * R.semi_hard_triplet_loss(xd, lab, metric="sqeuclidean", reduction="none").mean())
+    loss2, info = R.semi_hard_triplet_loss(
+        xd,
+        lab,
+        metric="cosine",
+        reduction="sum",
+        ref_embeddings=rd,
+        ref_labels=ref_lab,
+        self_offset=3,
+        return_info=True,
+    )
+    expected = (
+        R.semi_hard_triplet_loss(xd, lab, margin=0.5)
+        + 0.01 * loss2
+        + 1e-3 * info.active_fraction
+        + 0.1 * R.semi_hard_triplet_loss(xd, lab, metric="sqeuclidean", reduction="none").mean()
+    )
     torch.testing.assert_close(compiled.detach().double(), expected, rtol=1e-5, atol=1e-6)
 
 

@@ -4,6 +4,7 @@ mainloop takes ``allow_tf32`` (schema default False); fastmine.functional passes
 argument is accepted and ignored: results are bitwise the same either way, and the flag is
 not even read. The GPU behaviour is tests/test_cuda_tensor_cores.py; the TF32 fragment
 layouts are checked on the CPU emulator (tests/test_emu_tensor_cores.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -35,8 +36,9 @@ def test_flag_is_never_set_for_cpu_tensors(tf32_on):
     assert F._tile_tf32(x.double()) is False
 
 
-@pytest.mark.parametrize("name", ["batch_hard_triplet_loss", "batch_all_triplet_loss", "contrastive_loss",
-                                  "pairwise_distance"])
+@pytest.mark.parametrize(
+    "name", ["batch_hard_triplet_loss", "batch_all_triplet_loss", "contrastive_loss", "pairwise_distance"]
+)
 def test_cpu_results_ignore_the_flag(name, tf32_on):
     x, lab = _data()
     fn = getattr(fastmine, name)

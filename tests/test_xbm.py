@@ -1,6 +1,7 @@
 """fastmine.CrossBatchMemory against the float64 oracle on the explicit concatenation
 (batch ∪ the FIFO's previous contents), through the ring's wrap-around; FIFO contents; no
 autograd graph kept in the memory; bad input."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,15 +15,31 @@ from fastmine import reference as R
 from helpers import assert_close_rel
 
 LOSSES = [
-    (fastmine.nn.BatchHardTripletLoss, R.batch_hard_triplet_loss,
-     [dict(), dict(reduction="mean_nonzero", metric="sqeuclidean"), dict(reduction="none", soft=True),
-      dict(reduction="sum", metric="cosine")]),
-    (fastmine.nn.BatchAllTripletLoss, R.batch_all_triplet_loss,
-     [dict(), dict(reduction="mean", margin=0.5), dict(reduction="sum", metric="cosine")]),
-    (fastmine.nn.ContrastiveLoss, R.contrastive_loss,
-     [dict(), dict(reduction="mean_nonzero", power=1, pos_margin=0.2), dict(reduction="sum")]),
-    (fastmine.nn.SemiHardTripletLoss, R.semi_hard_triplet_loss,
-     [dict(), dict(reduction="sum", metric="sqeuclidean")]),  # "none": see below
+    (
+        fastmine.nn.BatchHardTripletLoss,
+        R.batch_hard_triplet_loss,
+        [
+            dict(),
+            dict(reduction="mean_nonzero", metric="sqeuclidean"),
+            dict(reduction="none", soft=True),
+            dict(reduction="sum", metric="cosine"),
+        ],
+    ),
+    (
+        fastmine.nn.BatchAllTripletLoss,
+        R.batch_all_triplet_loss,
+        [dict(), dict(reduction="mean", margin=0.5), dict(reduction="sum", metric="cosine")],
+    ),
+    (
+        fastmine.nn.ContrastiveLoss,
+        R.contrastive_loss,
+        [dict(), dict(reduction="mean_nonzero", power=1, pos_margin=0.2), dict(reduction="sum")],
+    ),
+    (
+        fastmine.nn.SemiHardTripletLoss,
+        R.semi_hard_triplet_loss,
+        [dict(), dict(reduction="sum", metric="sqeuclidean")],
+    ),  # "none": see below
 ]
 CASES = [(cls, oracle, opts) for cls, oracle, all_opts in LOSSES for opts in all_opts]
 IDS = [f"{c[0].__name__}-{'-'.join(f'{k}={v}' for k, v in c[2].items()) or 'default'}" for c in CASES]
@@ -58,8 +75,8 @@ def run_steps(cls, oracle, opts, size, batch_sizes, *, d=6, classes=4, seed=0):
         hist_x, hist_y = torch.cat([hist_x, x]), torch.cat([hist_y, y])
         mem_x, mem_y = xbm.memory()
         n = min(size, hist_x.shape[0])
-        assert torch.equal(mem_x, hist_x[hist_x.shape[0] - n:]), f"memory contents, {what}"
-        assert torch.equal(mem_y, hist_y[hist_y.shape[0] - n:]), f"memory labels, {what}"
+        assert torch.equal(mem_x, hist_x[hist_x.shape[0] - n :]), f"memory contents, {what}"
+        assert torch.equal(mem_y, hist_y[hist_y.shape[0] - n :]), f"memory labels, {what}"
         assert xbm.filled == n
     return xbm
 
@@ -83,8 +100,9 @@ def test_semi_hard_none_is_per_pair_in_memory_order():
     the order of their rows in the ring: the same values as the oracle on the concatenation
     (whose row order differs), and the same gradient of their sum."""
     g = torch.Generator().manual_seed(3)
-    xbm = fastmine.CrossBatchMemory(fastmine.nn.SemiHardTripletLoss(reduction="none", margin=0.5),
-                                    12, 5, dtype=torch.float64)
+    xbm = fastmine.CrossBatchMemory(
+        fastmine.nn.SemiHardTripletLoss(reduction="none", margin=0.5), 12, 5, dtype=torch.float64
+    )
     hist_x = torch.zeros(0, 5, dtype=torch.float64)
     hist_y = torch.zeros(0, dtype=torch.int64)
     for step, b in enumerate([5, 5, 5, 4]):  # the third batch wraps around the ring's end
@@ -94,11 +112,13 @@ def test_semi_hard_none_is_per_pair_in_memory_order():
         ref, ref_y = torch.cat([x, hist_x[keep:]]), torch.cat([y, hist_y[keep:]])
         xk, xo = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
         got = xbm(xk, y)
-        want = R.semi_hard_triplet_loss(xo, y, ref_embeddings=ref, ref_labels=ref_y, self_offset=0,
-                                        reduction="none", margin=0.5)
+        want = R.semi_hard_triplet_loss(
+            xo, y, ref_embeddings=ref, ref_labels=ref_y, self_offset=0, reduction="none", margin=0.5
+        )
         assert got.shape == want.shape, f"step {step}"
-        assert_close_rel(got.detach().sort().values, want.detach().sort().values, 1e-9,
-                         what=f"pair losses, step {step}")
+        assert_close_rel(
+            got.detach().sort().values, want.detach().sort().values, 1e-9, what=f"pair losses, step {step}"
+        )
         got.sum().backward()
         want.sum().backward()
         assert_close_rel(xk.grad, xo.grad, 1e-8, what=f"gradient, step {step}")
@@ -142,13 +162,16 @@ def test_reset_and_repr():
     assert xbm.filled == 0 and xbm.memory()[0].shape == (0, 3)
 
 
-@pytest.mark.parametrize("kw, exc, match", [
-    (dict(size=0), ValueError, "size"),
-    (dict(size=4.0), ValueError, "size"),
-    (dict(dim=-1), ValueError, "dim"),
-    (dict(dtype=torch.int64), TypeError, "dtype"),
-    (dict(loss=torch.nn.MSELoss()), TypeError, "loss"),
-])
+@pytest.mark.parametrize(
+    "kw, exc, match",
+    [
+        (dict(size=0), ValueError, "size"),
+        (dict(size=4.0), ValueError, "size"),
+        (dict(dim=-1), ValueError, "dim"),
+        (dict(dtype=torch.int64), TypeError, "dtype"),
+        (dict(loss=torch.nn.MSELoss()), TypeError, "loss"),
+    ],
+)
 def test_bad_construction(kw, exc, match):
     args = dict(loss=fastmine.nn.BatchHardTripletLoss(), size=8, dim=3)
     args.update(kw)

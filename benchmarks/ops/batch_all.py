@@ -1,4 +1,5 @@
 """Batch-all triplet loss (SPEC.md): fastmine against the B x B x B-mask formulations."""
+
 from __future__ import annotations
 
 import torch
@@ -60,9 +61,7 @@ def _pml(inp: Inputs):
     batch-all "mean_positive". It enumerates the triplets as index lists (B^3 masks)."""
     _fits_cube(inp)
     distances, losses, _, _ = import_pml()
-    loss_fn = losses.TripletMarginLoss(
-        margin=MARGIN, distance=distances.LpDistance(normalize_embeddings=False)
-    )
+    loss_fn = losses.TripletMarginLoss(margin=MARGIN, distance=distances.LpDistance(normalize_embeddings=False))
     return fwd_bwd(loss_fn, inp)
 
 
@@ -78,8 +77,7 @@ OP = OpBench(
     name="batch_all",
     order=1,
     issue=3,
-    description="batch-all triplet loss, euclidean, margin 0.3, mean over positive triplets; "
-    "forward + backward",
+    description="batch-all triplet loss, euclidean, margin 0.3, mean over positive triplets; forward + backward",
     methods=[
         Method("fastmine", _fastmine),
         Method("eager", _eager),
@@ -97,8 +95,11 @@ OP = OpBench(
         Target("cpu", 16384, 128, "memory", 1024.0),
         # GPU: within 3x of batch-hard (its time / ours >= 1/3), and O(B) memory at a B whose
         # B x B float32 matrix alone (256 GiB) would not fit the card.
-        *[Target("cuda", 16384, d, "batch-hard", 1 / 3, dtype=dt)
-          for d in (128, 512) for dt in ("float32", "bfloat16")],
+        *[
+            Target("cuda", 16384, d, "batch-hard", 1 / 3, dtype=dt)
+            for d in (128, 512)
+            for dt in ("float32", "bfloat16")
+        ],
         *[Target("cuda", 262144, 256, "memory", 1024.0, dtype=dt) for dt in ("float32", "bfloat16")],
     ],
 )

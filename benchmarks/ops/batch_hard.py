@@ -1,4 +1,5 @@
 """Batch-hard triplet loss (SPEC.md): fastmine against the usual ways to compute it."""
+
 from __future__ import annotations
 
 import torch
@@ -84,8 +85,7 @@ OP = OpBench(
         Target("cuda", 4096, 128, "floor", 1.3),
         Target("cuda", 4096, 512, "floor", 1.3),
         Target("cuda", 4096, 128, "compile", 3.0),
-        *[Target("cuda", 16384, d, "floor", 1.3, dtype=dt)
-          for d in (128, 512) for dt in ("float32", "bfloat16")],
+        *[Target("cuda", 16384, d, "floor", 1.3, dtype=dt) for d in (128, 512) for dt in ("float32", "bfloat16")],
         Target("cuda", 4096, 128, "eager", 10.0, dtype="bfloat16"),
         Target("cuda", 4096, 128, "compile", 3.0, dtype="bfloat16"),
         *[Target("cuda", 262144, 256, "memory", 1024.0, dtype=dt) for dt in ("float32", "bfloat16")],

@@ -2,6 +2,7 @@
 vectorized eager formula (torch.cdist to the centroids, one-hot masks) and torch.compile.
 Centroids: one fixed random row per class of the batch's labels (C = B / K). Forward +
 backward with respect to the embeddings."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Contrastive loss (SPEC.md): fastmine against the all-pairs vectorized formulation."""
+
 from __future__ import annotations
 
 import torch
@@ -36,7 +37,8 @@ def _pml(inp: Inputs):
     configuration, so its loss is not compared with the row's (power 2, mean)."""
     distances, losses, _, _ = import_pml()
     loss_fn = losses.ContrastiveLoss(
-        pos_margin=POS_MARGIN, neg_margin=NEG_MARGIN,
+        pos_margin=POS_MARGIN,
+        neg_margin=NEG_MARGIN,
         distance=distances.LpDistance(normalize_embeddings=False),
     )
     return fwd_bwd(loss_fn, inp)
@@ -46,8 +48,7 @@ OP = OpBench(
     name="contrastive",
     order=2,
     issue=3,
-    description="contrastive loss (power 2, margins 0 / 1, mean over pairs), euclidean; "
-    "forward + backward",
+    description="contrastive loss (power 2, margins 0 / 1, mean over pairs), euclidean; forward + backward",
     methods=[
         Method("fastmine", _fastmine),
         Method("eager", lambda inp: fwd_bwd(eager_contrastive, inp)),
@@ -61,8 +62,7 @@ OP = OpBench(
         Target("cpu", 4096, 128, "eager", 5.0),
         Target("cpu", 4096, 128, "floor", 2.0),
         Target("cuda", 4096, 128, "floor", 2.5),
-        *[Target("cuda", 16384, d, "floor", 1.5, dtype=dt)
-          for d in (128, 512) for dt in ("float32", "bfloat16")],
+        *[Target("cuda", 16384, d, "floor", 1.5, dtype=dt) for d in (128, 512) for dt in ("float32", "bfloat16")],
         *[Target("cuda", 262144, 256, "memory", 1024.0, dtype=dt) for dt in ("float32", "bfloat16")],
     ],
 )

@@ -2,6 +2,7 @@
 torchvision's elementwise formula in eager PyTorch and under torch.compile, and the memory
 floor. A size "NxC" is an (N, C) logits tensor (10000x1000: 10^7 logits) with 0/1 targets,
 reduction "mean", forward + backward."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,7 @@ from ..registry import Inputs, Method, OpBench, Target, fwd_bwd
 ALPHA, GAMMA = 0.25, 2.0
 
 
-def logits_inputs(n: int, c: int, dtype: torch.dtype, device: torch.device, *, seed: int = 0,
-                  **unused) -> Inputs:
+def logits_inputs(n: int, c: int, dtype: torch.dtype, device: torch.device, *, seed: int = 0, **unused) -> Inputs:
     """(N, C) logits ~ N(0, 2^2) (a detector's spread) and targets with 1% positives."""
     g = torch.Generator().manual_seed(seed)
     x = (2 * torch.randn(n, c, generator=g)).to(device=device, dtype=dtype)
@@ -35,8 +35,7 @@ def torchvision_focal(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 def _fastmine(inp: Inputs):
     import fastmine
 
-    return fwd_bwd(lambda x, t: fastmine.sigmoid_focal_loss(x, t, alpha=ALPHA, gamma=GAMMA,
-                                                            reduction="mean"), inp)
+    return fwd_bwd(lambda x, t: fastmine.sigmoid_focal_loss(x, t, alpha=ALPHA, gamma=GAMMA, reduction="mean"), inp)
 
 
 def bandwidth_floor() -> Method:

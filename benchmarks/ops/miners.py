@@ -2,6 +2,7 @@
 pytorch-metric-learning's TripletMarginMiner and the matmul floor. Forward only (mining has
 no gradient). The compared "loss" is the number of mined triplets, which must match PML's.
 mine_batch_hard has its own module (miners_batch_hard.py): one OpBench per module."""
+
 from __future__ import annotations
 
 import torch
@@ -32,8 +33,9 @@ def _fastmine(inp: Inputs):
 
 def _pml(inp: Inputs):
     distances, _, miners, _ = import_pml()
-    miner = miners.TripletMarginMiner(margin=MARGIN, type_of_triplets="semihard",
-                                      distance=distances.LpDistance(normalize_embeddings=False))
+    miner = miners.TripletMarginMiner(
+        margin=MARGIN, type_of_triplets="semihard", distance=distances.LpDistance(normalize_embeddings=False)
+    )
     return count_step(miner, inp)
 
 
@@ -41,7 +43,7 @@ OP = OpBench(
     name="mine_triplets",
     order=10,
     description="mine_triplets type=semihard, euclidean, margin 0.2 (PML TripletMarginMiner); "
-                "forward only, 'loss' = number of triplets",
+    "forward only, 'loss' = number of triplets",
     methods=[
         Method("fastmine", _fastmine, forward_only=True),
         Method("pml", _pml, forward_only=True),

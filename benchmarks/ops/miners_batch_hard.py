@@ -1,6 +1,7 @@
 """Batch-hard mining: fastmine.mine_batch_hard against pytorch-metric-learning's
 BatchHardMiner and the matmul floor. Forward only; the compared "loss" is the number of
 mined triplets (valid anchors)."""
+
 from __future__ import annotations
 
 from ..baselines import import_pml, matmul_floor
@@ -23,8 +24,7 @@ def _pml(inp: Inputs):
 OP = OpBench(
     name="mine_batch_hard",
     order=11,
-    description="mine_batch_hard, euclidean (PML BatchHardMiner); forward only, "
-                "'loss' = number of triplets",
+    description="mine_batch_hard, euclidean (PML BatchHardMiner); forward only, 'loss' = number of triplets",
     methods=[
         Method("fastmine", _fastmine, forward_only=True),
         Method("pml", _pml, forward_only=True),

@@ -1,5 +1,6 @@
 """Semi-hard triplet loss (SPEC.md; FaceNet / TF-Addons' triplet_semihard_loss): fastmine
 against vectorized PyTorch versions of it."""
+
 from __future__ import annotations
 
 import torch
@@ -111,8 +112,7 @@ OP = OpBench(
     name="semi_hard",
     order=3,
     issue=4,
-    description="semi-hard triplet loss, euclidean, margin 0.3, mean over positive pairs; "
-    "forward + backward",
+    description="semi-hard triplet loss, euclidean, margin 0.3, mean over positive pairs; forward + backward",
     methods=[
         Method("fastmine", _fastmine),
         Method("eager", _eager),
@@ -126,7 +126,6 @@ OP = OpBench(
     # Issue 4.
     targets=[
         Target("cpu", 2048, 128, "eager", 10.0),
-        *[Target("cuda", 16384, d, "floor", 2.0, dtype=dt)
-          for d in (128, 512) for dt in ("float32", "bfloat16")],
+        *[Target("cuda", 16384, d, "floor", 2.0, dtype=dt) for d in (128, 512) for dt in ("float32", "bfloat16")],
     ],
 )

@@ -40,8 +40,7 @@ FM_HD int64_t batch_all_first_active(const dist_t* sorted, int64_t k, double thr
 
 // Hinge sum of one negative over its active positives (suffix_first = suffix[first], 0 when
 // first == K).
-FM_HD double batch_all_hinge_sum(double suffix_first, int64_t active, double margin,
-                                 double d_n) {
+FM_HD double batch_all_hinge_sum(double suffix_first, int64_t active, double margin, double d_n) {
   return suffix_first + double(active) * (margin - d_n);
 }
 

@@ -45,17 +45,28 @@ inline ScalarType loss_dtype(ScalarType st) {
 // torch's Python names of the dtypes a user meets here; c10's own names otherwise.
 inline const char* dtype_name(ScalarType st) {
   switch (st) {
-    case ScalarType::Float: return "float32";
-    case ScalarType::Double: return "float64";
-    case ScalarType::Half: return "float16";
-    case ScalarType::BFloat16: return "bfloat16";
-    case ScalarType::Long: return "int64";
-    case ScalarType::Int: return "int32";
-    case ScalarType::Short: return "int16";
-    case ScalarType::Char: return "int8";
-    case ScalarType::Byte: return "uint8";
-    case ScalarType::Bool: return "bool";
-    default: return c10::toString(st);
+    case ScalarType::Float:
+      return "float32";
+    case ScalarType::Double:
+      return "float64";
+    case ScalarType::Half:
+      return "float16";
+    case ScalarType::BFloat16:
+      return "bfloat16";
+    case ScalarType::Long:
+      return "int64";
+    case ScalarType::Int:
+      return "int32";
+    case ScalarType::Short:
+      return "int16";
+    case ScalarType::Char:
+      return "int8";
+    case ScalarType::Byte:
+      return "uint8";
+    case ScalarType::Bool:
+      return "bool";
+    default:
+      return c10::toString(st);
   }
 }
 
@@ -110,8 +121,8 @@ class Args {
   }
 
   void dtype(const Tensor& t, const char* name, ScalarType st) const {
-    require(t.scalar_type() == st, Fault::Runtime, name, " must be ", dtype_name(st),
-            ", got ", dtype_name(t.scalar_type()));
+    require(t.scalar_type() == st, Fault::Runtime, name, " must be ", dtype_name(st), ", got ",
+            dtype_name(t.scalar_type()));
   }
 
   void same_dtype(const Tensor& t, const char* name, const Tensor& like,
@@ -126,13 +137,12 @@ class Args {
   void vector(const Tensor& t, const char* name, int64_t n, ScalarType st,
               const char* like = nullptr) const {
     same_device(t, name);
-    require(t.dim() == 1 && t.size(0) == n, Fault::Value, name, " must have shape (", n,
-            ",)", like ? " like " : "", like ? like : "", ", got ", shape(t));
+    require(t.dim() == 1 && t.size(0) == n, Fault::Value, name, " must have shape (", n, ",)",
+            like ? " like " : "", like ? like : "", ", got ", shape(t));
     dtype(t, name, st);
   }
 
-  void matrix(const Tensor& t, const char* name, int64_t rows, int64_t cols,
-              ScalarType st) const {
+  void matrix(const Tensor& t, const char* name, int64_t rows, int64_t cols, ScalarType st) const {
     same_device(t, name);
     require(t.dim() == 2 && t.size(0) == rows && t.size(1) == cols, Fault::Value, name,
             " must have shape (", rows, ", ", cols, "), got ", shape(t));
@@ -149,12 +159,11 @@ class Args {
   }
 
   // Every entry of an int64 vector (already checked by vector()) in [lo, hi).
-  void indices(const Tensor& t, const char* name, int64_t lo, int64_t hi,
-               const char* what) const {
+  void indices(const Tensor& t, const char* name, int64_t lo, int64_t hi, const char* what) const {
     if (t.numel() == 0) return;
     const IndexRange r = Side::index_range(t);
-    require(r.min >= lo && r.max < hi, Fault::Value, name, " must hold ", what, " in [", lo,
-            ", ", hi, "), got ", r.min < lo ? r.min : r.max);
+    require(r.min >= lo && r.max < hi, Fault::Value, name, " must hold ", what, " in [", lo, ", ",
+            hi, "), got ", r.min < lo ? r.min : r.max);
   }
 
   // Column i + offset of the reference set is anchor i itself: offset in [0, M - B]. Without
@@ -165,8 +174,8 @@ class Args {
               "exclude_offset must satisfy 0 <= exclude_offset <= M - B (B = ", b, ", M = ", m,
               ") when has_exclude, got ", offset);
     } else {
-      require(offset == 0, Fault::Value,
-              "exclude_offset must be 0 without has_exclude, got ", offset);
+      require(offset == 0, Fault::Value, "exclude_offset must be 0 without has_exclude, got ",
+              offset);
     }
   }
 
@@ -189,8 +198,7 @@ class Args {
   }
 
   void non_negative(double v, const char* name) const {
-    require(std::isfinite(v) && v >= 0, Fault::Value, name, " must be finite and >= 0, got ",
-            v);
+    require(std::isfinite(v) && v >= 0, Fault::Value, name, " must be finite and >= 0, got ", v);
   }
 
   static std::string shape(const Tensor& t) {

@@ -70,7 +70,10 @@ struct PairAcc {
     nv2 += v * v;
   }
   FM_HD void merge(const PairAcc& o) {
-    diff2 += o.diff2; dot += o.dot; nu2 += o.nu2; nv2 += o.nv2;
+    diff2 += o.diff2;
+    dot += o.dot;
+    nu2 += o.nu2;
+    nv2 += o.nv2;
   }
   FM_HD acc_t finalize(int64_t metric) const {
     if (metric == kCosine) return distance_from_dot(metric, dot, nu2, nv2);
@@ -91,11 +94,15 @@ template <typename acc_t>
 FM_HD DistGrad<acc_t> distance_grad(int64_t metric, acc_t d, acc_t nu2, acc_t nv2) {
   DistGrad<acc_t> g;
   if (metric == kSqEuclidean) {
-    g.au = acc_t(2); g.cross = acc_t(-2); g.bv = acc_t(2);
+    g.au = acc_t(2);
+    g.cross = acc_t(-2);
+    g.bv = acc_t(2);
   } else if (metric == kEuclidean) {
     acc_t inv = d > acc_t(0) ? acc_t(1) / d : acc_t(0);
     if (fm_isnan(d)) inv = d;
-    g.au = inv; g.cross = -inv; g.bv = inv;
+    g.au = inv;
+    g.cross = -inv;
+    g.bv = inv;
   } else {
     // d = 1 - s / (cu cv), cu = max(|u|, eps): dd/du = -v/(cu cv) + s/(cu^2 cv) * dcu/du,
     // dcu/du = u/|u| where |u| > eps and 0 where clamped. s = (1 - d) cu cv.

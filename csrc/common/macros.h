@@ -31,6 +31,8 @@ FM_HD float fm_log1p(float v) { return log1pf(v); }
 FM_HD double fm_log1p(double v) { return log1p(v); }
 
 template <typename T>
-FM_HD bool fm_isnan(T v) { return v != v; }
+FM_HD bool fm_isnan(T v) {
+  return v != v;
+}
 
 }  // namespace fastmine

@@ -21,7 +21,12 @@
 namespace fastmine {
 
 // Triplet types, shared with fastmine/miners.py (TRIPLET_TYPES).
-enum TripletType : int64_t { kTripletAll = 0, kTripletHard = 1, kTripletSemihard = 2, kTripletEasy = 3 };
+enum TripletType : int64_t {
+  kTripletAll = 0,
+  kTripletHard = 1,
+  kTripletSemihard = 2,
+  kTripletEasy = 3
+};
 
 // t = d_an - d_ap, in the distance type.
 template <typename T>
@@ -58,8 +63,8 @@ FM_HD bool triplet_selected(int64_t type, T d_ap, T d_an, T margin) {
 // positive at distance d_ap. Empty when *lo >= *hi. Distances must be finite (the callers
 // refuse non-finite ones: a NaN would break the monotonicity the bisection relies on).
 template <typename T>
-FM_HD void triplet_interval(int64_t type, const T* sorted, int64_t n, T d_ap, T margin,
-                            int64_t* lo, int64_t* hi) {
+FM_HD void triplet_interval(int64_t type, const T* sorted, int64_t n, T d_ap, T margin, int64_t* lo,
+                            int64_t* hi) {
   // lo: the first rank whose t passes the lower condition.
   int64_t a = 0, b = n;
   while (a < b) {

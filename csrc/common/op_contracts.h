@@ -55,8 +55,8 @@ void loss_vectors(Args<S>& a, const T& x, int64_t n, std::initializer_list<const
 }
 
 template <class S, class T>
-void contrastive_options(Args<S>& a, const T& x, const T& ref, double pos_margin,
-                         double neg_margin, double power, bool triangle, bool has_exclude) {
+void contrastive_options(Args<S>& a, const T& x, const T& ref, double pos_margin, double neg_margin,
+                         double power, bool triangle, bool has_exclude) {
   a.finite(pos_margin, "pos_margin");
   a.finite(neg_margin, "neg_margin");
   a.positive(power, "power");
@@ -99,10 +99,10 @@ void batch_hard_triplet(const T& x, const T& labels, const T& ref, const T& ref_
 
 // pos_idx / neg_idx are the forward's: a reference row, or -1 for an invalid anchor.
 template <class S, class T>
-void batch_hard_triplet_backward(const T& grad_loss, const T& grad_pos_dist,
-                                 const T& grad_neg_dist, const T& x, const T& ref,
-                                 const T& pos_idx, const T& neg_idx, const T& pos_dist,
-                                 const T& neg_dist, double margin, int64_t metric) {
+void batch_hard_triplet_backward(const T& grad_loss, const T& grad_pos_dist, const T& grad_neg_dist,
+                                 const T& x, const T& ref, const T& pos_idx, const T& neg_idx,
+                                 const T& pos_dist, const T& neg_dist, double margin,
+                                 int64_t metric) {
   Args<S> a("batch_hard_triplet_backward");
   embedding_pair(a, x, "x", ref, "ref");
   const int64_t b = x.size(0), m = ref.size(0);
@@ -121,8 +121,8 @@ void batch_hard_triplet_backward(const T& grad_loss, const T& grad_pos_dist,
 template <class S, class T>
 void batch_all_triplet(const T& x, const T& labels, const T& ref, const T& ref_labels,
                        double margin, int64_t metric, bool has_exclude, int64_t exclude_offset) {
-  mined_with_margin<S>("batch_all_triplet", x, labels, ref, ref_labels, margin, metric,
-                       has_exclude, exclude_offset);
+  mined_with_margin<S>("batch_all_triplet", x, labels, ref, ref_labels, margin, metric, has_exclude,
+                       exclude_offset);
 }
 
 template <class S, class T>
@@ -138,8 +138,8 @@ void batch_all_triplet_backward(const T& grad, const T& x, const T& labels, cons
 // contrastive and contrastive_with_grad take the same arguments.
 template <class S, class T>
 void contrastive(const char* op, const T& x, const T& labels, const T& ref, const T& ref_labels,
-                 double pos_margin, double neg_margin, double power, int64_t metric,
-                 bool triangle, bool has_exclude, int64_t exclude_offset) {
+                 double pos_margin, double neg_margin, double power, int64_t metric, bool triangle,
+                 bool has_exclude, int64_t exclude_offset) {
   Args<S> a(op);
   labelled_pairs(a, x, labels, ref, ref_labels, metric, has_exclude, exclude_offset);
   contrastive_options(a, x, ref, pos_margin, neg_margin, power, triangle, has_exclude);
@@ -147,9 +147,9 @@ void contrastive(const char* op, const T& x, const T& labels, const T& ref, cons
 
 template <class S, class T>
 void contrastive_backward(const T& grad_pos, const T& grad_neg, const T& x, const T& labels,
-                          const T& ref, const T& ref_labels, double pos_margin,
-                          double neg_margin, double power, int64_t metric, bool triangle,
-                          bool has_exclude, int64_t exclude_offset) {
+                          const T& ref, const T& ref_labels, double pos_margin, double neg_margin,
+                          double power, int64_t metric, bool triangle, bool has_exclude,
+                          int64_t exclude_offset) {
   Args<S> a("contrastive_backward");
   labelled_pairs(a, x, labels, ref, ref_labels, metric, has_exclude, exclude_offset);
   loss_vectors(a, x, x.size(0), {&grad_pos, &grad_neg}, {"grad_pos", "grad_neg"});
@@ -280,17 +280,16 @@ void mine_triplets(const T& x, const T& labels, const T& ref, const T& ref_label
 template <class S, class T>
 void semi_hard_triplet(const T& x, const T& labels, const T& ref, const T& ref_labels,
                        double margin, int64_t metric, bool has_exclude, int64_t exclude_offset) {
-  mined_with_margin<S>("semi_hard_triplet", x, labels, ref, ref_labels, margin, metric,
-                       has_exclude, exclude_offset);
+  mined_with_margin<S>("semi_hard_triplet", x, labels, ref, ref_labels, margin, metric, has_exclude,
+                       exclude_offset);
 }
 
 // One entry per triplet (P of them): anchor rows of x, positive and negative rows of ref.
 template <class S, class T>
-void semi_hard_triplet_backward(const T& grad_loss, const T& grad_pos_dist,
-                                const T& grad_neg_dist, const T& x, const T& ref,
-                                const T& anchor_idx, const T& pos_idx, const T& neg_idx,
-                                const T& pos_dist, const T& neg_dist, double margin,
-                                int64_t metric) {
+void semi_hard_triplet_backward(const T& grad_loss, const T& grad_pos_dist, const T& grad_neg_dist,
+                                const T& x, const T& ref, const T& anchor_idx, const T& pos_idx,
+                                const T& neg_idx, const T& pos_dist, const T& neg_dist,
+                                double margin, int64_t metric) {
   Args<S> a("semi_hard_triplet_backward");
   embedding_pair(a, x, "x", ref, "ref");
   a.same_device(anchor_idx, "anchor_idx");

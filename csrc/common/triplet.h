@@ -44,7 +44,10 @@ struct ArgBest {
     return is_max ? v > value : v < value;
   }
   FM_HD void offer(acc_t v, int64_t j, bool is_max) {
-    if (better(v, j, is_max)) { value = v; index = j; }
+    if (better(v, j, is_max)) {
+      value = v;
+      index = j;
+    }
   }
   FM_HD void merge(const ArgBest& o, bool is_max) {
     if (o.index >= 0) offer(o.value, o.index, is_max);

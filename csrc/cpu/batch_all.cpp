@@ -44,8 +44,10 @@ struct AnchorRow {
     nan = bad_anchor;
     for (int64_t j = 0; j < m; ++j) {
       if (rl[j] == li) {
-        if (j != excl) pos.emplace_back(double(d[j]), j);
-        else continue;
+        if (j != excl)
+          pos.emplace_back(double(d[j]), j);
+        else
+          continue;
       } else {
         ++num_neg;
       }
@@ -82,7 +84,11 @@ void batch_all_forward_impl(const Panels<T>& p, const int64_t* lab, const int64_
                   !std::isfinite(double(p.nx2[i])));
         const int64_t k = row.pos.size();
         valid[i] = k * row.num_neg;
-        if (row.nan) { loss[i] = std::numeric_limits<T>::quiet_NaN(); active[i] = 0; continue; }
+        if (row.nan) {
+          loss[i] = std::numeric_limits<T>::quiet_NaN();
+          active[i] = 0;
+          continue;
+        }
         double sum = 0;
         int64_t act = 0;
         for (int64_t j = 0; j < p.m && k > 0; ++j) {
@@ -164,7 +170,8 @@ std::tuple<at::Tensor, at::Tensor> batch_all_triplet_backward_cpu(
           if (k == 0 || row.num_neg == 0) continue;
           if (row.nan) {
             for (const auto& q : row.pos) wi[q.second] = std::numeric_limits<T>::quiet_NaN();
-            for (int64_t j = 0; j < p.m; ++j) if (lr[j] != li[i]) wi[j] = std::numeric_limits<T>::quiet_NaN();
+            for (int64_t j = 0; j < p.m; ++j)
+              if (lr[j] != li[i]) wi[j] = std::numeric_limits<T>::quiet_NaN();
             continue;
           }
           const double gi = g[i];

@@ -13,8 +13,8 @@
 #include "common/distance.h"
 #include "common/triplet.h"
 #include "cpu/contract_cpu.h"
-#include "cpu/panel_rows.h"
 #include "cpu/exact_distance.h"
+#include "cpu/panel_rows.h"
 
 namespace fastmine::cpu {
 namespace {
@@ -30,8 +30,8 @@ inline T score(const T* ca, const T* cb, const T* g, int64_t j) {
 // Scalar scan with full NaN/tie semantics (ArgBest). Used for rows holding a non-finite
 // score, where the SIMD max/min would be free to drop a NaN.
 template <typename T>
-void scan_row_exact(const T* g, const T* ca, const T* cb, const int64_t* rl, int64_t m,
-                    int64_t li, int64_t excl, int64_t* pos, int64_t* neg) {
+void scan_row_exact(const T* g, const T* ca, const T* cb, const int64_t* rl, int64_t m, int64_t li,
+                    int64_t excl, int64_t* pos, int64_t* neg) {
   ArgBest<T> bp, bn;
   for (int64_t j = 0; j < m; ++j) {
     T s = score(ca, cb, g, j);
@@ -80,7 +80,8 @@ int64_t resolve_near_ties(const T* g, const T* ca, const T* cb, const int64_t* r
       if (positive ? !(s >= best - tol) : !(s <= best + tol)) continue;
       if (lowest < 0) lowest = j;
       if (++count <= kMaxExactTies) {
-        exact.offer(accumulate_pair(xr, rp + j * geo.dim, geo.dim).finalize(geo.metric), j, positive);
+        exact.offer(accumulate_pair(xr, rp + j * geo.dim, geo.dim).finalize(geo.metric), j,
+                    positive);
       }
     }
   }
@@ -119,8 +120,12 @@ void scan_row(const T* g, const T* ca, const T* cb, const int64_t* rl, int64_t m
     best_n = cn < best_n ? cn : best_n;
   }
   // A chunk best of -inf / +inf means no candidate there; none anywhere: no positive/negative.
-  *pos = best_p == -inf ? -1 : resolve_near_ties(g, ca, cb, rl, m, li, excl, true, best_p, tol, chunk_p, geo);
-  *neg = best_n == inf ? -1 : resolve_near_ties(g, ca, cb, rl, m, li, excl, false, best_n, tol, chunk_n, geo);
+  *pos = best_p == -inf
+             ? -1
+             : resolve_near_ties(g, ca, cb, rl, m, li, excl, true, best_p, tol, chunk_p, geo);
+  *neg = best_n == inf
+             ? -1
+             : resolve_near_ties(g, ca, cb, rl, m, li, excl, false, best_n, tol, chunk_n, geo);
 }
 
 // Rounding bound of a selection score, for one anchor row: scores are |r|^2 - 2<x, r>
@@ -130,16 +135,17 @@ void scan_row(const T* g, const T* ca, const T* cb, const int64_t* rl, int64_t m
 template <typename T>
 T score_tolerance(int64_t metric, T nx2, T max_nr2, int64_t dim) {
   const double eps = std::numeric_limits<T>::epsilon();
-  const double scale = metric == kCosine ? std::sqrt(double(nx2)) : 2.0 * (double(nx2) + double(max_nr2));
+  const double scale =
+      metric == kCosine ? std::sqrt(double(nx2)) : 2.0 * (double(nx2) + double(max_nr2));
   return T(16.0 * std::sqrt(double(dim)) * eps * scale);
 }
 
 template <typename T>
 void batch_hard_forward_impl(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& ref,
-                             const at::Tensor& ref_labels, double margin, int64_t metric,
-                             bool soft, bool has_exclude, int64_t exclude_offset,
-                             at::Tensor& loss, at::Tensor& pos_idx, at::Tensor& neg_idx,
-                             at::Tensor& pos_dist, at::Tensor& neg_dist) {
+                             const at::Tensor& ref_labels, double margin, int64_t metric, bool soft,
+                             bool has_exclude, int64_t exclude_offset, at::Tensor& loss,
+                             at::Tensor& pos_idx, at::Tensor& neg_idx, at::Tensor& pos_dist,
+                             at::Tensor& neg_dist) {
   const int64_t b = x.size(0), m = ref.size(0), dim = x.size(1);
   const T* xp = x.data_ptr<T>();
   const T* rp = ref.data_ptr<T>();
@@ -169,8 +175,8 @@ void batch_hard_forward_impl(const at::Tensor& x, const at::Tensor& labels, cons
         const T* xi = xp + i * dim;
         const T tol = score_tolerance<T>(metric, T(squared_norm(xi, dim)), max_nr2, dim);
         const RowGeometry<T> geo{xi, rp, dim, metric};
-        scan_row(g + r * m, col_a.data(), col_b.data(), rlab, m, lab[i], excl, tol, geo,
-                 chunk_p, chunk_n, pi + i, ni + i);
+        scan_row(g + r * m, col_a.data(), col_b.data(), rlab, m, lab[i], excl, tol, geo, chunk_p,
+                 chunk_n, pi + i, ni + i);
       }
     });
   }
@@ -213,9 +219,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_har
   at::Tensor pos_idx = at::empty({b}, labels.options());
   at::Tensor neg_idx = at::empty({b}, labels.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_hard_triplet_cpu", [&] {
-    batch_hard_forward_impl<scalar_t>(x, labels, ref, ref_labels, margin, metric, soft,
-                                      has_exclude, exclude_offset, loss, pos_idx, neg_idx,
-                                      pos_dist, neg_dist);
+    batch_hard_forward_impl<scalar_t>(x, labels, ref, ref_labels, margin, metric, soft, has_exclude,
+                                      exclude_offset, loss, pos_idx, neg_idx, pos_dist, neg_dist);
   });
   return {loss, pos_idx, neg_idx, pos_dist, neg_dist};
 }
@@ -224,9 +229,8 @@ template <typename T>
 void batch_hard_backward_impl(const at::Tensor& grad_loss, const at::Tensor& grad_pd,
                               const at::Tensor& grad_nd, const at::Tensor& x, const at::Tensor& ref,
                               const at::Tensor& pos_idx, const at::Tensor& neg_idx,
-                              const at::Tensor& pos_dist, const at::Tensor& neg_dist,
-                              double margin, int64_t metric, bool soft, at::Tensor& gx,
-                              at::Tensor& gr) {
+                              const at::Tensor& pos_dist, const at::Tensor& neg_dist, double margin,
+                              int64_t metric, bool soft, at::Tensor& gx, at::Tensor& gr) {
   const int64_t b = x.size(0), m = ref.size(0), dim = x.size(1);
   const T* xp = x.data_ptr<T>();
   const T* rp = ref.data_ptr<T>();
@@ -284,11 +288,13 @@ void batch_hard_backward_impl(const at::Tensor& grad_loss, const at::Tensor& gra
   // Reference side: a row may be chosen by many anchors. Counting sort of the edges by
   // target (stable, so each row sums its edges in ascending edge order): deterministic.
   std::vector<int64_t> start(m + 1, 0), order(2 * b);
-  for (int64_t e = 0; e < 2 * b; ++e) if (target[e] >= 0) ++start[target[e] + 1];
+  for (int64_t e = 0; e < 2 * b; ++e)
+    if (target[e] >= 0) ++start[target[e] + 1];
   for (int64_t j = 0; j < m; ++j) start[j + 1] += start[j];
   {
     std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (int64_t e = 0; e < 2 * b; ++e) if (target[e] >= 0) order[fill[target[e]]++] = e;
+    for (int64_t e = 0; e < 2 * b; ++e)
+      if (target[e] >= 0) order[fill[target[e]]++] = e;
   }
   at::parallel_for(0, m, 64, [&](int64_t j0, int64_t j1) {
     std::vector<double> acc(dim);
@@ -301,7 +307,8 @@ void batch_hard_backward_impl(const at::Tensor& grad_loss, const at::Tensor& gra
         const double c = coef[e];
         const DistGrad<double>& q = dg[e];
         const T* xi = xp + (e / 2) * dim;
-        for (int64_t k = 0; k < dim; ++k) acc[k] += c * (q.cross * double(xi[k]) + q.bv * double(rj[k]));
+        for (int64_t k = 0; k < dim; ++k)
+          acc[k] += c * (q.cross * double(xi[k]) + q.bv * double(rj[k]));
       }
       T* out = grp + j * dim;
       for (int64_t k = 0; k < dim; ++k) out[k] = T(acc[k]);
@@ -321,10 +328,9 @@ std::tuple<at::Tensor, at::Tensor> batch_hard_triplet_backward_cpu(
   at::Tensor gx = at::zeros_like(x);
   at::Tensor gr = at::zeros_like(ref);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "batch_hard_triplet_backward_cpu", [&] {
-    batch_hard_backward_impl<scalar_t>(
-        dense(grad_loss), dense(grad_pos_dist), dense(grad_neg_dist), x, ref,
-        dense(pos_idx), dense(neg_idx), dense(pos_dist), dense(neg_dist),
-        margin, metric, soft, gx, gr);
+    batch_hard_backward_impl<scalar_t>(dense(grad_loss), dense(grad_pos_dist), dense(grad_neg_dist),
+                                       x, ref, dense(pos_idx), dense(neg_idx), dense(pos_dist),
+                                       dense(neg_dist), margin, metric, soft, gx, gr);
   });
   return {gx, gr};
 }

@@ -188,8 +188,8 @@ T exact_distance(const T* u, const T* v, int64_t d) {
 }
 
 template <typename T>
-void forward_impl(const at::Tensor& x, const int64_t* lp, const at::Tensor& c,
-                  at::Tensor& loss, at::Tensor& dist) {
+void forward_impl(const at::Tensor& x, const int64_t* lp, const at::Tensor& c, at::Tensor& loss,
+                  at::Tensor& dist) {
   const int64_t b = x.size(0), d = x.size(1), nc = c.size(0);
   const T* xp = x.data_ptr<T>();
   const T* cp = c.data_ptr<T>();
@@ -395,15 +395,16 @@ void backward_impl(const at::Tensor& grad, const at::Tensor& x, const int64_t* l
 }
 
 std::tuple<at::Tensor, at::Tensor> centroid_triplet_backward_cpu(
-    const at::Tensor& grad_, const at::Tensor& x_, const at::Tensor& labels_,
-    const at::Tensor& c_, const at::Tensor& dist_, bool need_centroid_grad) {
+    const at::Tensor& grad_, const at::Tensor& x_, const at::Tensor& labels_, const at::Tensor& c_,
+    const at::Tensor& dist_, bool need_centroid_grad) {
   contract::centroid_triplet_backward<CpuSide>(grad_, x_, labels_, c_, dist_);
   const at::Tensor x = dense(x_), labels = dense(labels_), c = dense(c_);
   const at::Tensor grad = dense(grad_), dist = dense(dist_);
   const int64_t b = x.size(0), d = x.size(1), nc = c.size(0);
   const int64_t* lp = labels.data_ptr<int64_t>();
   at::Tensor gx = at::empty({b, d}, x.options());
-  at::Tensor gc = need_centroid_grad ? at::empty({nc, d}, x.options()) : at::empty({0}, x.options());
+  at::Tensor gc =
+      need_centroid_grad ? at::empty({nc, d}, x.options()) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "centroid_triplet_backward_cpu", [&] {
     backward_impl<scalar_t>(grad, x, lp, c, dist, need_centroid_grad, gx, gc);
   });

@@ -27,8 +27,8 @@ struct ContrastiveArgs {
 // the weights overwrite the distances in the same buffer.
 template <typename T>
 void contrastive_forward_impl(const Panels<T>& p, const int64_t* lab, const int64_t* rlab,
-                              const ContrastiveArgs& a, at::Tensor* out,
-                              at::Tensor* gx = nullptr, at::Tensor* gr = nullptr) {
+                              const ContrastiveArgs& a, at::Tensor* out, at::Tensor* gx = nullptr,
+                              at::Tensor* gr = nullptr) {
   T* pos_sum = out[0].data_ptr<T>();
   int64_t* pos_nz = out[1].data_ptr<int64_t>();
   int64_t* pos_n = out[2].data_ptr<int64_t>();
@@ -75,8 +75,12 @@ void contrastive_forward_impl(const Panels<T>& p, const int64_t* lab, const int6
         if (contrastive_anchor_poisoned(p.nx2[i])) {
           ps = ns = std::numeric_limits<double>::quiet_NaN();
         }
-        pos_sum[i] = T(ps); pos_nz[i] = pnz; pos_n[i] = pn;
-        neg_sum[i] = T(ns); neg_nz[i] = nnz; neg_n[i] = nn;
+        pos_sum[i] = T(ps);
+        pos_nz[i] = pnz;
+        pos_n[i] = pn;
+        neg_sum[i] = T(ns);
+        neg_nz[i] = nnz;
+        neg_n[i] = nn;
       };
       if (gx != nullptr) {
         p.apply_weights(r0, c0, panel, panel, unit_weight, *gx, *gr, row_sums);
@@ -119,9 +123,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& ref_labels, double pos_margin, double neg_margin, double power,
     int64_t metric, bool triangle, bool has_exclude, int64_t exclude_offset,
     bool /*allow_tf32: CUDA tiles only*/) {
-  const ContrastiveOutputs o = contrastive_run("contrastive", x, labels, ref, ref_labels, pos_margin, neg_margin,
-                                               power, metric, triangle, has_exclude,
-                                               exclude_offset, nullptr, nullptr);
+  const ContrastiveOutputs o =
+      contrastive_run("contrastive", x, labels, ref, ref_labels, pos_margin, neg_margin, power,
+                      metric, triangle, has_exclude, exclude_offset, nullptr, nullptr);
   return {o.t[0], o.t[1], o.t[2], o.t[3], o.t[4], o.t[5]};
 }
 
@@ -132,9 +136,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_with_grad
     bool /*allow_tf32: CUDA tiles only*/) {
   at::Tensor gx = at::empty_like(x, at::MemoryFormat::Contiguous);
   at::Tensor gr = at::zeros_like(ref, at::MemoryFormat::Contiguous);
-  const ContrastiveOutputs o = contrastive_run("contrastive_with_grad", x, labels, ref, ref_labels, pos_margin, neg_margin,
-                                               power, metric, triangle, has_exclude,
-                                               exclude_offset, &gx, &gr);
+  const ContrastiveOutputs o =
+      contrastive_run("contrastive_with_grad", x, labels, ref, ref_labels, pos_margin, neg_margin,
+                      power, metric, triangle, has_exclude, exclude_offset, &gx, &gr);
   // Per-anchor sums reduced in a fixed order (at::sum is deterministic on the CPU).
   return {o.t[0].sum() + o.t[3].sum(), o.t[2].sum() + o.t[5].sum(), gx, gr};
 }

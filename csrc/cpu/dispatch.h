@@ -17,9 +17,12 @@ using MetricConst = std::integral_constant<int64_t, M>;
 template <typename F>
 decltype(auto) with_metric(int64_t metric, F&& f) {
   switch (metric) {
-    case kEuclidean: return f(MetricConst<kEuclidean>{});
-    case kSqEuclidean: return f(MetricConst<kSqEuclidean>{});
-    default: return f(MetricConst<kCosine>{});
+    case kEuclidean:
+      return f(MetricConst<kEuclidean>{});
+    case kSqEuclidean:
+      return f(MetricConst<kSqEuclidean>{});
+    default:
+      return f(MetricConst<kCosine>{});
   }
 }
 

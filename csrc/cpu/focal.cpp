@@ -38,10 +38,14 @@ constexpr int64_t kFold = 32;
 template <typename F>
 void dispatch_gamma(double gamma, F&& f) {
   switch (focal_gamma_kind(gamma)) {
-    case kGamma0: return f(std::integral_constant<int, kGamma0>{});
-    case kGamma1: return f(std::integral_constant<int, kGamma1>{});
-    case kGamma2: return f(std::integral_constant<int, kGamma2>{});
-    default: return f(std::integral_constant<int, kGammaPow>{});
+    case kGamma0:
+      return f(std::integral_constant<int, kGamma0>{});
+    case kGamma1:
+      return f(std::integral_constant<int, kGamma1>{});
+    case kGamma2:
+      return f(std::integral_constant<int, kGamma2>{});
+    default:
+      return f(std::integral_constant<int, kGammaPow>{});
   }
 }
 
@@ -126,8 +130,7 @@ at::Tensor run_backward(const at::Tensor& grad_, const at::Tensor& logits_,
     using T = scalar_t;
     const bool scalar = g.dim() == 0;
     launch(T(0), x.data_ptr<T>(), t.data_ptr<T>(), x.numel(), false, static_cast<T*>(nullptr),
-           gx.data_ptr<T>(), scalar ? nullptr : g.data_ptr<T>(),
-           scalar ? g.item<T>() : T(0));
+           gx.data_ptr<T>(), scalar ? nullptr : g.data_ptr<T>(), scalar ? g.item<T>() : T(0));
   });
   return gx;
 }
@@ -136,8 +139,8 @@ at::Tensor run_backward(const at::Tensor& grad_, const at::Tensor& logits_,
 struct SigmoidFocalLaunch {
   double alpha, gamma;
   template <typename T>
-  double operator()(T, const T* x, const T* t, int64_t n, bool reduce, T* lp, T* gp,
-                    const T* up, T up0) const {
+  double operator()(T, const T* x, const T* t, int64_t n, bool reduce, T* lp, T* gp, const T* up,
+                    T up0) const {
     using V = at::vec::Vectorized<T>;
     // alpha < 0 disables the class weighting: a_t = 1 for every target.
     const V a1(T(alpha >= 0 ? alpha : 1.0)), a0(T(alpha >= 0 ? 1.0 - alpha : 1.0));
@@ -158,11 +161,10 @@ struct SigmoidFocalLaunch {
 struct FocalStarLaunch {
   double gamma, beta;
   template <typename T>
-  double operator()(T, const T* x, const T* t, int64_t n, bool reduce, T* lp, T* gp,
-                    const T* up, T up0) const {
+  double operator()(T, const T* x, const T* t, int64_t n, bool reduce, T* lp, T* gp, const T* up,
+                    T up0) const {
     using V = at::vec::Vectorized<T>;
-    const V g(static_cast<T>(gamma)), inv_g(static_cast<T>(1.0 / gamma)),
-        b(static_cast<T>(beta));
+    const V g(static_cast<T>(gamma)), inv_g(static_cast<T>(1.0 / gamma)), b(static_cast<T>(beta));
     double total = 0.0;
     dispatch_bool(gp != nullptr, [&](auto kgrad) {
       total = elementwise<T>(x, t, n, reduce, lp, gp, up, up0, [&](const V& xv, const V& tv) {
@@ -201,8 +203,8 @@ at::Tensor focal_star_backward_cpu(const at::Tensor& grad, const at::Tensor& log
 // ---- softmax focal: one row of C logits per sample ---------------------------------------------
 
 template <int kG, bool kGrad, typename T>
-void softmax_focal_rows(const T* x, const int64_t* target, const T* alpha, int64_t n,
-                        int64_t c, T gamma, T* loss, T* grad) {
+void softmax_focal_rows(const T* x, const int64_t* target, const T* alpha, int64_t n, int64_t c,
+                        T gamma, T* loss, T* grad) {
   using V = at::vec::Vectorized<T>;
   constexpr int64_t kW = V::size();
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(c, 1));
@@ -213,13 +215,11 @@ void softmax_focal_rows(const T* x, const int64_t* target, const T* alpha, int64
       const T m = at::vec::reduce_all<T>(
           [](const V& a, const V& b) { return at::vec::maximum(a, b); }, row, c);
       const V mv(m);
-      const T s = at::vec::map_reduce_all<T>(
-          [&](const V& v) { return (v - mv).exp(); }, [](const V& a, const V& b) { return a + b; },
-          row, c);
+      const T s = at::vec::map_reduce_all<T>([&](const V& v) { return (v - mv).exp(); },
+                                             [](const V& a, const V& b) { return a + b; }, row, c);
       const T lse = m + std::log(s);
       const int64_t y = target[i];
-      const LossGrad<T> r =
-          softmax_focal_term<kG, ScalarMath<T>>(row[y] - lse, alpha[y], gamma);
+      const LossGrad<T> r = softmax_focal_term<kG, ScalarMath<T>>(row[y] - lse, alpha[y], gamma);
       loss[i] = r.loss;
       if constexpr (kGrad) {
         // dloss/dx_j = dloss/du (delta_jy - p_j), p_j = exp(x_j - lse).
@@ -242,8 +242,7 @@ std::tuple<at::Tensor, at::Tensor> softmax_focal_cpu(const at::Tensor& logits_,
                                                      bool with_grad) {
   contract::softmax_focal<CpuSide>(logits_, target_, alpha_, gamma);
   const int64_t n = logits_.size(0), c = logits_.size(1);
-  const at::Tensor x = dense(logits_), target = dense(target_),
-                   alpha = dense(alpha_);
+  const at::Tensor x = dense(logits_), target = dense(target_), alpha = dense(alpha_);
   const int64_t* tp = target.data_ptr<int64_t>();
   at::Tensor loss = at::empty({n}, x.options());
   at::Tensor grad = with_grad ? at::empty({n, c}, x.options()) : at::empty({0}, x.options());

@@ -113,7 +113,10 @@ std::vector<int64_t> count_pass(const Panels<T>& p, const int64_t* lab, const in
         if (!row.build(di, p.m, rlab, lab[i], a.has_exclude ? i + a.exclude_offset : -1, false)) {
           continue;
         }
-        if (!row.finite) { bad[i] = 1; continue; }
+        if (!row.finite) {
+          bad[i] = 1;
+          continue;
+        }
         counts[i] = row.count(di, a);
       }
     });
@@ -152,7 +155,10 @@ void fill_pass(const Panels<T>& p, const int64_t* lab, const int64_t* rlab, cons
           int64_t lo, hi;
           triplet_interval<T>(a.type, row.sorted.data(), n_neg, di[pj], margin, &lo, &hi);
           if (hi <= lo) continue;
-          if (at + (hi - lo) > end) { mismatch = true; break; }
+          if (at + (hi - lo) > end) {
+            mismatch = true;
+            break;
+          }
           if ((hi - lo) * 16 < n_neg) {
             picked.clear();
             for (int64_t q = lo; q < hi; ++q) picked.push_back(row.neg[q].second);
@@ -164,7 +170,10 @@ void fill_pass(const Panels<T>& p, const int64_t* lab, const int64_t* rlab, cons
                 picked.push_back(j);
               }
             }
-            if (int64_t(picked.size()) != hi - lo) { mismatch = true; break; }
+            if (int64_t(picked.size()) != hi - lo) {
+              mismatch = true;
+              break;
+            }
           }
           for (const int64_t j : picked) {
             out_a[at] = i;
@@ -179,7 +188,8 @@ void fill_pass(const Panels<T>& p, const int64_t* lab, const int64_t* rlab, cons
   }
   // Cannot happen while both passes see the same distances (same code, same inputs); a
   // loud error rather than a silently short or overlapping output if it ever does.
-  TORCH_CHECK(!mismatch.load(), "mine_triplets: internal error, the fill pass disagrees with the "
+  TORCH_CHECK(!mismatch.load(),
+              "mine_triplets: internal error, the fill pass disagrees with the "
               "count pass (the distance panels were not reproducible)");
 }
 
@@ -204,8 +214,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_triplets_cpu(
     out_p = at::empty({offsets[p.b]}, idx);
     out_n = at::empty({offsets[p.b]}, idx);
     if (offsets[p.b] > 0) {
-      fill_pass(p, li, lr, a, counts, offsets, out_a.data_ptr<int64_t>(),
-                out_p.data_ptr<int64_t>(), out_n.data_ptr<int64_t>());
+      fill_pass(p, li, lr, a, counts, offsets, out_a.data_ptr<int64_t>(), out_p.data_ptr<int64_t>(),
+                out_n.data_ptr<int64_t>());
     }
   });
   return {out_a, out_p, out_n};
@@ -213,8 +223,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mine_triplets_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastmine, CPU, m) {
-  m.impl("mine_triplets", &mine_triplets_cpu);
-}
+TORCH_LIBRARY_IMPL(fastmine, CPU, m) { m.impl("mine_triplets", &mine_triplets_cpu); }
 
 }  // namespace fastmine::cpu

@@ -13,9 +13,8 @@ at::Tensor pairwise_distance_cpu(const at::Tensor& x, const at::Tensor& y, int64
                                  bool /*allow_tf32: CUDA tiles only*/) {
   contract::pairwise_distance<CpuSide>(x, y, metric);
   at::Tensor out = at::empty({x.size(0), y.size(0)}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_cpu", [&] {
-    Panels<scalar_t>(x, y, metric).distances(0, 0, out);
-  });
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_distance_cpu",
+                             [&] { Panels<scalar_t>(x, y, metric).distances(0, 0, out); });
   return out;
 }
 

@@ -12,10 +12,10 @@
 #include <vector>
 
 #include "common/distance.h"
-#include "cpu/panel_rows.h"
 #include "cpu/contract_cpu.h"
 #include "cpu/dispatch.h"
 #include "cpu/exact_distance.h"
+#include "cpu/panel_rows.h"
 
 namespace fastmine::cpu {
 
@@ -27,7 +27,7 @@ struct NoRowHook {
 
 template <typename T>
 struct Panels {
-  static constexpr int64_t kBlock = 64;  // columns per SIMD block of an epilogue
+  static constexpr int64_t kBlock = 64;      // columns per SIMD block of an epilogue
   static constexpr int64_t kChunkRows = 16;  // rows per task and per column partial (apply_weights)
 
   at::Tensor x, ref;  // contiguous (B, D), (M, D)
@@ -35,9 +35,15 @@ struct Panels {
   std::vector<T> nx2, nr2;  // squared row norms
 
   Panels(const at::Tensor& x_, const at::Tensor& ref_, int64_t metric_)
-      : x(dense(x_)), ref(dense(ref_)), b(x.size(0)), m(ref.size(0)),
-        dim(x.size(1)), metric(metric_), rows(panel_rows(m, sizeof(T))),
-        nx2(row_norms2(x.data_ptr<T>(), b, dim)), nr2(row_norms2(ref.data_ptr<T>(), m, dim)) {}
+      : x(dense(x_)),
+        ref(dense(ref_)),
+        b(x.size(0)),
+        m(ref.size(0)),
+        dim(x.size(1)),
+        metric(metric_),
+        rows(panel_rows(m, sizeof(T))),
+        nx2(row_norms2(x.data_ptr<T>(), b, dim)),
+        nr2(row_norms2(ref.data_ptr<T>(), m, dim)) {}
 
   // Distances of rows [r0, r0 + out.size(0)) to columns [c0, c0 + out.size(1)), into out.
   void distances(int64_t r0, int64_t c0, at::Tensor& out) const {
@@ -121,7 +127,8 @@ struct Panels {
               const int64_t b1 = std::min(nc, b0 + kBlock);
               int flagged = 0;
 #pragma omp simd reduction(+ : flagged)
-              for (int64_t jj = b0; jj < b1; ++jj) flagged += near_duplicate(met, dr[jj], xi2, n2[jj]);
+              for (int64_t jj = b0; jj < b1; ++jj)
+                flagged += near_duplicate(met, dr[jj], xi2, n2[jj]);
               // The rare near-duplicates are collected before wr (maybe dr) is overwritten.
               for (int64_t jj = b0; flagged > 0 && jj < b1; ++jj) {
                 const T w = weight(i, c0 + jj, dr[jj]);

@@ -54,10 +54,10 @@ std::vector<int64_t> pair_offsets(const int64_t* lab, int64_t b, const int64_t* 
 // Per-thread scratch of the row scan.
 template <typename T>
 struct RowScratch {
-  std::vector<T> vals;                  // the finite-or-inf positive distances, sorted
-  std::vector<int64_t> cols;            // their columns
-  std::vector<int64_t> ranks;           // their rank in column order (= output slot)
-  std::vector<int64_t> nan_ranks;       // ranks of positives at a NaN distance
+  std::vector<T> vals;             // the finite-or-inf positive distances, sorted
+  std::vector<int64_t> cols;       // their columns
+  std::vector<int64_t> ranks;      // their rank in column order (= output slot)
+  std::vector<int64_t> nan_ranks;  // ranks of positives at a NaN distance
   std::vector<std::pair<T, int64_t>> sort_buf;
   std::vector<ArgBest<T>> buckets;
 };
@@ -65,16 +65,18 @@ struct RowScratch {
 // The semi-hard negative of each of anchor i's positives, written as column indices into
 // pos[rank], neg[rank] (rank = the positive's place in column order).
 template <typename T>
-void scan_row(const T* d, const int64_t* rl, int64_t m, int64_t li, int64_t excl,
-              RowScratch<T>& s, int64_t* pos, int64_t* neg) {
+void scan_row(const T* d, const int64_t* rl, int64_t m, int64_t li, int64_t excl, RowScratch<T>& s,
+              int64_t* pos, int64_t* neg) {
   s.sort_buf.clear();
   s.nan_ranks.clear();
   int64_t rank = 0;
   for (int64_t j = 0; j < m; ++j) {
     if (rl[j] != li || j == excl) continue;
     pos[rank] = j;
-    if (fm_isnan(d[j])) s.nan_ranks.push_back(rank);
-    else s.sort_buf.emplace_back(d[j], rank);
+    if (fm_isnan(d[j]))
+      s.nan_ranks.push_back(rank);
+    else
+      s.sort_buf.emplace_back(d[j], rank);
     ++rank;
   }
   // By (distance, rank): equal distances keep column order (irrelevant to the result).
@@ -193,9 +195,9 @@ semi_hard_triplet_cpu(const at::Tensor& x_, const at::Tensor& labels_, const at:
   at::Tensor neg_idx = at::empty({p}, labels.options());
   at::Tensor nonfinite = at::empty({}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "semi_hard_triplet_cpu", [&] {
-    semi_hard_forward_impl<scalar_t>(x, lab, ref, rlab, margin, metric, has_exclude,
-                                     exclude_offset, off, loss, anchor_idx, pos_idx, neg_idx,
-                                     pos_dist, neg_dist, nonfinite);
+    semi_hard_forward_impl<scalar_t>(x, lab, ref, rlab, margin, metric, has_exclude, exclude_offset,
+                                     off, loss, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist,
+                                     nonfinite);
   });
   return {loss, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist, nonfinite};
 }
@@ -206,8 +208,8 @@ semi_hard_triplet_cpu(const at::Tensor& x_, const at::Tensor& labels_, const at:
 template <typename T>
 void semi_hard_backward_impl(const T* gl, const T* gpd, const T* gnd, const at::Tensor& x,
                              const at::Tensor& ref, const int64_t* ai, const int64_t* pi,
-                             const int64_t* ni, const T* pd, const T* nd, int64_t p,
-                             double margin, int64_t metric, at::Tensor& gx, at::Tensor& gr) {
+                             const int64_t* ni, const T* pd, const T* nd, int64_t p, double margin,
+                             int64_t metric, at::Tensor& gx, at::Tensor& gr) {
   const int64_t b = x.size(0), m = ref.size(0), dim = x.size(1);
   const T* xp = x.data_ptr<T>();
   const T* rp = ref.data_ptr<T>();
@@ -224,7 +226,8 @@ void semi_hard_backward_impl(const T* gl, const T* gpd, const T* gnd, const at::
       coef[2 * q + 1] = -t + double(gnd[q]);
       const double na = metric == kCosine ? nx2[ai[q]] : 0.0;
       dg[2 * q] = distance_grad(metric, double(pd[q]), na, metric == kCosine ? nr2[pi[q]] : 0.0);
-      dg[2 * q + 1] = distance_grad(metric, double(nd[q]), na, metric == kCosine ? nr2[ni[q]] : 0.0);
+      dg[2 * q + 1] =
+          distance_grad(metric, double(nd[q]), na, metric == kCosine ? nr2[ni[q]] : 0.0);
     }
   });
   auto target = [&](int64_t e) { return (e & 1) ? ni[e >> 1] : pi[e >> 1]; };
@@ -282,9 +285,8 @@ std::tuple<at::Tensor, at::Tensor> semi_hard_triplet_backward_cpu(
   at::Tensor gx = at::zeros_like(x);
   at::Tensor gr = at::zeros_like(ref);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "semi_hard_triplet_backward_cpu", [&] {
-    const at::Tensor gl = dense(grad_loss), gpd = dense(grad_pos_dist),
-                     gnd = dense(grad_neg_dist), pd = dense(pos_dist_),
-                     nd = dense(neg_dist_);
+    const at::Tensor gl = dense(grad_loss), gpd = dense(grad_pos_dist), gnd = dense(grad_neg_dist),
+                     pd = dense(pos_dist_), nd = dense(neg_dist_);
     semi_hard_backward_impl<scalar_t>(
         gl.data_ptr<scalar_t>(), gpd.data_ptr<scalar_t>(), gnd.data_ptr<scalar_t>(), x, ref,
         ai.data_ptr<int64_t>(), pi.data_ptr<int64_t>(), ni.data_ptr<int64_t>(),

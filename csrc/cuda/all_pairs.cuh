@@ -40,12 +40,18 @@ class AllPairsGrad {
   // apply_panel's row_map), ref: (M, D) contiguous; nx2, nr2: their squared norms (acc_t).
   AllPairsGrad(const Tensor& x, const Tensor& ref, const Tensor& nx2, const Tensor& nr2,
                int64_t metric, cudaStream_t stream)
-      : x_(x), ref_(ref), nx2_(nx2), nr2_(nr2),
+      : x_(x),
+        ref_(ref),
+        nx2_(nx2),
+        nr2_(nr2),
         x_acc_(kStoredAsAcc<T, acc_t> ? x : torch::stable::to(x, acc_st)),
         r_acc_(kStoredAsAcc<T, acc_t> ? ref : torch::stable::to(ref, acc_st)),
         col_coef_(torch::stable::new_zeros(x, {ref.size(0)}, acc_st)),
         gr_acc_(torch::stable::new_zeros(x, {ref.size(0), ref.size(1)}, acc_st)),
-        m_(ref.size(0)), dim_(x.size(1)), metric_(metric), stream_(stream) {}
+        m_(ref.size(0)),
+        dim_(x.size(1)),
+        metric_(metric),
+        stream_(stream) {}
 
   // Applies the weights of rows [r0, r0 + nr) x columns [c0, M): writes the gradient rows
   // gx[row_map[r]] for r in [r0, r0 + nr) (row_map nullptr: gx[r]), and accumulates the
@@ -65,13 +71,13 @@ class AllPairsGrad {
       Tensor col_part = torch::stable::new_empty(x_, {row_tiles * nc}, acc_st);
       const dim3 grid(grid_1d(col_tiles, "all-pairs backward"), static_cast<unsigned>(row_tiles));
       pair_weight_kernel<T, acc_t, Policy><<<grid, TileCfg::THREADS, 0, stream_>>>(
-          cptr<T>(x_), cptr<T>(ref_), cptr<acc_t>(nx2_), cptr<acc_t>(nr2_), dim_, metric_, r0,
-          nr, c0, nc, pol, mptr<acc_t>(w), mptr<acc_t>(row_part), mptr<acc_t>(col_part));
+          cptr<T>(x_), cptr<T>(ref_), cptr<acc_t>(nx2_), cptr<acc_t>(nr2_), dim_, metric_, r0, nr,
+          c0, nc, pol, mptr<acc_t>(w), mptr<acc_t>(row_part), mptr<acc_t>(col_part));
       check_launch("pair_weight_kernel");
       launch_sum_chunks<acc_t>(cptr<acc_t>(row_part), col_tiles, nr, mptr<acc_t>(row_coef),
                                /*accumulate=*/false, stream_);
-      launch_sum_chunks<acc_t>(cptr<acc_t>(col_part), row_tiles, nc,
-                               mptr<acc_t>(col_coef_) + c0, /*accumulate=*/true, stream_);
+      launch_sum_chunks<acc_t>(cptr<acc_t>(col_part), row_tiles, nc, mptr<acc_t>(col_coef_) + c0,
+                               /*accumulate=*/true, stream_);
     }
     Tensor xs = torch::stable::narrow(x_acc_, 0, r0, nr);
     Tensor rs = torch::stable::narrow(r_acc_, 0, c0, nc);
@@ -79,8 +85,8 @@ class AllPairsGrad {
     const Tensor wr = matmul_in(w, rs, acc_st);
     check_product(wr, nr);
     T* out = mptr<T>(gx) + (row_map == nullptr ? r0 * dim_ : 0);
-    launch_combine<T, acc_t>(cptr<acc_t>(row_coef), cptr<T>(x_) + r0 * dim_, cptr<acc_t>(wr),
-                             nr, dim_, out, stream_, row_map == nullptr ? nullptr : row_map + r0);
+    launch_combine<T, acc_t>(cptr<acc_t>(row_coef), cptr<T>(x_) + r0 * dim_, cptr<acc_t>(wr), nr,
+                             dim_, out, stream_, row_map == nullptr ? nullptr : row_map + r0);
     // gr rows [c0, M): += W^T X_panel.
     if (nc > 0) {
       const Tensor wtx = matmul_in(torch::stable::transpose(w, 0, 1), xs, acc_st);
@@ -92,15 +98,15 @@ class AllPairsGrad {
 
   // gr = c * r + (sum over panels of W^T X): after the last panel.
   void finish(Tensor& gr) {
-    launch_combine<T, acc_t>(cptr<acc_t>(col_coef_), cptr<T>(ref_), cptr<acc_t>(gr_acc_), m_,
-                             dim_, mptr<T>(gr), stream_);
+    launch_combine<T, acc_t>(cptr<acc_t>(col_coef_), cptr<T>(ref_), cptr<acc_t>(gr_acc_), m_, dim_,
+                             mptr<T>(gr), stream_);
   }
 
  private:
   void check_product(const Tensor& p, int64_t rows) const {
-    STD_TORCH_CHECK(p.scalar_type() == acc_st && p.dim() == 2 && p.size(0) == rows &&
-                        p.size(1) == dim_,
-                    "fastmine: unexpected matmul result in the all-pairs backward");
+    STD_TORCH_CHECK(
+        p.scalar_type() == acc_st && p.dim() == 2 && p.size(0) == rows && p.size(1) == dim_,
+        "fastmine: unexpected matmul result in the all-pairs backward");
   }
 
   Tensor x_, ref_, nx2_, nr2_, x_acc_, r_acc_, col_coef_, gr_acc_;

@@ -34,10 +34,10 @@ namespace {
 template <typename T, typename acc_t, typename Policy>
 __global__ void __launch_bounds__(TileCfg::THREADS)
     pair_weight_kernel(const T* __restrict__ x, const T* __restrict__ ref,
-                       const acc_t* __restrict__ nx2, const acc_t* __restrict__ nr2,
-                       int64_t dim, int64_t metric, int64_t r0, int64_t nr, int64_t c0,
-                       int64_t nc, Policy pol, acc_t* __restrict__ w_cross,
-                       acc_t* __restrict__ row_part, acc_t* __restrict__ col_part) {
+                       const acc_t* __restrict__ nx2, const acc_t* __restrict__ nr2, int64_t dim,
+                       int64_t metric, int64_t r0, int64_t nr, int64_t c0, int64_t nc, Policy pol,
+                       acc_t* __restrict__ w_cross, acc_t* __restrict__ row_part,
+                       acc_t* __restrict__ col_part) {
   constexpr int TM = TileCfg::TM, TN = TileCfg::TN;
   __shared__ DotTileSmem<acc_t> sm;
   __shared__ acc_t col_red[TileCfg::TY][TileCfg::BN];

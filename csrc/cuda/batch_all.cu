@@ -75,16 +75,14 @@ void sort_labels(const Tensor& like, const Tensor& keys, Tensor& keys_out, Tenso
   iota_kernel<<<flat_grid(n, "iota"), kFlatThreads, 0, stream>>>(mptr<int64_t>(ids), n);
   check_launch("iota_kernel");
   size_t bytes = 0;
-  FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, cptr<int64_t>(keys),
-                                                mptr<int64_t>(keys_out), cptr<int64_t>(ids),
-                                                mptr<int64_t>(perm), static_cast<int>(n), 0, 64,
-                                                stream),
+  FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+                    nullptr, bytes, cptr<int64_t>(keys), mptr<int64_t>(keys_out),
+                    cptr<int64_t>(ids), mptr<int64_t>(perm), static_cast<int>(n), 0, 64, stream),
                 "cub::DeviceRadixSort::SortPairs (size query)");
   Tensor temp = byte_buffer(like, bytes);
-  FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data_ptr(), bytes, cptr<int64_t>(keys),
-                                                mptr<int64_t>(keys_out), cptr<int64_t>(ids),
-                                                mptr<int64_t>(perm), static_cast<int>(n), 0, 64,
-                                                stream),
+  FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+                    temp.data_ptr(), bytes, cptr<int64_t>(keys), mptr<int64_t>(keys_out),
+                    cptr<int64_t>(ids), mptr<int64_t>(perm), static_cast<int>(n), 0, 64, stream),
                 "cub::DeviceRadixSort::SortPairs");
 }
 
@@ -92,8 +90,8 @@ template <typename T>
 void gather_rows(const T* src, const int64_t* perm, int64_t n, int64_t dim, T* dst,
                  cudaStream_t stream) {
   if (n * dim == 0) return;
-  gather_rows_kernel<T><<<stride_grid(n * dim, "gather_rows"), kFlatThreads, 0, stream>>>(
-      src, perm, n, dim, dst);
+  gather_rows_kernel<T>
+      <<<stride_grid(n * dim, "gather_rows"), kFlatThreads, 0, stream>>>(src, perm, n, dim, dst);
   check_launch("gather_rows_kernel");
 }
 
@@ -105,7 +103,7 @@ struct LabelGroups {
   int64_t b, m, dim;
   Tensor sorted_lab, perm_x, sorted_rlab, perm_r, rank_r;
   Tensor xs, rs, nx2, nr2, nxs2, nrs2;
-  Tensor info, off;               // [kInfoPlanes, B] int64; (B + 1) int64
+  Tensor info, off;  // [kInfoPlanes, B] int64; (B + 1) int64
   std::vector<int64_t> h_info, h_off;
 
   const int64_t* h_lo() const { return h_info.data() + kLo * b; }
@@ -115,11 +113,16 @@ struct LabelGroups {
     return ChunkView<acc_t>{a0, a1, cptr<int64_t>(info) + kPosCount * b, cptr<int64_t>(off),
                             cptr<acc_t>(pos)};
   }
-  NegativeSweep<T, acc_t> sweep(const Tensor& ref, const Tensor& ref_labels,
-                                int64_t metric) const {
-    return NegativeSweep<T, acc_t>{cptr<T>(xs), cptr<int64_t>(sorted_lab), cptr<T>(ref),
-                                   cptr<int64_t>(ref_labels), cptr<acc_t>(nxs2),
-                                   cptr<acc_t>(nr2), m, dim, metric};
+  NegativeSweep<T, acc_t> sweep(const Tensor& ref, const Tensor& ref_labels, int64_t metric) const {
+    return NegativeSweep<T, acc_t>{cptr<T>(xs),
+                                   cptr<int64_t>(sorted_lab),
+                                   cptr<T>(ref),
+                                   cptr<int64_t>(ref_labels),
+                                   cptr<acc_t>(nxs2),
+                                   cptr<acc_t>(nr2),
+                                   m,
+                                   dim,
+                                   metric};
   }
 
   LabelGroups(const Tensor& x, const Tensor& labels, const Tensor& ref, const Tensor& ref_labels,
@@ -207,8 +210,8 @@ void build_positive_lists(const LabelGroups<T>& g, int64_t metric, int64_t a0, i
     const int64_t col_tiles = positive_pass_col_tiles(g.h_lo(), g.h_hi(), a0, a1);
     const dim3 grid(grid_1d(col_tiles, kFwd), static_cast<unsigned>(ceil_div(rows, TileCfg::BM)));
     positive_distances_kernel<T, acc_t><<<grid, TileCfg::THREADS, 0, stream>>>(
-        cptr<T>(g.xs), cptr<T>(g.rs), cptr<acc_t>(g.nxs2), cptr<acc_t>(g.nrs2), g.dim, metric,
-        a0, a1, cptr<int64_t>(g.info), g.b, cptr<int64_t>(g.off), mptr<acc_t>(pl.pos_d),
+        cptr<T>(g.xs), cptr<T>(g.rs), cptr<acc_t>(g.nxs2), cptr<acc_t>(g.nrs2), g.dim, metric, a0,
+        a1, cptr<int64_t>(g.info), g.b, cptr<int64_t>(g.off), mptr<acc_t>(pl.pos_d),
         with_slots ? mptr<int32_t>(pl.slot) : nullptr);
     check_launch("positive_distances_kernel");
     local_offsets_kernel<<<flat_grid(rows + 1, "local_offsets"), kFlatThreads, 0, stream>>>(
@@ -240,7 +243,8 @@ int64_t max_chunk_rows(const std::vector<int64_t>& bounds) {
 template <typename T>
 int64_t max_chunk_entries(const LabelGroups<T>& g, const std::vector<int64_t>& bounds) {
   int64_t e = 0;
-  for (size_t c = 0; c + 1 < bounds.size(); ++c) e = std::max(e, g.entries(bounds[c], bounds[c + 1]));
+  for (size_t c = 0; c + 1 < bounds.size(); ++c)
+    e = std::max(e, g.entries(bounds[c], bounds[c + 1]));
   return e;
 }
 
@@ -284,8 +288,7 @@ void batch_all_forward(const Tensor& x, const Tensor& labels, const Tensor& ref,
     batch_all_finalize_kernel<acc_t><<<flat_grid(rows, kFwd), kFlatThreads, 0, stream>>>(
         cv, b, m, cptr<int64_t>(g.perm_x), cptr<int64_t>(g.info), cptr<acc_t>(g.nxs2),
         cptr<int32_t>(pos_nan), sp.n_splits, cptr<double>(part_sum), cptr<int64_t>(part_act),
-        cptr<int32_t>(part_nan), mptr<acc_t>(loss), mptr<int64_t>(valid),
-        mptr<int64_t>(active));
+        cptr<int32_t>(part_nan), mptr<acc_t>(loss), mptr<int64_t>(valid), mptr<int64_t>(active));
     check_launch("batch_all_finalize_kernel");
   }
 }
@@ -293,11 +296,10 @@ void batch_all_forward(const Tensor& x, const Tensor& labels, const Tensor& ref,
 std::tuple<Tensor, Tensor, Tensor> batch_all_triplet_cuda(Tensor x_, Tensor labels_, Tensor ref_,
                                                           Tensor ref_labels_, double margin,
                                                           int64_t metric, bool soft,
-                                                          bool has_exclude,
-                                                          int64_t exclude_offset,
+                                                          bool has_exclude, int64_t exclude_offset,
                                                           bool allow_tf32) {
-  contract::batch_all_triplet<CudaSide>(x_, labels_, ref_, ref_labels_, margin, metric,
-                                        has_exclude, exclude_offset);
+  contract::batch_all_triplet<CudaSide>(x_, labels_, ref_, ref_labels_, margin, metric, has_exclude,
+                                        exclude_offset);
   const int32_t dev = x_.get_device_index();
   torch::stable::accelerator::DeviceGuard guard(dev);
   FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
@@ -324,9 +326,9 @@ std::tuple<Tensor, Tensor, Tensor> batch_all_triplet_cuda(Tensor x_, Tensor labe
 
 template <typename T>
 void batch_all_backward(const Tensor& grad, const Tensor& x, const Tensor& labels,
-                        const Tensor& ref, const Tensor& ref_labels, double margin,
-                        int64_t metric, bool soft, bool has_exclude, int64_t exclude_offset,
-                        Tensor& gx, Tensor& gr, cudaStream_t stream) {
+                        const Tensor& ref, const Tensor& ref_labels, double margin, int64_t metric,
+                        bool soft, bool has_exclude, int64_t exclude_offset, Tensor& gx, Tensor& gr,
+                        cudaStream_t stream) {
   using acc_t = acc_of_t<T>;
   constexpr ScalarType acc_st = scalar_type_of<acc_t>();
   const LabelGroups<T> g(x, labels, ref, ref_labels, has_exclude, exclude_offset, stream);
@@ -352,9 +354,9 @@ void batch_all_backward(const Tensor& grad, const Tensor& x, const Tensor& label
                             mptr<int32_t>(pos_nan), x, stream);
     const ChunkView<acc_t> cv = g.chunk(a0, a1, pl.pos_sorted);
     if (e > 0) {
-      FM_CUDA_CHECK(cudaMemsetAsync(diff.data_ptr(), 0,
-                                    e * (soft ? sizeof(acc_t) : sizeof(int32_t)), stream),
-                    "cudaMemsetAsync");
+      FM_CUDA_CHECK(
+          cudaMemsetAsync(diff.data_ptr(), 0, e * (soft ? sizeof(acc_t) : sizeof(int32_t)), stream),
+          "cudaMemsetAsync");
     }
     const int64_t row_tiles = ceil_div(rows, TileCfg::BM);
     if (sp.n_splits > 0 && soft) {
@@ -392,9 +394,11 @@ void batch_all_backward(const Tensor& grad, const Tensor& x, const Tensor& label
   ag.finish(gr);
 }
 
-std::tuple<Tensor, Tensor> batch_all_triplet_backward_cuda(
-    Tensor grad_, Tensor x_, Tensor labels_, Tensor ref_, Tensor ref_labels_, double margin,
-    int64_t metric, bool soft, bool has_exclude, int64_t exclude_offset, bool allow_tf32) {
+std::tuple<Tensor, Tensor> batch_all_triplet_backward_cuda(Tensor grad_, Tensor x_, Tensor labels_,
+                                                           Tensor ref_, Tensor ref_labels_,
+                                                           double margin, int64_t metric, bool soft,
+                                                           bool has_exclude, int64_t exclude_offset,
+                                                           bool allow_tf32) {
   contract::batch_all_triplet_backward<CudaSide>(grad_, x_, labels_, ref_, ref_labels_, margin,
                                                  metric, has_exclude, exclude_offset);
   const int64_t b = x_.size(0), m = ref_.size(0), dim = x_.size(1);
@@ -426,6 +430,5 @@ std::tuple<Tensor, Tensor> batch_all_triplet_backward_cuda(
 
 STABLE_TORCH_LIBRARY_IMPL(fastmine, CUDA, m) {
   m.impl("batch_all_triplet", TORCH_BOX(&fastmine::cuda::batch_all_triplet_cuda));
-  m.impl("batch_all_triplet_backward",
-         TORCH_BOX(&fastmine::cuda::batch_all_triplet_backward_cuda));
+  m.impl("batch_all_triplet_backward", TORCH_BOX(&fastmine::cuda::batch_all_triplet_backward_cuda));
 }

@@ -18,9 +18,9 @@ namespace {
 // The operands of a sweep of label-sorted anchors (rows of xs) against every reference row.
 template <typename T, typename acc_t>
 struct NegativeSweep {
-  const T* __restrict__ xs;               // (B, D) anchors in label order
+  const T* __restrict__ xs;                // (B, D) anchors in label order
   const int64_t* __restrict__ sorted_lab;  // (B,) their labels
-  const T* __restrict__ ref;              // (M, D) reference rows, caller's order
+  const T* __restrict__ ref;               // (M, D) reference rows, caller's order
   const int64_t* __restrict__ ref_labels;
   const acc_t* __restrict__ nxs2;
   const acc_t* __restrict__ nr2;
@@ -52,8 +52,9 @@ __device__ __forceinline__ void sweep_negatives(const NegativeSweep<T, acc_t>& s
       for (int i = 0; i < TM; ++i) {
         const int64_t a = row0 + TileCfg::row_of(ty, i);
         if (a >= a1 || rl == lab[i]) continue;
-        fn(i, a, tile_distance(s.metric, acc[i][j], nxr[i], nrj, s.xs + a * s.dim,
-                               s.ref + col * s.dim, s.dim));
+        fn(i, a,
+           tile_distance(s.metric, acc[i][j], nxr[i], nrj, s.xs + a * s.dim, s.ref + col * s.dim,
+                         s.dim));
       }
     }
   }
@@ -132,8 +133,8 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
       }
     } else {
       const int64_t first = batch_all_first_active(p, k, batch_all_threshold(d, margin));
-      sum[i] += batch_all_hinge_sum(first < k ? suffix[base[i] + first] : 0.0, k - first,
-                                    margin, double(d));
+      sum[i] += batch_all_hinge_sum(first < k ? suffix[base[i] + first] : 0.0, k - first, margin,
+                                    double(d));
       act[i] += k - first;
     }
   });
@@ -160,10 +161,9 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
 template <typename acc_t>
 __global__ void __launch_bounds__(kFlatThreads)
     batch_all_finalize_kernel(ChunkView<acc_t> c, int64_t b, int64_t m,
-                              const int64_t* __restrict__ perm_x,
-                              const int64_t* __restrict__ info, const acc_t* __restrict__ nxs2,
-                              const int32_t* __restrict__ pos_nan, int64_t n_splits,
-                              const double* __restrict__ part_sum,
+                              const int64_t* __restrict__ perm_x, const int64_t* __restrict__ info,
+                              const acc_t* __restrict__ nxs2, const int32_t* __restrict__ pos_nan,
+                              int64_t n_splits, const double* __restrict__ part_sum,
                               const int64_t* __restrict__ part_act,
                               const int32_t* __restrict__ part_nan, acc_t* __restrict__ loss,
                               int64_t* __restrict__ valid, int64_t* __restrict__ active) {
@@ -346,7 +346,8 @@ __global__ void __launch_bounds__(kRowThreads)
   if (st != kWeights) return;  // warp-uniform
   const acc_t g = grad[perm_x[a]];
   if (soft) {
-    for (int64_t q = lane; q < k; q += kWarp) w_slot[base + pos_slot[base + q]] = g * wsum[base + q];
+    for (int64_t q = lane; q < k; q += kWarp)
+      w_slot[base + pos_slot[base + q]] = g * wsum[base + q];
     return;
   }
   int carry = 0;

@@ -34,7 +34,8 @@ struct ChunkView {
   __device__ __forceinline__ int64_t base(int64_t a) const { return off[a] - off[a0]; }
 };
 
-// ---- label order ---------------------------------------------------------------------------------
+// ---- label order
+// ---------------------------------------------------------------------------------
 
 __global__ void __launch_bounds__(kFlatThreads) iota_kernel(int64_t* __restrict__ p, int64_t n) {
   const int64_t e = int64_t(blockIdx.x) * kFlatThreads + threadIdx.x;
@@ -68,19 +69,21 @@ __device__ __forceinline__ int64_t label_bound(const int64_t* __restrict__ sorte
   while (lo < hi) {
     const int64_t mid = lo + (hi - lo) / 2;
     const bool right = upper ? sorted[mid] <= v : sorted[mid] < v;
-    if (right) lo = mid + 1; else hi = mid;
+    if (right)
+      lo = mid + 1;
+    else
+      hi = mid;
   }
   return lo;
 }
 
 // info[*, a] for each label-sorted anchor a (anchor perm_x[a] of the caller's order).
 __global__ void __launch_bounds__(kFlatThreads)
-    anchor_groups_kernel(const int64_t* __restrict__ sorted_lab,
-                         const int64_t* __restrict__ perm_x,
+    anchor_groups_kernel(const int64_t* __restrict__ sorted_lab, const int64_t* __restrict__ perm_x,
                          const int64_t* __restrict__ sorted_rlab,
-                         const int64_t* __restrict__ rank_r,
-                         const int64_t* __restrict__ ref_labels, int64_t b, int64_t m,
-                         bool has_exclude, int64_t exclude_offset, int64_t* __restrict__ info) {
+                         const int64_t* __restrict__ rank_r, const int64_t* __restrict__ ref_labels,
+                         int64_t b, int64_t m, bool has_exclude, int64_t exclude_offset,
+                         int64_t* __restrict__ info) {
   const int64_t a = int64_t(blockIdx.x) * kFlatThreads + threadIdx.x;
   if (a >= b) return;
   const int64_t l = sorted_lab[a];
@@ -102,16 +105,18 @@ __global__ void __launch_bounds__(kFlatThreads)
   if (r <= n) out[r] = off[a0 + r] - off[a0];
 }
 
-// ---- positive distances --------------------------------------------------------------------------
+// ---- positive distances
+// --------------------------------------------------------------------------
 
 // Block-sparse sweep over label-sorted anchors [a0, a1) (rows of xs) and label-sorted
 // reference rows (rs): grid (column tiles, row tiles of the chunk); row tile t covers the
 // sorted columns [lo[first row], hi[last row]) from there in steps of 64 (blocks past the end
 // leave at once). With P x K labels that is one or two tiles per row tile; with two big
 // classes, about half of the matrix; at worst (a reference set with many labels that no
-// anchor has, interleaved with the anchors' labels) the whole matrix, i.e. one more sweep. Writes each positive's distance (tile_distance: the
-// same bits as every other kernel's for this pair) at its column-order slot, and the slot
-// itself into pos_slot (if not null: the values the sort carries along).
+// anchor has, interleaved with the anchors' labels) the whole matrix, i.e. one more sweep. Writes
+// each positive's distance (tile_distance: the same bits as every other kernel's for this pair) at
+// its column-order slot, and the slot itself into pos_slot (if not null: the values the sort
+// carries along).
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(TileCfg::THREADS)
     positive_distances_kernel(const T* __restrict__ xs, const T* __restrict__ rs,

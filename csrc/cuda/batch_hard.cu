@@ -31,9 +31,9 @@
 // already sits at about one X.X^T. Contrastive (pairs i < j) does skip the lower triangle.
 #include "common/distance.h"
 #include "common/triplet.h"
+#include "cuda/batch_hard_kernels.cuh"
 #include "cuda/contract_cuda.cuh"
 #include "cuda/cuda_utils.cuh"
-#include "cuda/batch_hard_kernels.cuh"
 
 namespace fastmine::cuda {
 namespace {
@@ -122,8 +122,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_hard_triplet_cuda(
   dispatch_floating_tf32(st, allow_tf32, kOp, [&](auto tag) {
     using T = typename decltype(tag)::type;
     batch_hard_forward<T>(x, labels, ref, ref_labels, margin, metric, soft, has_exclude,
-                          exclude_offset, loss, pos_idx, neg_idx, pos_dist, neg_dist, dev,
-                          stream);
+                          exclude_offset, loss, pos_idx, neg_idx, pos_dist, neg_dist, dev, stream);
   });
   return {loss, pos_idx, neg_idx, pos_dist, neg_dist};
 }

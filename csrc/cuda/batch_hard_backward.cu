@@ -22,16 +22,17 @@
 
 #include "common/distance.h"
 #include "common/triplet.h"
+#include "cuda/batch_hard_backward_kernels.cuh"
 #include "cuda/contract_cuda.cuh"
 #include "cuda/cuda_utils.cuh"
-#include "cuda/batch_hard_backward_kernels.cuh"
 
 namespace fastmine::cuda {
 namespace {
 
 constexpr const char* kOp = "batch_hard_triplet_backward";
 
-// ---- host -----------------------------------------------------------------------------------------
+// ---- host
+// -----------------------------------------------------------------------------------------
 
 template <typename T>
 void batch_hard_backward(const Tensor& grad_loss, const Tensor& grad_pd, const Tensor& grad_nd,
@@ -57,8 +58,8 @@ void batch_hard_backward(const Tensor& grad_loss, const Tensor& grad_pd, const T
       <<<grid_1d(ceil_div(b, kRowsPerBlock), kOp), kRowThreads, 0, stream>>>(
           cptr<acc_t>(grad_loss), cptr<acc_t>(grad_pd), cptr<acc_t>(grad_nd), cptr<T>(x),
           cptr<T>(ref), cptr<int64_t>(pos_idx), cptr<int64_t>(neg_idx), cptr<acc_t>(pos_dist),
-          cptr<acc_t>(neg_dist), b, m, dim, static_cast<acc_t>(margin), metric, soft,
-          mptr<T>(gx), mptr<edge_key_t>(keys_in), mptr<int64_t>(ids_in), mptr<acc_t>(edge_c),
+          cptr<acc_t>(neg_dist), b, m, dim, static_cast<acc_t>(margin), metric, soft, mptr<T>(gx),
+          mptr<edge_key_t>(keys_in), mptr<int64_t>(ids_in), mptr<acc_t>(edge_c),
           mptr<acc_t>(edge_cross), mptr<acc_t>(edge_bv));
   check_launch("bh_backward_anchor_kernel");
 
@@ -67,26 +68,24 @@ void batch_hard_backward(const Tensor& grad_loss, const Tensor& grad_pd, const T
   while (end_bit < 64 && (edge_key_t(1) << end_bit) <= edge_key_t(m)) ++end_bit;
   const int n_items = static_cast<int>(n_edges);
   size_t temp_bytes = 0;
-  FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, cptr<edge_key_t>(keys_in),
-                                                mptr<edge_key_t>(keys_out), cptr<int64_t>(ids_in),
-                                                mptr<int64_t>(ids_out), n_items, 0, end_bit,
-                                                stream),
+  FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+                    nullptr, temp_bytes, cptr<edge_key_t>(keys_in), mptr<edge_key_t>(keys_out),
+                    cptr<int64_t>(ids_in), mptr<int64_t>(ids_out), n_items, 0, end_bit, stream),
                 "cub::DeviceRadixSort::SortPairs (size query)");
-  Tensor temp = torch::stable::new_empty(
-      x, {static_cast<int64_t>(std::max<size_t>(temp_bytes, 1))}, ScalarType::Byte);
-  FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data_ptr(), temp_bytes,
-                                                cptr<edge_key_t>(keys_in), mptr<edge_key_t>(keys_out),
-                                                cptr<int64_t>(ids_in), mptr<int64_t>(ids_out),
-                                                n_items, 0, end_bit, stream),
-                "cub::DeviceRadixSort::SortPairs");
+  Tensor temp = torch::stable::new_empty(x, {static_cast<int64_t>(std::max<size_t>(temp_bytes, 1))},
+                                         ScalarType::Byte);
+  FM_CUDA_CHECK(
+      cub::DeviceRadixSort::SortPairs(temp.data_ptr(), temp_bytes, cptr<edge_key_t>(keys_in),
+                                      mptr<edge_key_t>(keys_out), cptr<int64_t>(ids_in),
+                                      mptr<int64_t>(ids_out), n_items, 0, end_bit, stream),
+      "cub::DeviceRadixSort::SortPairs");
   check_launch("cub::DeviceRadixSort::SortPairs");
 
   // new_zeros fills on the current stream, i.e. `stream`: ordered before the kernel below.
   Tensor seg_start = torch::stable::new_zeros(x, {m}, ScalarType::Long);
   Tensor seg_end = torch::stable::new_zeros(x, {m}, ScalarType::Long);
-  segment_bounds_kernel<<<grid_1d(ceil_div(n_edges, kRowThreads), kOp), kRowThreads, 0,
-                          stream>>>(cptr<edge_key_t>(keys_out), n_edges, m, mptr<int64_t>(seg_start),
-                                    mptr<int64_t>(seg_end));
+  segment_bounds_kernel<<<grid_1d(ceil_div(n_edges, kRowThreads), kOp), kRowThreads, 0, stream>>>(
+      cptr<edge_key_t>(keys_out), n_edges, m, mptr<int64_t>(seg_start), mptr<int64_t>(seg_end));
   check_launch("segment_bounds_kernel");
 
   const int64_t k_chunks = ceil_div(dim, kWarp);

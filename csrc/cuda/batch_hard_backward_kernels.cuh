@@ -13,21 +13,18 @@ namespace {
 
 using edge_key_t = unsigned long long;
 
-// ---- 1. anchor side + edge records ---------------------------------------------------------------
+// ---- 1. anchor side + edge records
+// ---------------------------------------------------------------
 
 template <typename T, typename acc_t>
-__global__ void __launch_bounds__(kRowThreads)
-    bh_backward_anchor_kernel(const acc_t* __restrict__ grad_loss,
-                              const acc_t* __restrict__ grad_pd, const acc_t* __restrict__ grad_nd,
-                              const T* __restrict__ x, const T* __restrict__ ref,
-                              const int64_t* __restrict__ pos_idx,
-                              const int64_t* __restrict__ neg_idx,
-                              const acc_t* __restrict__ pos_dist,
-                              const acc_t* __restrict__ neg_dist, int64_t b, int64_t m,
-                              int64_t dim, acc_t margin, int64_t metric, bool soft,
-                              T* __restrict__ gx, edge_key_t* __restrict__ edge_key,
-                              int64_t* __restrict__ edge_id, acc_t* __restrict__ edge_c,
-                              acc_t* __restrict__ edge_cross, acc_t* __restrict__ edge_bv) {
+__global__ void __launch_bounds__(kRowThreads) bh_backward_anchor_kernel(
+    const acc_t* __restrict__ grad_loss, const acc_t* __restrict__ grad_pd,
+    const acc_t* __restrict__ grad_nd, const T* __restrict__ x, const T* __restrict__ ref,
+    const int64_t* __restrict__ pos_idx, const int64_t* __restrict__ neg_idx,
+    const acc_t* __restrict__ pos_dist, const acc_t* __restrict__ neg_dist, int64_t b, int64_t m,
+    int64_t dim, acc_t margin, int64_t metric, bool soft, T* __restrict__ gx,
+    edge_key_t* __restrict__ edge_key, int64_t* __restrict__ edge_id, acc_t* __restrict__ edge_c,
+    acc_t* __restrict__ edge_cross, acc_t* __restrict__ edge_bv) {
   const int64_t i = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (i >= b) return;  // warp-uniform
@@ -79,7 +76,8 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
-// ---- 3. run boundaries of the sorted keys ---------------------------------------------------------
+// ---- 3. run boundaries of the sorted keys
+// ---------------------------------------------------------
 
 __global__ void __launch_bounds__(kRowThreads)
     segment_bounds_kernel(const edge_key_t* __restrict__ keys, int64_t n, int64_t m,
@@ -92,7 +90,8 @@ __global__ void __launch_bounds__(kRowThreads)
   if (p == n - 1 || keys[p + 1] != key) end[key] = p + 1;
 }
 
-// ---- 4. reference side ----------------------------------------------------------------------------
+// ---- 4. reference side
+// ----------------------------------------------------------------------------
 
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kRowThreads)

@@ -20,8 +20,8 @@ __device__ __forceinline__ void warp_argbest(ArgBest<acc_t>& best, bool is_max, 
   for (int off = width / 2; off > 0; off >>= 1) {
     ArgBest<acc_t> o;
     o.value = __shfl_xor_sync(kFullMask, best.value, off);
-    o.index = static_cast<int64_t>(
-        __shfl_xor_sync(kFullMask, static_cast<long long>(best.index), off));
+    o.index =
+        static_cast<int64_t>(__shfl_xor_sync(kFullMask, static_cast<long long>(best.index), off));
     best.merge(o, is_max);
   }
 }
@@ -115,16 +115,12 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
 // ---- 3. merge the splits, exact distances, triplet term -----------------------------------------
 
 template <typename T, typename acc_t>
-__global__ void __launch_bounds__(kRowThreads)
-    batch_hard_finalize_kernel(const T* __restrict__ x, const T* __restrict__ ref, int64_t b,
-                               int64_t dim, int64_t n_splits,
-                               const acc_t* __restrict__ part_pos_val,
-                               const int64_t* __restrict__ part_pos_idx,
-                               const acc_t* __restrict__ part_neg_val,
-                               const int64_t* __restrict__ part_neg_idx, acc_t margin,
-                               int64_t metric, bool soft, acc_t* __restrict__ loss,
-                               int64_t* __restrict__ pos_idx, int64_t* __restrict__ neg_idx,
-                               acc_t* __restrict__ pos_dist, acc_t* __restrict__ neg_dist) {
+__global__ void __launch_bounds__(kRowThreads) batch_hard_finalize_kernel(
+    const T* __restrict__ x, const T* __restrict__ ref, int64_t b, int64_t dim, int64_t n_splits,
+    const acc_t* __restrict__ part_pos_val, const int64_t* __restrict__ part_pos_idx,
+    const acc_t* __restrict__ part_neg_val, const int64_t* __restrict__ part_neg_idx, acc_t margin,
+    int64_t metric, bool soft, acc_t* __restrict__ loss, int64_t* __restrict__ pos_idx,
+    int64_t* __restrict__ neg_idx, acc_t* __restrict__ pos_dist, acc_t* __restrict__ neg_dist) {
   const int64_t i = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (i >= b) return;  // warp-uniform

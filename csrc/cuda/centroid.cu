@@ -38,17 +38,16 @@ std::tuple<Tensor, Tensor> centroid_triplet_cuda(Tensor x_, Tensor labels_, Tens
     centroid_dist_kernel<T, acc_t><<<grid_1d(blocks, kOp), kCentroidThreads, 0, stream>>>(
         cptr<T>(x), cptr<T>(c), b, nc, dim, mptr<acc_t>(dist));
     check_launch("centroid_dist_kernel");
-    centroid_loss_kernel<acc_t><<<grid_1d(ceil_div(b, kCentroidThreads), kOp), kCentroidThreads,
-                                  0, stream>>>(cptr<acc_t>(dist), cptr<int64_t>(labels), b, nc,
-                                               mptr<acc_t>(loss));
+    centroid_loss_kernel<acc_t>
+        <<<grid_1d(ceil_div(b, kCentroidThreads), kOp), kCentroidThreads, 0, stream>>>(
+            cptr<acc_t>(dist), cptr<int64_t>(labels), b, nc, mptr<acc_t>(loss));
     check_launch("centroid_loss_kernel");
   });
   return {loss, dist};
 }
 
-std::tuple<Tensor, Tensor> centroid_triplet_backward_cuda(Tensor grad_, Tensor x_,
-                                                          Tensor labels_, Tensor c_,
-                                                          Tensor dist_, bool need_c) {
+std::tuple<Tensor, Tensor> centroid_triplet_backward_cuda(Tensor grad_, Tensor x_, Tensor labels_,
+                                                          Tensor c_, Tensor dist_, bool need_c) {
   contract::centroid_triplet_backward<CudaSide>(grad_, x_, labels_, c_, dist_);
   const int64_t b = x_.size(0), nc = c_.size(0), dim = x_.size(1);
   const ScalarType acc_st =
@@ -68,10 +67,11 @@ std::tuple<Tensor, Tensor> centroid_triplet_backward_cuda(Tensor grad_, Tensor x
   dispatch_floating(x.scalar_type(), kOp, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using acc_t = acc_of_t<T>;
-    const int64_t xblocks = std::min<int64_t>(ceil_div(b * dim, kCentroidThreads), kMaxStrideBlocks);
+    const int64_t xblocks =
+        std::min<int64_t>(ceil_div(b * dim, kCentroidThreads), kMaxStrideBlocks);
     centroid_grad_x_kernel<T, acc_t><<<grid_1d(xblocks, kOp), kCentroidThreads, 0, stream>>>(
-        cptr<acc_t>(grad), cptr<T>(x), cptr<int64_t>(labels), cptr<T>(c), cptr<acc_t>(dist), b,
-        nc, dim, mptr<T>(gx));
+        cptr<acc_t>(grad), cptr<T>(x), cptr<int64_t>(labels), cptr<T>(c), cptr<acc_t>(dist), b, nc,
+        dim, mptr<T>(gx));
     check_launch("centroid_grad_x_kernel");
     if (!need_c) return;
     const int64_t rpc = rows_per_chunk(b), n_chunks = ceil_div(b, rpc);
@@ -80,8 +80,8 @@ std::tuple<Tensor, Tensor> centroid_triplet_backward_cuda(Tensor grad_, Tensor x
     const dim3 grid(grid_1d(std::min<int64_t>(ceil_div(nc * dim, kCentroidThreads), 65535), kOp),
                     static_cast<unsigned>(n_chunks));
     centroid_grad_c_kernel<T, acc_t><<<grid, kCentroidThreads, 0, stream>>>(
-        cptr<acc_t>(grad), cptr<T>(x), cptr<int64_t>(labels), cptr<T>(c), cptr<acc_t>(dist), b,
-        nc, dim, rpc, mptr<acc_t>(partial));
+        cptr<acc_t>(grad), cptr<T>(x), cptr<int64_t>(labels), cptr<T>(c), cptr<acc_t>(dist), b, nc,
+        dim, rpc, mptr<acc_t>(partial));
     check_launch("centroid_grad_c_kernel");
     launch_sum_chunks<acc_t>(cptr<acc_t>(partial), n_chunks, nc * dim, mptr<acc_t>(gc_acc),
                              /*accumulate=*/false, stream);

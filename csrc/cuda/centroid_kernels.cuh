@@ -22,8 +22,8 @@ constexpr int kCentroidWarps = kCentroidThreads / kWarp;
 // dist[i * C + m] = ||x_i - c_m|| for the B * C pairs, one warp each (grid-stride).
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kCentroidThreads)
-    centroid_dist_kernel(const T* __restrict__ x, const T* __restrict__ c, int64_t b,
-                         int64_t nc, int64_t dim, acc_t* __restrict__ dist) {
+    centroid_dist_kernel(const T* __restrict__ x, const T* __restrict__ c, int64_t b, int64_t nc,
+                         int64_t dim, acc_t* __restrict__ dist) {
   const int lane = threadIdx.x % kWarp;
   const int64_t pairs = b * nc;
   const int64_t stride = int64_t(gridDim.x) * kCentroidWarps;
@@ -74,8 +74,7 @@ __global__ void __launch_bounds__(kCentroidThreads)
   const acc_t k = centroid_other_weight<acc_t>(nc);
   const int64_t total = b * dim;
   const int64_t stride = int64_t(gridDim.x) * kCentroidThreads;
-  for (int64_t e = int64_t(blockIdx.x) * kCentroidThreads + threadIdx.x; e < total;
-       e += stride) {
+  for (int64_t e = int64_t(blockIdx.x) * kCentroidThreads + threadIdx.x; e < total; e += stride) {
     const int64_t i = e / dim, j = e - i * dim;
     const acc_t xv = to_acc<acc_t>(x[e]);
     acc_t s = acc_t(0);
@@ -100,8 +99,7 @@ __global__ void __launch_bounds__(kCentroidThreads)
   const int64_t i0 = int64_t(blockIdx.y) * rows_per_chunk;
   const int64_t i1 = i0 + rows_per_chunk < b ? i0 + rows_per_chunk : b;
   const int64_t stride = int64_t(gridDim.x) * kCentroidThreads;
-  for (int64_t e = int64_t(blockIdx.x) * kCentroidThreads + threadIdx.x; e < total;
-       e += stride) {
+  for (int64_t e = int64_t(blockIdx.x) * kCentroidThreads + threadIdx.x; e < total; e += stride) {
     const int64_t m = e / dim, j = e - m * dim;
     const acc_t cv = to_acc<acc_t>(c[e]);
     acc_t s = acc_t(0);

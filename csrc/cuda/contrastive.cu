@@ -19,8 +19,8 @@
 #include "common/distance.h"
 #include "common/pair_losses.h"
 #include "cuda/all_pairs.cuh"
-#include "cuda/contrastive_kernels.cuh"
 #include "cuda/contract_cuda.cuh"
+#include "cuda/contrastive_kernels.cuh"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/launchers.cuh"
 #include "cuda/sweep_plan.h"
@@ -34,8 +34,11 @@ constexpr const char* kBwd = "contrastive_backward";
 template <typename acc_t>
 ContrastiveParams<acc_t> make_params(double pos_margin, double neg_margin, double power,
                                      bool triangle, bool has_exclude, int64_t exclude_offset) {
-  return ContrastiveParams<acc_t>{static_cast<acc_t>(pos_margin), static_cast<acc_t>(neg_margin),
-                                  static_cast<acc_t>(power), triangle, has_exclude,
+  return ContrastiveParams<acc_t>{static_cast<acc_t>(pos_margin),
+                                  static_cast<acc_t>(neg_margin),
+                                  static_cast<acc_t>(power),
+                                  triangle,
+                                  has_exclude,
                                   exclude_offset};
 }
 
@@ -64,15 +67,14 @@ void contrastive_forward(const Tensor& x, const Tensor& labels, const Tensor& re
     const dim3 grid(grid_1d(row_tiles, kFwd), static_cast<unsigned>(sp.n_splits));
     contrastive_forward_kernel<T, acc_t><<<grid, TileCfg::THREADS, 0, stream>>>(
         cptr<T>(x), cptr<int64_t>(labels), cptr<T>(ref), cptr<int64_t>(ref_labels),
-        cptr<acc_t>(nx2), cptr<acc_t>(nr2), b, m, dim, metric, p, sp.tiles_per_split,
-        sp.n_splits, mptr<acc_t>(part_sum), mptr<int64_t>(part_cnt));
+        cptr<acc_t>(nx2), cptr<acc_t>(nr2), b, m, dim, metric, p, sp.tiles_per_split, sp.n_splits,
+        mptr<acc_t>(part_sum), mptr<int64_t>(part_cnt));
     check_launch("contrastive_forward_kernel");
   }
   contrastive_finalize_kernel<acc_t>
       <<<grid_1d(ceil_div(b, kRowThreads), kFwd), kRowThreads, 0, stream>>>(
           b, sp.n_splits, cptr<acc_t>(nx2), cptr<acc_t>(part_sum), cptr<int64_t>(part_cnt),
-          mptr<acc_t>(out[0]),
-          mptr<int64_t>(out[1]), mptr<int64_t>(out[2]), mptr<acc_t>(out[3]),
+          mptr<acc_t>(out[0]), mptr<int64_t>(out[1]), mptr<int64_t>(out[2]), mptr<acc_t>(out[3]),
           mptr<int64_t>(out[4]), mptr<int64_t>(out[5]));
   check_launch("contrastive_finalize_kernel");
 }

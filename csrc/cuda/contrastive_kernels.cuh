@@ -28,7 +28,13 @@ __device__ __forceinline__ bool triangle_tile_live(int64_t row0, int64_t col0) {
 // The per-anchor partials: kSums acc_t sums and kCounts int64 counts per (split, row), each
 // quantity a [n_splits, B] plane.
 enum ContrastiveSum { kPosSum = 0, kNegSum = 1, kSums = 2 };
-enum ContrastiveCount { kPosNonzero = 0, kPosPairs = 1, kNegNonzero = 2, kNegPairs = 3, kCounts = 4 };
+enum ContrastiveCount {
+  kPosNonzero = 0,
+  kPosPairs = 1,
+  kNegNonzero = 2,
+  kNegPairs = 3,
+  kCounts = 4
+};
 
 // ---- forward: sweep ---------------------------------------------------------------------------
 
@@ -129,10 +135,9 @@ template <typename acc_t>
 __global__ void __launch_bounds__(kRowThreads)
     contrastive_finalize_kernel(int64_t b, int64_t n_splits, const acc_t* __restrict__ nx2,
                                 const acc_t* __restrict__ part_sum,
-                                const int64_t* __restrict__ part_cnt,
-                                acc_t* __restrict__ pos_sum, int64_t* __restrict__ pos_nonzero,
-                                int64_t* __restrict__ pos_pairs, acc_t* __restrict__ neg_sum,
-                                int64_t* __restrict__ neg_nonzero,
+                                const int64_t* __restrict__ part_cnt, acc_t* __restrict__ pos_sum,
+                                int64_t* __restrict__ pos_nonzero, int64_t* __restrict__ pos_pairs,
+                                acc_t* __restrict__ neg_sum, int64_t* __restrict__ neg_nonzero,
                                 int64_t* __restrict__ neg_pairs) {
   const int64_t i = int64_t(blockIdx.x) * kRowThreads + threadIdx.x;
   if (i >= b) return;

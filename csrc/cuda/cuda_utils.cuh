@@ -31,11 +31,12 @@ using torch::stable::Tensor;
 
 // Wraps a CUDA runtime call. STD_TORCH_CHECK throws std::runtime_error, which the stable
 // boxed-kernel wrapper turns into a Python RuntimeError.
-#define FM_CUDA_CHECK(expr, what)                                                      \
-  do {                                                                                 \
-    const cudaError_t fm_err_ = (expr);                                                \
-    STD_TORCH_CHECK(fm_err_ == cudaSuccess, "fastmine: ", what, " failed: ",           \
-                    cudaGetErrorName(fm_err_), " (", cudaGetErrorString(fm_err_), ")"); \
+#define FM_CUDA_CHECK(expr, what)                                                              \
+  do {                                                                                         \
+    const cudaError_t fm_err_ = (expr);                                                        \
+    STD_TORCH_CHECK(fm_err_ == cudaSuccess, "fastmine: ", what,                                \
+                    " failed: ", cudaGetErrorName(fm_err_), " (", cudaGetErrorString(fm_err_), \
+                    ")");                                                                      \
   } while (0)
 
 // Call right after every <<<...>>>: catches bad launch configurations (grid of 0, too many
@@ -110,23 +111,34 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // Grid x of at most 2^31 - 1 blocks: every 1-D launch here stays far below that (B rows of
 // 8 warps), but say so loudly instead of launching a truncated grid.
 inline unsigned grid_1d(int64_t blocks, const char* what) {
-  STD_TORCH_CHECK(blocks >= 1 && blocks <= int64_t(0x7fffffff), "fastmine: ", what,
-                  ": grid of ", blocks, " blocks is out of range");
+  STD_TORCH_CHECK(blocks >= 1 && blocks <= int64_t(0x7fffffff), "fastmine: ", what, ": grid of ",
+                  blocks, " blocks is out of range");
   return static_cast<unsigned>(blocks);
 }
 
 // ---- dtypes --------------------------------------------------------------------------------
 
-template <typename T> struct TypeTag { using type = T; };
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
 
 // Calls fn(TypeTag<T>{}) with T the CUDA element type of `st`.
 template <typename Fn>
 void dispatch_floating(ScalarType st, const char* op, Fn&& fn) {
   switch (st) {
-    case ScalarType::Float: fn(TypeTag<float>{}); break;
-    case ScalarType::Double: fn(TypeTag<double>{}); break;
-    case ScalarType::Half: fn(TypeTag<__half>{}); break;
-    case ScalarType::BFloat16: fn(TypeTag<__nv_bfloat16>{}); break;
+    case ScalarType::Float:
+      fn(TypeTag<float>{});
+      break;
+    case ScalarType::Double:
+      fn(TypeTag<double>{});
+      break;
+    case ScalarType::Half:
+      fn(TypeTag<__half>{});
+      break;
+    case ScalarType::BFloat16:
+      fn(TypeTag<__nv_bfloat16>{});
+      break;
     default:
       STD_TORCH_CHECK(false, "fastmine.", op,
                       ": CUDA inputs must be float32, float64, float16 or bfloat16, got ",

@@ -26,9 +26,16 @@ struct alignas(4) tf32_t {
 };
 
 // Accumulation type: float for float32/float16/bfloat16, double for float64.
-template <typename T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
-template <typename T> using acc_of_t = typename AccOf<T>::type;
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+template <typename T>
+using acc_of_t = typename AccOf<T>::type;
 
 // True where a T tensor already holds acc_t values bit for bit (no conversion copy needed
 // for a GEMM operand in acc_t).
@@ -68,7 +75,9 @@ __device__ __forceinline__ T from_acc(acc_t v) {
 template <typename acc_t>
 __device__ __forceinline__ acc_t quiet_nan();
 template <>
-__device__ __forceinline__ float quiet_nan<float>() { return __int_as_float(0x7fc00000); }
+__device__ __forceinline__ float quiet_nan<float>() {
+  return __int_as_float(0x7fc00000);
+}
 template <>
 __device__ __forceinline__ double quiet_nan<double>() {
   return __longlong_as_double(0x7ff8000000000000LL);

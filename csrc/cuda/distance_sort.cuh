@@ -19,26 +19,25 @@ namespace {
 // is set.
 template <typename acc_t>
 void sort_distance_segments(void* temp, size_t& bytes, acc_t* in, acc_t* out,
-                            const int32_t* vals_in, int32_t* vals_out, int64_t n,
-                            int64_t segments, const int64_t* begin, const int64_t* end,
-                            cudaStream_t stream) {
+                            const int32_t* vals_in, int32_t* vals_out, int64_t n, int64_t segments,
+                            const int64_t* begin, const int64_t* end, cudaStream_t stream) {
   using K = sort_key_t<acc_t>;
   K* kin = reinterpret_cast<K*>(in);
   K* kout = reinterpret_cast<K*>(out);
-  const unsigned blocks = grid_1d(std::clamp<int64_t>(ceil_div(n, kKeyThreads), 1, 4096),
-                                  "distance keys");
+  const unsigned blocks =
+      grid_1d(std::clamp<int64_t>(ceil_div(n, kKeyThreads), 1, 4096), "distance keys");
   if (temp != nullptr && n > 0) {
     distance_keys_kernel<acc_t, true><<<blocks, kKeyThreads, 0, stream>>>(in, n);
     check_launch("distance_keys_kernel");
   }
   if (vals_in != nullptr) {
-    FM_CUDA_CHECK(cub::DeviceSegmentedSort::SortPairs(temp, bytes, kin, kout, vals_in, vals_out,
-                                                      n, segments, begin, end, stream),
+    FM_CUDA_CHECK(cub::DeviceSegmentedSort::SortPairs(temp, bytes, kin, kout, vals_in, vals_out, n,
+                                                      segments, begin, end, stream),
                   "cub::DeviceSegmentedSort::SortPairs");
   } else {
-    FM_CUDA_CHECK(cub::DeviceSegmentedSort::SortKeys(temp, bytes, kin, kout, n, segments, begin,
-                                                     end, stream),
-                  "cub::DeviceSegmentedSort::SortKeys");
+    FM_CUDA_CHECK(
+        cub::DeviceSegmentedSort::SortKeys(temp, bytes, kin, kout, n, segments, begin, end, stream),
+        "cub::DeviceSegmentedSort::SortKeys");
   }
   if (temp != nullptr && n > 0) {
     distance_keys_kernel<acc_t, false><<<blocks, kKeyThreads, 0, stream>>>(out, n);

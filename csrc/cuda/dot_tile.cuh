@@ -30,13 +30,13 @@
 namespace fastmine::cuda {
 
 struct TileCfg {
-  static constexpr int BM = 64;   // rows (of x) per block tile
-  static constexpr int BN = 64;   // columns (rows of r) per block tile
-  static constexpr int BK = 16;   // D-slice staged in shared memory per step
-  static constexpr int TM = 4;    // rows per thread
-  static constexpr int TN = 4;    // columns per thread
-  static constexpr int TX = BN / TN;  // 16 threads along columns
-  static constexpr int TY = BM / TM;  // 16 threads along rows
+  static constexpr int BM = 64;            // rows (of x) per block tile
+  static constexpr int BN = 64;            // columns (rows of r) per block tile
+  static constexpr int BK = 16;            // D-slice staged in shared memory per step
+  static constexpr int TM = 4;             // rows per thread
+  static constexpr int TN = 4;             // columns per thread
+  static constexpr int TX = BN / TN;       // 16 threads along columns
+  static constexpr int TY = BM / TM;       // 16 threads along rows
   static constexpr int THREADS = TX * TY;  // 256
   // Elements of one operand slice (BM x BK) each thread loads per step.
   static constexpr int LOADS = BM * BK / THREADS;  // 4
@@ -79,12 +79,18 @@ template <typename acc_t>
 __device__ __forceinline__ void load4_shared(const acc_t* p, acc_t (&v)[4]) {
   if constexpr (std::is_same_v<acc_t, float>) {
     const float4 t = *reinterpret_cast<const float4*>(p);
-    v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
+    v[0] = t.x;
+    v[1] = t.y;
+    v[2] = t.z;
+    v[3] = t.w;
   } else {
     static_assert(std::is_same_v<acc_t, double>, "float or double accumulation");
     const double2 t0 = reinterpret_cast<const double2*>(p)[0];
     const double2 t1 = reinterpret_cast<const double2*>(p)[1];
-    v[0] = t0.x; v[1] = t0.y; v[2] = t1.x; v[3] = t1.y;
+    v[0] = t0.x;
+    v[1] = t0.y;
+    v[2] = t1.x;
+    v[3] = t1.y;
   }
 }
 
@@ -94,8 +100,7 @@ __device__ __forceinline__ void load4_shared(const acc_t* p, acc_t (&v)[4]) {
 // the padded products are exact zeros (never 0 * inf: both factors are padding).
 template <typename T, typename acc_t>
 __device__ __forceinline__ void load_slice(const T* __restrict__ p, int64_t n, int64_t row0,
-                                           int64_t dim, int64_t k0,
-                                           acc_t (&reg)[TileCfg::LOADS]) {
+                                           int64_t dim, int64_t k0, acc_t (&reg)[TileCfg::LOADS]) {
   const int tid = threadIdx.x;
   const int64_t k = k0 + (tid % TileCfg::BK);
 #pragma unroll
@@ -198,8 +203,7 @@ __device__ __forceinline__ void dot_tile(const T* __restrict__ x, int64_t nx, in
     dot_tile_mma<MmaMode::kHalf, T>(x, nx, row0, y, ny, col0, dim, sm, acc);
   } else if constexpr (std::is_same_v<T, tf32_t>) {
     dot_tile_mma<MmaMode::kTf32, float>(reinterpret_cast<const float*>(x), nx, row0,
-                                        reinterpret_cast<const float*>(y), ny, col0, dim, sm,
-                                        acc);
+                                        reinterpret_cast<const float*>(y), ny, col0, dim, sm, acc);
   } else {
     dot_tile_simt<T, acc_t>(x, nx, row0, y, ny, col0, dim, sm, acc);
   }

@@ -17,10 +17,14 @@ namespace {
 template <typename F>
 void dispatch_gamma(double gamma, F&& f) {
   switch (focal_gamma_kind(gamma)) {
-    case kGamma0: return f(std::integral_constant<int, kGamma0>{});
-    case kGamma1: return f(std::integral_constant<int, kGamma1>{});
-    case kGamma2: return f(std::integral_constant<int, kGamma2>{});
-    default: return f(std::integral_constant<int, kGammaPow>{});
+    case kGamma0:
+      return f(std::integral_constant<int, kGamma0>{});
+    case kGamma1:
+      return f(std::integral_constant<int, kGamma1>{});
+    case kGamma2:
+      return f(std::integral_constant<int, kGamma2>{});
+    default:
+      return f(std::integral_constant<int, kGammaPow>{});
   }
 }
 
@@ -75,13 +79,14 @@ Tensor run_elementwise(const Tensor& x_, const Tensor& t_, bool reduce, const Te
             cptr<T>(x), cptr<T>(t), n, term, nullptr, nullptr, nullptr, false,
             mptr<acc_t>(partial));
         check_launch("focal_elementwise_kernel");
-        focal_sum_partials_kernel<acc_t><<<1, kFocalThreads, 0, stream>>>(
-            cptr<acc_t>(partial), blocks, mptr<acc_t>(out));
+        focal_sum_partials_kernel<acc_t>
+            <<<1, kFocalThreads, 0, stream>>>(cptr<acc_t>(partial), blocks, mptr<acc_t>(out));
         check_launch("focal_sum_partials_kernel");
       } else {
-        focal_elementwise_kernel<T, acc_t, false><<<grid_1d(blocks, op), kFocalThreads, 0, stream>>>(
-            cptr<T>(x), cptr<T>(t), n, term, backward ? nullptr : mptr<acc_t>(out),
-            backward ? mptr<T>(out) : nullptr, up, up_scalar, mptr<acc_t>(partial));
+        focal_elementwise_kernel<T, acc_t, false>
+            <<<grid_1d(blocks, op), kFocalThreads, 0, stream>>>(
+                cptr<T>(x), cptr<T>(t), n, term, backward ? nullptr : mptr<acc_t>(out),
+                backward ? mptr<T>(out) : nullptr, up, up_scalar, mptr<acc_t>(partial));
         check_launch("focal_elementwise_kernel");
       }
     });
@@ -112,9 +117,8 @@ struct FocalStarLaunch {
   void operator()(Tag, bool with_grad, Go&& go) const {
     using acc_t = acc_of_t<typename Tag::type>;
     dispatch_bool(with_grad, [&](auto kgrad) {
-      go(FocalStarTerm<decltype(kgrad)::value, acc_t>{static_cast<acc_t>(gamma),
-                                                      static_cast<acc_t>(1.0 / gamma),
-                                                      static_cast<acc_t>(beta)});
+      go(FocalStarTerm<decltype(kgrad)::value, acc_t>{
+          static_cast<acc_t>(gamma), static_cast<acc_t>(1.0 / gamma), static_cast<acc_t>(beta)});
     });
   }
 };
@@ -122,8 +126,7 @@ struct FocalStarLaunch {
 constexpr const char* kSigmoid = "sigmoid_focal_loss";
 constexpr const char* kStar = "focal_star_loss";
 
-Tensor sigmoid_focal_cuda(Tensor logits, Tensor targets, double alpha, double gamma,
-                          bool reduce) {
+Tensor sigmoid_focal_cuda(Tensor logits, Tensor targets, double alpha, double gamma, bool reduce) {
   contract::sigmoid_focal<CudaSide>(logits, targets, alpha, gamma);
   return run_elementwise(logits, targets, reduce, nullptr, kSigmoid,
                          SigmoidFocalLaunch{alpha, gamma});
@@ -132,8 +135,7 @@ Tensor sigmoid_focal_cuda(Tensor logits, Tensor targets, double alpha, double ga
 Tensor sigmoid_focal_backward_cuda(Tensor grad, Tensor logits, Tensor targets, double alpha,
                                    double gamma) {
   contract::sigmoid_focal_backward<CudaSide>(grad, logits, targets, alpha, gamma);
-  return run_elementwise(logits, targets, false, &grad, kSigmoid,
-                         SigmoidFocalLaunch{alpha, gamma});
+  return run_elementwise(logits, targets, false, &grad, kSigmoid, SigmoidFocalLaunch{alpha, gamma});
 }
 
 Tensor focal_star_cuda(Tensor logits, Tensor targets, double gamma, double beta, bool reduce) {
@@ -170,9 +172,8 @@ std::tuple<Tensor, Tensor> softmax_focal_cuda(Tensor logits_, Tensor target_, Te
       dispatch_bool(with_grad, [&](auto kgrad) {
         softmax_focal_kernel<decltype(kg)::value, decltype(kgrad)::value, T, acc_t>
             <<<grid_1d(blocks, kOp), kFocalThreads, 0, stream>>>(
-                cptr<T>(x), cptr<int64_t>(target), cptr<T>(alpha), n, c,
-                static_cast<acc_t>(gamma), mptr<acc_t>(loss),
-                with_grad ? mptr<T>(grad) : nullptr);
+                cptr<T>(x), cptr<int64_t>(target), cptr<T>(alpha), n, c, static_cast<acc_t>(gamma),
+                mptr<acc_t>(loss), with_grad ? mptr<T>(grad) : nullptr);
         check_launch("softmax_focal_kernel");
       });
     });

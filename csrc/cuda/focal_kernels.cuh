@@ -21,7 +21,7 @@ namespace {
 
 constexpr int kFocalThreads = 256;
 constexpr int kFocalWarps = kFocalThreads / kWarp;
-constexpr int kVec = 4;                   // elements per thread per step
+constexpr int kVec = 4;                    // elements per thread per step
 constexpr int64_t kFocalMaxBlocks = 1024;  // also the size of the partials buffer
 
 // Blocks of an elementwise launch: enough to cover n once, at most kFocalMaxBlocks (then the
@@ -84,15 +84,14 @@ __device__ __forceinline__ acc_t block_sum(acc_t v) {
 // upstream * d loss / d x, upstream per element, or upstream[0] for all when up_scalar.
 template <typename T, typename acc_t, bool kReduce, typename Term>
 __global__ void __launch_bounds__(kFocalThreads)
-    focal_elementwise_kernel(const T* __restrict__ x, const T* __restrict__ t, int64_t n,
-                             Term term, acc_t* __restrict__ loss, T* __restrict__ grad,
+    focal_elementwise_kernel(const T* __restrict__ x, const T* __restrict__ t, int64_t n, Term term,
+                             acc_t* __restrict__ loss, T* __restrict__ grad,
                              const acc_t* __restrict__ upstream, bool up_scalar,
                              acc_t* __restrict__ partial) {
   const acc_t up0 = (grad != nullptr && up_scalar) ? upstream[0] : acc_t(0);
   acc_t sum = acc_t(0);
   const int64_t stride = int64_t(gridDim.x) * kFocalThreads * kVec;
-  for (int64_t i = (int64_t(blockIdx.x) * kFocalThreads + threadIdx.x) * kVec; i < n;
-       i += stride) {
+  for (int64_t i = (int64_t(blockIdx.x) * kFocalThreads + threadIdx.x) * kVec; i < n; i += stride) {
     T xv[kVec], tv[kVec];
     const int cnt = n - i >= kVec ? kVec : static_cast<int>(n - i);
     if (cnt == kVec) {
@@ -175,7 +174,8 @@ __global__ void __launch_bounds__(kFocalThreads)
     acc_t m = -INFINITY;
     for (int64_t j = lane; j < c; j += kWarp) m = nan_max(m, to_acc<acc_t>(row[j]));
 #pragma unroll
-    for (int off = kWarp / 2; off > 0; off >>= 1) m = nan_max(m, __shfl_xor_sync(kFullMask, m, off));
+    for (int off = kWarp / 2; off > 0; off >>= 1)
+      m = nan_max(m, __shfl_xor_sync(kFullMask, m, off));
     acc_t s = acc_t(0);
     for (int64_t j = lane; j < c; j += kWarp) s += fm_exp(to_acc<acc_t>(row[j]) - m);
     s = warp_sum(s);

@@ -18,8 +18,8 @@ template <typename T, typename acc_t>
 void launch_row_sqnorm(const T* p, int64_t n, int64_t dim, acc_t* out, cudaStream_t stream) {
   if (n == 0) return;
   row_sqnorm_kernel<T, acc_t>
-      <<<grid_1d(ceil_div(n, kRowsPerBlock), "row_sqnorm"), kRowThreads, 0, stream>>>(
-          p, n, dim, out);
+      <<<grid_1d(ceil_div(n, kRowsPerBlock), "row_sqnorm"), kRowThreads, 0, stream>>>(p, n, dim,
+                                                                                      out);
   check_launch("row_sqnorm_kernel");
 }
 
@@ -29,18 +29,19 @@ void launch_combine(const acc_t* coef, const T* v, const acc_t* prod, int64_t n,
                     T* out, cudaStream_t stream, const int64_t* row_map = nullptr) {
   if (n * dim == 0) return;
   const int64_t blocks = std::min<int64_t>(ceil_div(n * dim, kBwdThreads), kMaxStrideBlocks);
-  combine_kernel<T, acc_t><<<grid_1d(blocks, "combine"), kBwdThreads, 0, stream>>>(
-      coef, v, prod, n, dim, out, row_map);
+  combine_kernel<T, acc_t>
+      <<<grid_1d(blocks, "combine"), kBwdThreads, 0, stream>>>(coef, v, prod, n, dim, out, row_map);
   check_launch("combine_kernel");
 }
 
 // c[j] (+)= sum over the n_chunks rows of partial (n_chunks, n), in row order.
 template <typename acc_t>
-void launch_sum_chunks(const acc_t* partial, int64_t n_chunks, int64_t n, acc_t* c,
-                       bool accumulate, cudaStream_t stream) {
+void launch_sum_chunks(const acc_t* partial, int64_t n_chunks, int64_t n, acc_t* c, bool accumulate,
+                       cudaStream_t stream) {
   if (n == 0) return;
-  sum_chunks_kernel<acc_t><<<grid_1d(ceil_div(n, kBwdThreads), "sum_chunks"), kBwdThreads, 0,
-                             stream>>>(partial, n_chunks, n, c, accumulate);
+  sum_chunks_kernel<acc_t>
+      <<<grid_1d(ceil_div(n, kBwdThreads), "sum_chunks"), kBwdThreads, 0, stream>>>(
+          partial, n_chunks, n, c, accumulate);
   check_launch("sum_chunks_kernel");
 }
 

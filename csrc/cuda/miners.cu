@@ -55,10 +55,10 @@ struct MineChunks {
     n_neg = torch::stable::new_empty(x, {rows}, ScalarType::Long);
     // The sort's scratch, sized once for a full chunk.
     const int64_t* sp = cptr<int64_t>(seg);
-    sort_distance_segments<T>(nullptr, temp_bytes, mptr<T>(keys), mptr<T>(sorted), nullptr,
-                              nullptr, rows * m, rows, sp, sp + 1, stream);
-    temp = torch::stable::new_empty(x, {std::max<int64_t>(int64_t(temp_bytes), 1)},
-                                    ScalarType::Byte);
+    sort_distance_segments<T>(nullptr, temp_bytes, mptr<T>(keys), mptr<T>(sorted), nullptr, nullptr,
+                              rows * m, rows, sp, sp + 1, stream);
+    temp =
+        torch::stable::new_empty(x, {std::max<int64_t>(int64_t(temp_bytes), 1)}, ScalarType::Byte);
   }
 
   // Distances of anchor rows [a0, a0 + nr) to every reference row, into dist (nr x M).
@@ -147,8 +147,8 @@ void mine_triplets_impl(const Tensor& x, const Tensor& labels, const Tensor& ref
     c.distances(x, ref, metric, a0, nr, stream);
     mine_fill_kernel<T><<<grid_1d(nr, kOp), kMineThreads, 0, stream>>>(
         cptr<T>(c.dist), m, a0, lab, rlab, has_exclude, exclude_offset, type, margin,
-        cptr<int64_t>(counts), cptr<int64_t>(offsets), mptr<int64_t>(out_a),
-        mptr<int64_t>(out_p), mptr<int64_t>(out_n), mptr<int32_t>(mismatch));
+        cptr<int64_t>(counts), cptr<int64_t>(offsets), mptr<int64_t>(out_a), mptr<int64_t>(out_p),
+        mptr<int64_t>(out_n), mptr<int32_t>(mismatch));
     check_launch("mine_fill_kernel");
   }
   int32_t h_mismatch = 0;
@@ -156,7 +156,8 @@ void mine_triplets_impl(const Tensor& x, const Tensor& labels, const Tensor& ref
                                 cudaMemcpyDeviceToHost, stream),
                 "cudaMemcpyAsync (mismatch)");
   FM_CUDA_CHECK(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  STD_TORCH_CHECK(h_mismatch == 0, "fastmine.", kOp, ": internal error, the fill pass "
+  STD_TORCH_CHECK(h_mismatch == 0, "fastmine.", kOp,
+                  ": internal error, the fill pass "
                   "disagrees with the count pass (distances not reproducible)");
 }
 

@@ -21,7 +21,9 @@ enum MineStatus : int32_t { kMineNone = 0, kMineOk = 1, kMineNonFinite = 2 };
 template <typename acc_t>
 __device__ __forceinline__ acc_t positive_infinity();
 template <>
-__device__ __forceinline__ float positive_infinity<float>() { return __int_as_float(0x7f800000); }
+__device__ __forceinline__ float positive_infinity<float>() {
+  return __int_as_float(0x7f800000);
+}
 template <>
 __device__ __forceinline__ double positive_infinity<double>() {
   return __longlong_as_double(0x7ff0000000000000LL);
@@ -151,7 +153,8 @@ __global__ void __launch_bounds__(kMineThreads)
     const acc_t d_ap = d[p];
     for (int64_t j0 = 0; j0 < m; j0 += kMineThreads) {
       const int64_t j = j0 + threadIdx.x;
-      const int sel = j < m && ref_labels[j] != li && triplet_selected<acc_t>(type, d_ap, d[j], margin);
+      const int sel =
+          j < m && ref_labels[j] != li && triplet_selected<acc_t>(type, d_ap, d[j], margin);
       int total;
       const int before = block_exclusive_scan(sel, smem, &total);
       if (sel && at + before < end) {

@@ -46,8 +46,8 @@ struct MmaCfg {
   static constexpr int V = 8 / sizeof(raw_t);                 // elements per 8-byte load
   static constexpr int CHUNKS = BK / V;                       // loads per staged row: 4
   static_assert(CHUNKS * TileCfg::BM == TileCfg::THREADS, "one 8-byte load per thread");
-  static constexpr int WARPS_N = 4;        // warps along columns
-  static constexpr int WM = 32, WN = 16;   // warp tile
+  static constexpr int WARPS_N = 4;               // warps along columns
+  static constexpr int WM = 32, WN = 16;          // warp tile
   static constexpr int OUT_LD = TileCfg::BN + 4;  // fp32 output staging row stride
 };
 
@@ -108,9 +108,8 @@ __device__ __forceinline__ void mma_load(const T* __restrict__ p, int64_t n, int
 }
 
 template <MmaMode mode>
-__device__ __forceinline__ void mma_store(typename MmaCfg<mode>::raw_t (&dst)[TileCfg::BM]
-                                                                              [MmaCfg<mode>::LD],
-                                          const MmaLoad<mode>& r) {
+__device__ __forceinline__ void mma_store(
+    typename MmaCfg<mode>::raw_t (&dst)[TileCfg::BM][MmaCfg<mode>::LD], const MmaLoad<mode>& r) {
   using C = MmaCfg<mode>;
   const int tid = threadIdx.x;
   typename C::raw_t* q = &dst[tid / C::CHUNKS][(tid % C::CHUNKS) * C::V];
@@ -181,11 +180,11 @@ __device__ __forceinline__ void dot_tile_mma(const T* __restrict__ x, int64_t nx
                                              float (&acc)[TileCfg::TM][TileCfg::TN]) {
   using C = MmaCfg<mode>;
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
-  static_assert(mode == MmaMode::kTf32 ? std::is_same_v<T, float>
-                                       : (std::is_same_v<T, __half> || kBf16),
-                "f16/bf16 on the half path, float on the tf32 path");
+  static_assert(
+      mode == MmaMode::kTf32 ? std::is_same_v<T, float> : (std::is_same_v<T, __half> || kBf16),
+      "f16/bf16 on the half path, float on the tf32 path");
   auto& sm = *reinterpret_cast<MmaStageSmem<mode>*>(&smem);
-  auto& out = *reinterpret_cast<float(*)[TileCfg::BM][C::OUT_LD]>(&smem);
+  auto& out = *reinterpret_cast<float (*)[TileCfg::BM][C::OUT_LD]>(&smem);
   const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
   const int wm = warp / C::WARPS_N, wn = warp % C::WARPS_N;
 
@@ -207,8 +206,8 @@ __device__ __forceinline__ void dot_tile_mma(const T* __restrict__ x, int64_t nx
     }
     return;
   }
-  const bool vec = dim % C::V == 0 &&
-                   (reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(y)) % 8 == 0;
+  const bool vec =
+      dim % C::V == 0 && (reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(y)) % 8 == 0;
 
   MmaLoad<mode> ra, rb;
   mma_load<mode>(x, nx, row0, dim, 0, vec, ra);

@@ -40,8 +40,7 @@ void pairwise_forward(const Tensor& x, const Tensor& y, int64_t metric, Tensor& 
                   ") for one launch");
   const dim3 grid(grid_1d(col_tiles, kFwd), static_cast<unsigned>(row_tiles));
   pairwise_distance_kernel<T, acc_t><<<grid, TileCfg::THREADS, 0, stream>>>(
-      cptr<T>(x), cptr<T>(y), cptr<acc_t>(nx2), cptr<acc_t>(ny2), b, m, dim, metric,
-      mptr<T>(out));
+      cptr<T>(x), cptr<T>(y), cptr<acc_t>(nx2), cptr<acc_t>(ny2), b, m, dim, metric, mptr<T>(out));
   check_launch("pairwise_distance_kernel");
 }
 
@@ -66,9 +65,7 @@ Tensor pairwise_distance_cuda(Tensor x_, Tensor y_, int64_t metric, bool allow_t
 
 // Rows per chunk of the column sums: at least 128 (enough serial work per thread to pay for
 // the partial's write), at most 64 chunks (bounded partial buffer); a function of B only.
-inline int64_t rows_per_chunk(int64_t b) {
-  return std::max<int64_t>(128, ceil_div(b, 64));
-}
+inline int64_t rows_per_chunk(int64_t b) { return std::max<int64_t>(128, ceil_div(b, 64)); }
 
 template <typename T>
 void pairwise_backward(const Tensor& grad, const Tensor& x, const Tensor& y, const Tensor& dist,
@@ -85,8 +82,8 @@ void pairwise_backward(const Tensor& grad, const Tensor& x, const Tensor& y, con
   Tensor w = torch::stable::new_empty(x, {b, m}, acc_st);
   Tensor a = torch::stable::new_empty(x, {b}, acc_st);
   pd_backward_rows_kernel<T, acc_t><<<grid_1d(b, kBwd), kBwdThreads, 0, stream>>>(
-      cptr<T>(grad), cptr<T>(dist), cptr<acc_t>(nx2), cptr<acc_t>(ny2), m, metric,
-      mptr<acc_t>(w), mptr<acc_t>(a));
+      cptr<T>(grad), cptr<T>(dist), cptr<acc_t>(nx2), cptr<acc_t>(ny2), m, metric, mptr<acc_t>(w),
+      mptr<acc_t>(a));
   check_launch("pd_backward_rows_kernel");
 
   const int64_t rpc = rows_per_chunk(b);
@@ -145,6 +142,5 @@ std::tuple<Tensor, Tensor> pairwise_distance_backward_cuda(Tensor grad_, Tensor 
 
 STABLE_TORCH_LIBRARY_IMPL(fastmine, CUDA, m) {
   m.impl("pairwise_distance", TORCH_BOX(&fastmine::cuda::pairwise_distance_cuda));
-  m.impl("pairwise_distance_backward",
-         TORCH_BOX(&fastmine::cuda::pairwise_distance_backward_cuda));
+  m.impl("pairwise_distance_backward", TORCH_BOX(&fastmine::cuda::pairwise_distance_backward_cuda));
 }

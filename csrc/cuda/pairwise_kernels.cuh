@@ -51,9 +51,8 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kBwdThreads)
     pd_backward_rows_kernel(const T* __restrict__ grad, const T* __restrict__ dist,
-                            const acc_t* __restrict__ nx2, const acc_t* __restrict__ ny2,
-                            int64_t m, int64_t metric, acc_t* __restrict__ w,
-                            acc_t* __restrict__ a) {
+                            const acc_t* __restrict__ nx2, const acc_t* __restrict__ ny2, int64_t m,
+                            int64_t metric, acc_t* __restrict__ w, acc_t* __restrict__ a) {
   __shared__ acc_t warp_part[kBwdThreads / kWarp];
   const int64_t i = blockIdx.x;
   const acc_t nxi = nx2[i];
@@ -82,8 +81,8 @@ __global__ void __launch_bounds__(kBwdThreads)
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kBwdThreads)
     pd_backward_cols_kernel(const T* __restrict__ grad, const T* __restrict__ dist,
-                            const acc_t* __restrict__ nx2, const acc_t* __restrict__ ny2,
-                            int64_t b, int64_t m, int64_t metric, int64_t rows_per_chunk,
+                            const acc_t* __restrict__ nx2, const acc_t* __restrict__ ny2, int64_t b,
+                            int64_t m, int64_t metric, int64_t rows_per_chunk,
                             acc_t* __restrict__ partial) {
   const int64_t j = int64_t(blockIdx.x) * kBwdThreads + threadIdx.x;
   if (j >= m) return;

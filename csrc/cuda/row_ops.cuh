@@ -9,14 +9,13 @@
 
 namespace fastmine::cuda {
 
-constexpr int kRowThreads = 256;                    // 8 warps per block, one row per warp
+constexpr int kRowThreads = 256;  // 8 warps per block, one row per warp
 constexpr int kRowsPerBlock = kRowThreads / kWarp;
 
 // Sum of squares of one row by a warp: lane l adds k = l, l + 32, ... in order, then the
 // butterfly: every lane returns the same bits.
 template <typename acc_t, typename T>
-__device__ __forceinline__ acc_t warp_row_sqnorm(const T* __restrict__ row, int64_t dim,
-                                                 int lane) {
+__device__ __forceinline__ acc_t warp_row_sqnorm(const T* __restrict__ row, int64_t dim, int lane) {
   acc_t s = acc_t(0);
   for (int64_t k = lane; k < dim; k += kWarp) {
     const acc_t v = to_acc<acc_t>(row[k]);
@@ -41,8 +40,8 @@ __device__ __forceinline__ void warp_merge(PairAcc<acc_t>& a) {
 // PairAcc of rows u, v by one thread (the rare exact recomputation in a matrix epilogue).
 // Not inlined: the epilogue calls it from 16 unrolled places.
 template <typename acc_t, typename T>
-__device__ __noinline__ PairAcc<acc_t> thread_pair_acc(const T* __restrict__ u, const T* __restrict__ v,
-                                          int64_t dim) {
+__device__ __noinline__ PairAcc<acc_t> thread_pair_acc(const T* __restrict__ u,
+                                                       const T* __restrict__ v, int64_t dim) {
   PairAcc<acc_t> a;
   for (int64_t k = 0; k < dim; ++k) a.add(to_acc<acc_t>(u[k]), to_acc<acc_t>(v[k]));
   return a;

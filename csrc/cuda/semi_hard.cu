@@ -26,11 +26,11 @@
 
 #include "common/distance.h"
 #include "common/semi_hard.h"
+#include "cuda/batch_hard_backward_kernels.cuh"  // segment_bounds_kernel
 #include "cuda/contract_cuda.cuh"
 #include "cuda/cuda_utils.cuh"
 #include "cuda/launchers.cuh"
 #include "cuda/pairwise_kernels.cuh"
-#include "cuda/batch_hard_backward_kernels.cuh"  // segment_bounds_kernel
 #include "cuda/semi_hard_kernels.cuh"
 
 namespace fastmine::cuda {
@@ -100,9 +100,9 @@ void semi_hard_forward(const Tensor& x, const Tensor& labels, const Tensor& ref,
     check_launch("pairwise_distance_kernel");
     const int64_t n = nr * m;
     sh_keys_kernel<acc_t><<<grid_1d(std::min<int64_t>(ceil_div(n, kRowThreads), 65535), kFwd),
-                            kRowThreads, 0, stream>>>(
-        cptr<acc_t>(dist), cptr<int64_t>(labels), cptr<int64_t>(ref_labels), r0, nr, m,
-        mptr<key_t>(keys_in), mptr<int32_t>(cols_in));
+                            kRowThreads, 0, stream>>>(cptr<acc_t>(dist), cptr<int64_t>(labels),
+                                                      cptr<int64_t>(ref_labels), r0, nr, m,
+                                                      mptr<key_t>(keys_in), mptr<int32_t>(cols_in));
     check_launch("sh_keys_kernel");
     const int64_t* seg_begin = cptr<int64_t>(seg);
     size_t bytes = 0;
@@ -123,15 +123,15 @@ void semi_hard_forward(const Tensor& x, const Tensor& labels, const Tensor& ref,
     check_launch("cub::DeviceSegmentedSort::StableSortPairs");
     sh_pick_kernel<acc_t><<<grid_1d(nr, kFwd), kShThreads, 0, stream>>>(
         cptr<acc_t>(dist), cptr<key_t>(keys_out), cptr<int32_t>(cols_out), cptr<int64_t>(labels),
-        cptr<int64_t>(ref_labels), cptr<int64_t>(offsets), cptr<int64_t>(negs), r0, m,
-        has_exclude, exclude_offset, mptr<int64_t>(anchor_idx), mptr<int64_t>(pos_idx),
-        mptr<int64_t>(neg_idx));
+        cptr<int64_t>(ref_labels), cptr<int64_t>(offsets), cptr<int64_t>(negs), r0, m, has_exclude,
+        exclude_offset, mptr<int64_t>(anchor_idx), mptr<int64_t>(pos_idx), mptr<int64_t>(neg_idx));
     check_launch("sh_pick_kernel");
   }
-  sh_finalize_kernel<T, acc_t><<<grid_1d(ceil_div(p, kRowsPerBlock), kFwd), kRowThreads, 0, stream>>>(
-      cptr<T>(x), cptr<T>(ref), cptr<int64_t>(anchor_idx), cptr<int64_t>(pos_idx),
-      cptr<int64_t>(neg_idx), p, dim, static_cast<acc_t>(margin), metric, mptr<acc_t>(loss),
-      mptr<acc_t>(pos_dist), mptr<acc_t>(neg_dist));
+  sh_finalize_kernel<T, acc_t>
+      <<<grid_1d(ceil_div(p, kRowsPerBlock), kFwd), kRowThreads, 0, stream>>>(
+          cptr<T>(x), cptr<T>(ref), cptr<int64_t>(anchor_idx), cptr<int64_t>(pos_idx),
+          cptr<int64_t>(neg_idx), p, dim, static_cast<acc_t>(margin), metric, mptr<acc_t>(loss),
+          mptr<acc_t>(pos_dist), mptr<acc_t>(neg_dist));
   check_launch("sh_finalize_kernel");
 }
 
@@ -147,8 +147,8 @@ void nonfinite_flag(const Tensor& t, int* flag, cudaStream_t stream) {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> semi_hard_triplet_cuda(
     Tensor x_, Tensor labels_, Tensor ref_, Tensor ref_labels_, double margin, int64_t metric,
     bool has_exclude, int64_t exclude_offset) {
-  contract::semi_hard_triplet<CudaSide>(x_, labels_, ref_, ref_labels_, margin, metric,
-                                        has_exclude, exclude_offset);
+  contract::semi_hard_triplet<CudaSide>(x_, labels_, ref_, ref_labels_, margin, metric, has_exclude,
+                                        exclude_offset);
   const int64_t b = x_.size(0), m = ref_.size(0);
   STD_TORCH_CHECK(m <= INT_MAX, "fastmine.", kFwd, ": too many reference rows (", m, ")");
   const int32_t dev = x_.get_device_index();
@@ -158,7 +158,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> semi_hard_tri
   const Tensor labels = dense(labels_);
   const Tensor ref_labels = dense(ref_labels_);
   const cudaStream_t stream = current_stream(dev);
-  const ScalarType loss_st = x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+  const ScalarType loss_st =
+      x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
 
   // 1. pairs per anchor, and their offsets (the output size) on the host.
   Tensor pairs = torch::stable::new_empty(x, {std::max<int64_t>(b, 1)}, ScalarType::Long);
@@ -170,14 +171,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> semi_hard_tri
         mptr<int64_t>(pairs), mptr<int64_t>(negs));
     check_launch("sh_count_kernel");
     FM_CUDA_CHECK(cudaMemcpyAsync(h_off.data() + 1, pairs.data_ptr(), b * sizeof(int64_t),
-                                  cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
+                                  cudaMemcpyDeviceToHost, stream),
+                  "cudaMemcpyAsync");
     FM_CUDA_CHECK(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
     for (int64_t i = 0; i < b; ++i) h_off[i + 1] += h_off[i];
   }
   const int64_t p = h_off[b];
   Tensor offsets = torch::stable::new_empty(x, {b + 1}, ScalarType::Long);
   FM_CUDA_CHECK(cudaMemcpyAsync(offsets.data_ptr(), h_off.data(), (b + 1) * sizeof(int64_t),
-                                cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
+                                cudaMemcpyHostToDevice, stream),
+                "cudaMemcpyAsync");
 
   Tensor loss = torch::stable::new_empty(x, {p}, loss_st);
   Tensor pos_dist = torch::stable::new_empty(x, {p}, loss_st);
@@ -220,17 +223,16 @@ void sort_edges(const Tensor& like, const Tensor& keys_in, const Tensor& ids_in,
                                                 mptr<int64_t>(ids_out), static_cast<int>(n_edges),
                                                 0, end_bit, stream),
                 "cub::DeviceRadixSort::SortPairs (size query)");
-  Tensor temp = torch::stable::new_empty(
-      like, {static_cast<int64_t>(std::max<size_t>(bytes, 1))}, ScalarType::Byte);
+  Tensor temp = torch::stable::new_empty(like, {static_cast<int64_t>(std::max<size_t>(bytes, 1))},
+                                         ScalarType::Byte);
   FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data_ptr(), bytes, cptr<sh_key_t>(keys_in),
                                                 mptr<sh_key_t>(keys_out), cptr<int64_t>(ids_in),
                                                 mptr<int64_t>(ids_out), static_cast<int>(n_edges),
                                                 0, end_bit, stream),
                 "cub::DeviceRadixSort::SortPairs");
   check_launch("cub::DeviceRadixSort::SortPairs");
-  segment_bounds_kernel<<<grid_1d(ceil_div(n_edges, kRowThreads), kBwd), kRowThreads, 0,
-                          stream>>>(cptr<edge_key_t>(keys_out), n_edges, n_keys,
-                                    mptr<int64_t>(start), mptr<int64_t>(end));
+  segment_bounds_kernel<<<grid_1d(ceil_div(n_edges, kRowThreads), kBwd), kRowThreads, 0, stream>>>(
+      cptr<edge_key_t>(keys_out), n_edges, n_keys, mptr<int64_t>(start), mptr<int64_t>(end));
   check_launch("segment_bounds_kernel");
 }
 
@@ -251,12 +253,13 @@ void semi_hard_backward(const Tensor& gl, const Tensor& gpd, const Tensor& gnd, 
   Tensor edge_au = torch::stable::new_empty(x, {n_edges}, acc_st);
   Tensor edge_cross = torch::stable::new_empty(x, {n_edges}, acc_st);
   Tensor edge_bv = torch::stable::new_empty(x, {n_edges}, acc_st);
-  sh_backward_edges_kernel<T, acc_t><<<grid_1d(ceil_div(p, kRowsPerBlock), kBwd), kRowThreads, 0, stream>>>(
-      cptr<acc_t>(gl), cptr<acc_t>(gpd), cptr<acc_t>(gnd), cptr<T>(x), cptr<T>(ref),
-      cptr<int64_t>(ai), cptr<int64_t>(pi), cptr<int64_t>(ni), cptr<acc_t>(pd), cptr<acc_t>(nd),
-      p, dim, static_cast<acc_t>(margin), metric, mptr<sh_key_t>(key_src), mptr<sh_key_t>(key_dst),
-      mptr<int64_t>(ids), mptr<acc_t>(edge_c), mptr<acc_t>(edge_au), mptr<acc_t>(edge_cross),
-      mptr<acc_t>(edge_bv));
+  sh_backward_edges_kernel<T, acc_t>
+      <<<grid_1d(ceil_div(p, kRowsPerBlock), kBwd), kRowThreads, 0, stream>>>(
+          cptr<acc_t>(gl), cptr<acc_t>(gpd), cptr<acc_t>(gnd), cptr<T>(x), cptr<T>(ref),
+          cptr<int64_t>(ai), cptr<int64_t>(pi), cptr<int64_t>(ni), cptr<acc_t>(pd), cptr<acc_t>(nd),
+          p, dim, static_cast<acc_t>(margin), metric, mptr<sh_key_t>(key_src),
+          mptr<sh_key_t>(key_dst), mptr<int64_t>(ids), mptr<acc_t>(edge_c), mptr<acc_t>(edge_au),
+          mptr<acc_t>(edge_cross), mptr<acc_t>(edge_bv));
   check_launch("sh_backward_edges_kernel");
   const int64_t k_chunks = ceil_div(dim, kWarp);
   for (const bool anchor_side : {true, false}) {
@@ -276,10 +279,12 @@ void semi_hard_backward(const Tensor& gl, const Tensor& gpd, const Tensor& gnd, 
   }
 }
 
-std::tuple<Tensor, Tensor> semi_hard_triplet_backward_cuda(
-    Tensor grad_loss_, Tensor grad_pos_dist_, Tensor grad_neg_dist_, Tensor x_, Tensor ref_,
-    Tensor anchor_idx_, Tensor pos_idx_, Tensor neg_idx_, Tensor pos_dist_, Tensor neg_dist_,
-    double margin, int64_t metric) {
+std::tuple<Tensor, Tensor> semi_hard_triplet_backward_cuda(Tensor grad_loss_, Tensor grad_pos_dist_,
+                                                           Tensor grad_neg_dist_, Tensor x_,
+                                                           Tensor ref_, Tensor anchor_idx_,
+                                                           Tensor pos_idx_, Tensor neg_idx_,
+                                                           Tensor pos_dist_, Tensor neg_dist_,
+                                                           double margin, int64_t metric) {
   contract::semi_hard_triplet_backward<CudaSide>(grad_loss_, grad_pos_dist_, grad_neg_dist_, x_,
                                                  ref_, anchor_idx_, pos_idx_, neg_idx_, pos_dist_,
                                                  neg_dist_, margin, metric);
@@ -292,15 +297,13 @@ std::tuple<Tensor, Tensor> semi_hard_triplet_backward_cuda(
   Tensor gx = torch::stable::new_zeros(x, {b, dim});
   Tensor gr = torch::stable::new_zeros(ref, {m, dim});
   if (p == 0 || dim == 0) return {gx, gr};
-  const Tensor ai = dense(anchor_idx_), pi = dense(pos_idx_),
-               ni = dense(neg_idx_);
+  const Tensor ai = dense(anchor_idx_), pi = dense(pos_idx_), ni = dense(neg_idx_);
   const cudaStream_t stream = current_stream(dev);
   dispatch_floating(x.scalar_type(), kBwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    semi_hard_backward<T>(dense(grad_loss_), dense(grad_pos_dist_),
-                          dense(grad_neg_dist_), x, ref, ai, pi, ni,
-                          dense(pos_dist_), dense(neg_dist_),
-                          margin, metric, gx, gr, stream);
+    semi_hard_backward<T>(dense(grad_loss_), dense(grad_pos_dist_), dense(grad_neg_dist_), x, ref,
+                          ai, pi, ni, dense(pos_dist_), dense(neg_dist_), margin, metric, gx, gr,
+                          stream);
   });
   return {gx, gr};
 }

@@ -79,7 +79,8 @@ __global__ void __launch_bounds__(kRowThreads)
   }
 }
 
-// ---- 3. one triplet per positive -----------------------------------------------------------------
+// ---- 3. one triplet per positive
+// -----------------------------------------------------------------
 
 // First position in [lo, hi) whose distance is > v (upper_bound), over ascending number keys.
 template <typename acc_t>
@@ -87,8 +88,10 @@ __device__ __forceinline__ int64_t upper_bound_keys(const sort_key_t<acc_t>* key
                                                     int64_t hi, acc_t v) {
   while (lo < hi) {
     const int64_t mid = lo + (hi - lo) / 2;
-    if (semi_hard_candidate(key_distance<acc_t>(keys[mid]), v)) hi = mid;
-    else lo = mid + 1;
+    if (semi_hard_candidate(key_distance<acc_t>(keys[mid]), v))
+      hi = mid;
+    else
+      lo = mid + 1;
   }
   return lo;
 }
@@ -118,8 +121,10 @@ __global__ void __launch_bounds__(kShThreads)
     int64_t lo = 0, hi = n_neg;  // first NaN among the negatives
     while (lo < hi) {
       const int64_t mid = lo + (hi - lo) / 2;
-      if (krow[mid] >= kNanKey<acc_t>) hi = mid;
-      else lo = mid + 1;
+      if (krow[mid] >= kNanKey<acc_t>)
+        hi = mid;
+      else
+        lo = mid + 1;
     }
     n_num_s = lo;
     nan_s = lo < n_neg ? crow[lo] : -1;
@@ -129,8 +134,10 @@ __global__ void __launch_bounds__(kShThreads)
       int64_t a = 0, b = lo - 1;
       while (a < b) {
         const int64_t mid = a + (b - a) / 2;
-        if (krow[mid] < top) a = mid + 1;
-        else b = mid;
+        if (krow[mid] < top)
+          a = mid + 1;
+        else
+          b = mid;
       }
       easy_s = crow[a];
     }
@@ -177,9 +184,9 @@ template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kRowThreads)
     sh_finalize_kernel(const T* __restrict__ x, const T* __restrict__ ref,
                        const int64_t* __restrict__ anchor_idx, const int64_t* __restrict__ pos_idx,
-                       const int64_t* __restrict__ neg_idx, int64_t p, int64_t dim,
-                       acc_t margin, int64_t metric, acc_t* __restrict__ loss,
-                       acc_t* __restrict__ pos_dist, acc_t* __restrict__ neg_dist) {
+                       const int64_t* __restrict__ neg_idx, int64_t p, int64_t dim, acc_t margin,
+                       int64_t metric, acc_t* __restrict__ loss, acc_t* __restrict__ pos_dist,
+                       acc_t* __restrict__ neg_dist) {
   const int64_t q = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (q >= p) return;  // warp-uniform
@@ -220,7 +227,8 @@ __global__ void sh_nonfinite_value_kernel(const int* __restrict__ flag, acc_t* _
   *out = *flag ? quiet_nan<acc_t>() : acc_t(0);
 }
 
-// ---- backward ---------------------------------------------------------------------------------------
+// ---- backward
+// ---------------------------------------------------------------------------------------
 
 using sh_key_t = unsigned long long;
 
@@ -231,7 +239,8 @@ __global__ void __launch_bounds__(kRowThreads)
     sh_backward_edges_kernel(const acc_t* __restrict__ grad_loss, const acc_t* __restrict__ grad_pd,
                              const acc_t* __restrict__ grad_nd, const T* __restrict__ x,
                              const T* __restrict__ ref, const int64_t* __restrict__ anchor_idx,
-                             const int64_t* __restrict__ pos_idx, const int64_t* __restrict__ neg_idx,
+                             const int64_t* __restrict__ pos_idx,
+                             const int64_t* __restrict__ neg_idx,
                              const acc_t* __restrict__ pos_dist, const acc_t* __restrict__ neg_dist,
                              int64_t p, int64_t dim, acc_t margin, int64_t metric,
                              sh_key_t* __restrict__ key_src, sh_key_t* __restrict__ key_dst,
@@ -275,9 +284,11 @@ template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kRowThreads)
     sh_backward_rows_kernel(const T* __restrict__ own, const T* __restrict__ peer,
                             const int64_t* __restrict__ start, const int64_t* __restrict__ end,
-                            const int64_t* __restrict__ sorted_edge, const acc_t* __restrict__ edge_c,
-                            const acc_t* __restrict__ edge_self, const acc_t* __restrict__ edge_cross,
-                            const int64_t* __restrict__ anchor_idx, const int64_t* __restrict__ pos_idx,
+                            const int64_t* __restrict__ sorted_edge,
+                            const acc_t* __restrict__ edge_c, const acc_t* __restrict__ edge_self,
+                            const acc_t* __restrict__ edge_cross,
+                            const int64_t* __restrict__ anchor_idx,
+                            const int64_t* __restrict__ pos_idx,
                             const int64_t* __restrict__ neg_idx, bool anchor_side, int64_t rows,
                             int64_t dim, int64_t k_chunks, T* __restrict__ out) {
   const int64_t w = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
@@ -292,7 +303,8 @@ __global__ void __launch_bounds__(kRowThreads)
     const int64_t e = sorted_edge[s];
     const int64_t q = e >> 1;
     const int64_t partner = anchor_side ? ((e & 1) ? neg_idx[q] : pos_idx[q]) : anchor_idx[q];
-    acc += edge_c[e] * (edge_self[e] * own_k + edge_cross[e] * to_acc<acc_t>(peer[partner * dim + k]));
+    acc +=
+        edge_c[e] * (edge_self[e] * own_k + edge_cross[e] * to_acc<acc_t>(peer[partner * dim + k]));
   }
   out[j * dim + k] = from_acc<T>(acc);
 }

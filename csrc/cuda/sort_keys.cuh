@@ -14,10 +14,18 @@
 namespace fastmine::cuda {
 namespace {
 
-template <typename acc_t> struct SortKey;
-template <> struct SortKey<float> { using type = uint32_t; };
-template <> struct SortKey<double> { using type = uint64_t; };
-template <typename acc_t> using sort_key_t = typename SortKey<acc_t>::type;
+template <typename acc_t>
+struct SortKey;
+template <>
+struct SortKey<float> {
+  using type = uint32_t;
+};
+template <>
+struct SortKey<double> {
+  using type = uint64_t;
+};
+template <typename acc_t>
+using sort_key_t = typename SortKey<acc_t>::type;
 
 // The key of every NaN; the one above it is free for a caller's own "after everything" key.
 template <typename acc_t>
@@ -53,8 +61,8 @@ constexpr int kKeyThreads = 256;
 
 // In place: each distance of data[0, n) replaced by its key (same width), or the reverse.
 template <typename acc_t, bool kToKeys>
-__global__ void __launch_bounds__(kKeyThreads) distance_keys_kernel(acc_t* __restrict__ data,
-                                                                     int64_t n) {
+__global__ void __launch_bounds__(kKeyThreads)
+    distance_keys_kernel(acc_t* __restrict__ data, int64_t n) {
   using K = sort_key_t<acc_t>;
   const int64_t stride = int64_t(gridDim.x) * kKeyThreads;
   for (int64_t e = int64_t(blockIdx.x) * kKeyThreads + threadIdx.x; e < n; e += stride) {

@@ -45,8 +45,7 @@ inline SweepSplits plan_splits(int64_t col_tiles, int64_t tiles_per_split_overri
 constexpr int64_t kPanelElems = int64_t(1) << 25;
 
 inline int64_t plan_panel_rows(int64_t m) {
-  const int64_t rows =
-      std::min<int64_t>(kPanelElems / std::max<int64_t>(m, 1), int64_t(1) << 20);
+  const int64_t rows = std::min<int64_t>(kPanelElems / std::max<int64_t>(m, 1), int64_t(1) << 20);
   return std::max<int64_t>(kTile, rows / kTile * kTile);
 }
 

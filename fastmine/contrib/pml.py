@@ -74,6 +74,7 @@ the farthest negative. Pairs in row-major (a, p) order.
   the cube; ``SemiHardMiner`` records ``pos_pair_dist``, ``neg_pair_dist`` and
   ``avg_triplet_margin`` over its mined triplets.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional, Tuple, cast
@@ -95,23 +96,25 @@ import fastmine
 from fastmine import _validate as check
 from fastmine.miners import TRIPLET_TYPES
 
-__all__ = ["TripletMarginLoss", "ContrastiveLoss", "BatchHardMiner", "TripletMarginMiner",
-           "SemiHardMiner"]
+__all__ = ["TripletMarginLoss", "ContrastiveLoss", "BatchHardMiner", "TripletMarginMiner", "SemiHardMiner"]
 
 
 def _metric(distance) -> Tuple[str, bool]:
     """(fastmine metric, whether to L2-normalise first) for a PML distance, or ValueError."""
     if type(distance) is _distances.LpDistance:
         if distance.p != 2 or distance.power not in (1, 2):
-            raise ValueError("distance: only LpDistance(p=2) with power 1 or 2 is supported, "
-                             f"got p={distance.p}, power={distance.power}")
+            raise ValueError(
+                "distance: only LpDistance(p=2) with power 1 or 2 is supported, "
+                f"got p={distance.p}, power={distance.power}"
+            )
         return ("euclidean" if distance.power == 1 else "sqeuclidean"), distance.normalize_embeddings
     if type(distance) is _distances.CosineSimilarity:
         if distance.power != 1:
             raise ValueError(f"distance: CosineSimilarity is supported with power 1, got {distance.power}")
         return "cosine", False  # the metric normalises itself
-    raise ValueError("distance: fastmine.contrib.pml supports LpDistance(p=2) and "
-                     f"CosineSimilarity, got {type(distance).__name__}")
+    raise ValueError(
+        f"distance: fastmine.contrib.pml supports LpDistance(p=2) and CosineSimilarity, got {type(distance).__name__}"
+    )
 
 
 def _single_reducer(reducer, allowed: dict, what: str) -> str:
@@ -141,8 +144,7 @@ def _require_labels(labels, ref_emb, ref_labels, users: str) -> None:
 def _reference(embeddings, labels, ref_emb, ref_labels, normalize) -> Tuple[dict, bool]:
     """The fastmine reference-set keywords for PML's (ref_emb, ref_labels), and whether the
     batch is paired with itself."""
-    _require_labels(labels, ref_emb, ref_labels, "losses (or pass an indices_tuple to use PML's "
-                    "own computation)")
+    _require_labels(labels, ref_emb, ref_labels, "losses (or pass an indices_tuple to use PML's own computation)")
     if ref_emb is None:
         return {}, True
     ref = torch.nn.functional.normalize(ref_emb, p=2, dim=1) if normalize else ref_emb
@@ -162,29 +164,40 @@ class TripletMarginLoss(_losses.TripletMarginLoss):
         >>> loss = loss_fn(embeddings, labels)
     """
 
-    _REDUCERS = {_reducers.AvgNonZeroReducer: "mean_positive", _reducers.MeanReducer: "mean",
-                 _reducers.SumReducer: "sum"}
+    _REDUCERS = {
+        _reducers.AvgNonZeroReducer: "mean_positive",
+        _reducers.MeanReducer: "mean",
+        _reducers.SumReducer: "sum",
+    }
 
-    def __init__(self, margin: float = 0.05, swap: bool = False, smooth_loss: bool = False,
-                 triplets_per_anchor="all", **kwargs) -> None:
-        super().__init__(margin=margin, swap=swap, smooth_loss=smooth_loss,
-                         triplets_per_anchor=triplets_per_anchor, **kwargs)
+    def __init__(
+        self, margin: float = 0.05, swap: bool = False, smooth_loss: bool = False, triplets_per_anchor="all", **kwargs
+    ) -> None:
+        super().__init__(
+            margin=margin, swap=swap, smooth_loss=smooth_loss, triplets_per_anchor=triplets_per_anchor, **kwargs
+        )
         self._fastmine_options()  # fail at construction on an unsupported configuration
 
     def _fastmine_options(self) -> dict:
         if self.swap:
             raise ValueError("swap=True is not supported by fastmine.contrib.pml.TripletMarginLoss")
         if self.triplets_per_anchor != "all":
-            raise ValueError("triplets_per_anchor must be 'all' (random triplet sampling is "
-                             f"not supported), got {self.triplets_per_anchor!r}")
+            raise ValueError(
+                "triplets_per_anchor must be 'all' (random triplet sampling is "
+                f"not supported), got {self.triplets_per_anchor!r}"
+            )
         _no_regularizer(self)
         metric, normalize = _metric(self.distance)
         reduction = _single_reducer(self.reducer, self._REDUCERS, "TripletMarginLoss")
-        return dict(margin=float(self.margin), metric=metric, soft=bool(self.smooth_loss),
-                    reduction=reduction, normalize=normalize)
+        return dict(
+            margin=float(self.margin),
+            metric=metric,
+            soft=bool(self.smooth_loss),
+            reduction=reduction,
+            normalize=normalize,
+        )
 
-    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None,
-                ref_labels=None) -> torch.Tensor:
+    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None) -> torch.Tensor:
         if indices_tuple is not None:
             return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
         opts = self._fastmine_options()
@@ -215,21 +228,31 @@ class ContrastiveLoss(_losses.ContrastiveLoss):
         _no_regularizer(self)
         metric, normalize = _metric(self.distance)
         reducers = getattr(self.reducer, "reducers", None)
-        if not isinstance(self.reducer, _reducers.MultipleReducers) or reducers is None or \
-                set(reducers) != {"pos_loss", "neg_loss"}:
-            raise ValueError("reducer: ContrastiveLoss supports AvgNonZeroReducer() or "
-                             f"SumReducer(), got {type(self.reducer).__name__}")
+        if (
+            not isinstance(self.reducer, _reducers.MultipleReducers)
+            or reducers is None
+            or set(reducers) != {"pos_loss", "neg_loss"}
+        ):
+            raise ValueError(
+                "reducer: ContrastiveLoss supports AvgNonZeroReducer() or "
+                f"SumReducer(), got {type(self.reducer).__name__}"
+            )
         kinds = {_single_reducer(r, self._REDUCERS, "ContrastiveLoss") for r in reducers.values()}
         if len(kinds) != 1:
             raise ValueError("reducer: the positive and negative parts must use the same reducer")
         pos_margin, neg_margin = float(self.pos_margin), float(self.neg_margin)
         if metric == "cosine":  # PML's margins are similarities s = 1 - d
             pos_margin, neg_margin = 1.0 - pos_margin, 1.0 - neg_margin
-        return dict(pos_margin=pos_margin, neg_margin=neg_margin, power=1, metric=metric,
-                    reduction=kinds.pop(), normalize=normalize)
+        return dict(
+            pos_margin=pos_margin,
+            neg_margin=neg_margin,
+            power=1,
+            metric=metric,
+            reduction=kinds.pop(),
+            normalize=normalize,
+        )
 
-    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None,
-                ref_labels=None) -> torch.Tensor:
+    def forward(self, embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None) -> torch.Tensor:
         if indices_tuple is not None:
             return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
         opts = self._fastmine_options()
@@ -264,10 +287,10 @@ _STATS_PANEL_ROWS = 1024
 
 
 class _MinerInputs(NamedTuple):
-    x: torch.Tensor            # the anchors, L2-normalised when the distance would
+    x: torch.Tensor  # the anchors, L2-normalised when the distance would
     labels: torch.Tensor
-    ref_kw: dict               # fastmine's reference-set keywords ({} for the batch itself)
-    exclude_self: bool         # PML drops the diagonal (get_matches_and_diffs)
+    ref_kw: dict  # fastmine's reference-set keywords ({} for the batch itself)
+    exclude_self: bool  # PML drops the diagonal (get_matches_and_diffs)
 
 
 def _miner_inputs(miner, embeddings, labels, ref_emb, ref_labels) -> _MinerInputs:
@@ -291,8 +314,9 @@ def _distance_stats(distance, embeddings, ref_emb) -> None:
     before and after normalisation): O(B D), and only when asked for."""
     distance.reset_stats()
     if distance.collect_stats:
-        distance.set_default_stats(embeddings, ref_emb, distance.maybe_normalize(embeddings),
-                                   distance.maybe_normalize(ref_emb))
+        distance.set_default_stats(
+            embeddings, ref_emb, distance.maybe_normalize(embeddings), distance.maybe_normalize(ref_emb)
+        )
 
 
 def _stats_dtype(t: torch.Tensor) -> torch.Tensor:
@@ -307,7 +331,7 @@ def _pml_pair_values(distance, xa: torch.Tensor, rb: torch.Tensor) -> torch.Tens
     if distance.is_inverted:  # CosineSimilarity (power 1, checked by _metric)
         return (xa * rb).sum(1)
     d = torch.linalg.vector_norm(xa - rb, dim=1)
-    return d if distance.power == 1 else d ** distance.power
+    return d if distance.power == 1 else d**distance.power
 
 
 def _pml_matrix_panel(distance, xa: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -315,11 +339,12 @@ def _pml_matrix_panel(distance, xa: torch.Tensor, ref: torch.Tensor) -> torch.Te
     if distance.is_inverted:
         return xa @ ref.T
     d = torch.cdist(xa, ref, p=2)
-    return d if distance.power == 1 else d ** distance.power
+    return d if distance.power == 1 else d**distance.power
 
 
-def _all_triplet_means(distance, embeddings, labels, ref_emb, ref_labels,
-                       exclude_self: bool) -> Tuple[float, float, float]:
+def _all_triplet_means(
+    distance, embeddings, labels, ref_emb, ref_labels, exclude_self: bool
+) -> Tuple[float, float, float]:
     """PML TripletMarginMiner's statistics, the means over *every* valid triplet (a, p, n)
     of d(a, p), d(a, n) and the margin, without the triplets: anchor a weighs each of its
     positive distances by its number of negatives and vice versa. NaN when there is no
@@ -368,9 +393,11 @@ class BatchHardMiner(_miners.BatchHardMiner):
                 raise ValueError(f"{name} is not supported by fastmine.contrib.pml.BatchHardMiner")
         # settable attributes of PML's BatchEasyHardMiner: anything but hard/hard is another miner
         if self.pos_strategy != self.HARD or self.neg_strategy != self.HARD:
-            raise ValueError("pos_strategy and neg_strategy must both be 'hard' in "
-                             "fastmine.contrib.pml.BatchHardMiner, got "
-                             f"{self.pos_strategy!r}, {self.neg_strategy!r}")
+            raise ValueError(
+                "pos_strategy and neg_strategy must both be 'hard' in "
+                "fastmine.contrib.pml.BatchHardMiner, got "
+                f"{self.pos_strategy!r}, {self.neg_strategy!r}"
+            )
         return _metric(self.distance)[0]
 
     def mine(self, embeddings, labels, ref_emb, ref_labels):
@@ -378,8 +405,10 @@ class BatchHardMiner(_miners.BatchHardMiner):
         inp = _miner_inputs(self, embeddings, labels, ref_emb, ref_labels)
         a, p, n = fastmine.mine_batch_hard(inp.x, inp.labels, metric=metric, **inp.ref_kw)
         if self.collect_stats:  # PML's own set_stats, on PML's values of the mined pairs
-            self.set_stats(_pml_pair_values(self.distance, embeddings[a], ref_emb[p]),
-                           _pml_pair_values(self.distance, embeddings[a], ref_emb[n]))
+            self.set_stats(
+                _pml_pair_values(self.distance, embeddings[a], ref_emb[p]),
+                _pml_pair_values(self.distance, embeddings[a], ref_emb[n]),
+            )
         return a, p, n
 
 
@@ -415,7 +444,8 @@ class TripletMarginMiner(_miners.TripletMarginMiner):
         a, p, n = fastmine.mine_triplets(inp.x, inp.labels, **opts, **inp.ref_kw)
         if self.collect_stats:
             self.pos_pair_dist, self.neg_pair_dist, self.avg_triplet_margin = _all_triplet_means(
-                self.distance, embeddings, labels, ref_emb, ref_labels, inp.exclude_self)
+                self.distance, embeddings, labels, ref_emb, ref_labels, inp.exclude_self
+            )
         return a, p, n
 
 
@@ -446,7 +476,8 @@ class SemiHardMiner(_miners.BaseMiner):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.add_to_recordable_attributes(
-            list_of_names=["avg_triplet_margin", "pos_pair_dist", "neg_pair_dist"], is_stat=True)
+            list_of_names=["avg_triplet_margin", "pos_pair_dist", "neg_pair_dist"], is_stat=True
+        )
         self._fastmine_options()
 
     def _fastmine_options(self) -> str:

@@ -34,6 +34,7 @@ including those its documentation rules out (a label seen once, a single label),
 Needs sentence-transformers (a test and benchmark peer of fastmine, not a dependency); its
 training extras (``datasets``, ``accelerate``) only for training.
 """
+
 from __future__ import annotations
 
 import functools
@@ -91,9 +92,12 @@ def fused_metric(distance_metric: Callable) -> Optional[str]:
         return "cosine"
     if distance_metric is squared_euclidean_distance:
         return "sqeuclidean"
-    if (isinstance(distance_metric, functools.partial)
-            and distance_metric.func is DistanceFunction.euclidean_distance
-            and not distance_metric.args and set(distance_metric.keywords) <= {"squared"}):
+    if (
+        isinstance(distance_metric, functools.partial)
+        and distance_metric.func is DistanceFunction.euclidean_distance
+        and not distance_metric.args
+        and set(distance_metric.keywords) <= {"squared"}
+    ):
         return "sqeuclidean" if distance_metric.keywords.get("squared") else "euclidean"
     return None
 
@@ -140,9 +144,12 @@ def _batch_hard(embeddings: Tensor, labels: Tensor, margin: float, metric: str, 
     row maximum to the non-negatives, and the anchor itself, at distance 0, is then the
     minimum)."""
     b = embeddings.shape[0]
-    total, info = cast(Tuple[Tensor, fastmine.BatchHardInfo], fastmine.batch_hard_triplet_loss(
-        embeddings, labels, margin=margin, metric=metric, soft=soft, reduction="sum", return_info=True
-    ))
+    total, info = cast(
+        Tuple[Tensor, fastmine.BatchHardInfo],
+        fastmine.batch_hard_triplet_loss(
+            embeddings, labels, margin=margin, metric=metric, soft=soft, reduction="sum", return_info=True
+        ),
+    )
     if int(info.num_valid) == b:  # the documented case: every label at least twice
         return total / b
     if _all_same(labels):
@@ -153,10 +160,18 @@ def _batch_hard(embeddings: Tensor, labels: Tensor, margin: float, metric: str, 
     # negatives are all the others: fastmine's batch-hard of those rows is then exactly
     # sentence-transformers' term, with its gradient.
     once = ~info.valid
-    singles = _loss(fastmine.batch_hard_triplet_loss(
-        embeddings[once], labels[once], ref_embeddings=embeddings, ref_labels=labels,
-        margin=margin, metric=metric, soft=soft, reduction="sum",
-    ))
+    singles = _loss(
+        fastmine.batch_hard_triplet_loss(
+            embeddings[once],
+            labels[once],
+            ref_embeddings=embeddings,
+            ref_labels=labels,
+            margin=margin,
+            metric=metric,
+            soft=soft,
+            reduction="sum",
+        )
+    )
     return (total + singles) / b
 
 
@@ -208,10 +223,15 @@ class BatchAllTripletLoss(_Fused, _st_losses.BatchAllTripletLoss):
         metric = self._metric_or_fallback()
         if metric is None:
             return super().batch_all_triplet_loss(labels, embeddings)
-        return _loss(fastmine.batch_all_triplet_loss(
-            embeddings, labels.view(-1), margin=float(self.triplet_margin), metric=metric,
-            reduction="mean_positive",
-        ))
+        return _loss(
+            fastmine.batch_all_triplet_loss(
+                embeddings,
+                labels.view(-1),
+                margin=float(self.triplet_margin),
+                metric=metric,
+                reduction="mean_positive",
+            )
+        )
 
 
 class BatchSemiHardTripletLoss(_Fused, _st_losses.BatchSemiHardTripletLoss):
@@ -237,7 +257,12 @@ class BatchSemiHardTripletLoss(_Fused, _st_losses.BatchSemiHardTripletLoss):
             # whose every pair is positive, with pos_margin = -margin (its mean over the
             # unordered pairs equals the mean over the ordered ones).
             return fastmine.contrastive_loss(
-                embeddings, labels, pos_margin=-margin, neg_margin=0.0, power=1, metric=metric,
+                embeddings,
+                labels,
+                pos_margin=-margin,
+                neg_margin=0.0,
+                power=1,
+                metric=metric,
                 reduction="mean",
             )
         # With two labels or more every anchor has a negative, so fastmine's pairs are all of

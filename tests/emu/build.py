@@ -12,6 +12,7 @@ on the CPU dispatch key; :func:`load` defines that namespace with fastmine's sch
 
 The library is cached under build/emu/<hash of the sources and flags>/.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -68,12 +69,12 @@ def rewrite_launches(src: str) -> str:
     out, pos = [], 0
     for m in _LAUNCH_CFG.finditer(src):
         k = _kernel_start(src, m.start())
-        kernel = src[k:m.start()]
+        kernel = src[k : m.start()]
         if not re.match(r"[A-Za-z_]", kernel):
             raise ValueError(f"cannot find the kernel of the launch at offset {m.start()}")
         out.append(src[pos:k])
         out.append(f"::fm_emu::launch([&](auto&&... fm_a) {{ {kernel.rstrip()}(fm_a...); }}, {m.group(1)})")
-        out.append("\n" * kernel[len(kernel.rstrip()):].count("\n"))
+        out.append("\n" * kernel[len(kernel.rstrip()) :].count("\n"))
         pos = m.end()
     out.append(src[pos:])
     return "".join(out)
@@ -82,11 +83,20 @@ def rewrite_launches(src: str) -> str:
 def _flags(cuda_inc):
     torch_inc = os.path.join(os.path.dirname(torch.__file__), "include")
     return [
-        "-std=c++20", "-O1", "-fPIC", "-pthread", "-w",
-        "-DFASTMINE_CUDA_EMULATOR", "-DFASTMINE_EMULATED_MMA",
+        "-std=c++20",
+        "-O1",
+        "-fPIC",
+        "-pthread",
+        "-w",
+        "-DFASTMINE_CUDA_EMULATOR",
+        "-DFASTMINE_EMULATED_MMA",
         f"-DTORCH_TARGET_VERSION={TORCH_TARGET_VERSION}",
-        f"-I{SHIM}", f"-I{EMU}", f"-I{torch_inc}", f"-I{cuda_inc}",
-        "-include", os.path.join(SHIM, "emu_prelude.h"),
+        f"-I{SHIM}",
+        f"-I{EMU}",
+        f"-I{torch_inc}",
+        f"-I{cuda_inc}",
+        "-include",
+        os.path.join(SHIM, "emu_prelude.h"),
     ]
 
 
@@ -132,8 +142,9 @@ def build(jobs: int = 2) -> str:
         name = os.path.splitext(os.path.basename(path))[0]
         src = os.path.join(tree, os.path.relpath(path, CSRC)) if path.startswith(CSRC) else path
         obj = os.path.join(out_dir, name + ".o")
-        r = subprocess.run([cxx, *flags, f"-I{tree}", "-x", "c++", "-c", src, "-o", obj],
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [cxx, *flags, f"-I{tree}", "-x", "c++", "-c", src, "-o", obj], capture_output=True, text=True
+        )
         if r.returncode != 0:
             raise RuntimeError(f"emulator build of {path} failed:\n{r.stderr[-6000:]}")
         return obj
@@ -143,8 +154,22 @@ def build(jobs: int = 2) -> str:
         objs = list(ex.map(compile_one, sources))
     torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
     tmp = lib + ".tmp"
-    r = subprocess.run([cxx, "-shared", "-pthread", *objs, f"-L{torch_lib}", "-ltorch_cpu", "-lc10",
-                        f"-Wl,-rpath,{torch_lib}", "-o", tmp], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            cxx,
+            "-shared",
+            "-pthread",
+            *objs,
+            f"-L{torch_lib}",
+            "-ltorch_cpu",
+            "-lc10",
+            f"-Wl,-rpath,{torch_lib}",
+            "-o",
+            tmp,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         raise RuntimeError(f"emulator link failed:\n{r.stderr[-6000:]}")
     os.replace(tmp, lib)
@@ -168,7 +193,7 @@ def load():
     for name in torch._C._dispatch_get_all_op_names():
         if name.startswith("fastmine::"):
             schema = str(torch._C._get_schema(name, ""))
-            lib.define(schema[len("fastmine::"):])
+            lib.define(schema[len("fastmine::") :])
     path = build()
     torch.ops.load_library(path)
     so = ctypes.CDLL(path)
