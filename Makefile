@@ -1,14 +1,15 @@
 # fastmine: `make bench` and `make test` set everything up from a fresh clone.
 #
-#   make test                      venv + pinned CPU torch + deps, lint, type check, build, run
-#                                  the test suite
+#   make test                      venv + pinned CPU torch + deps, lint, format check, type check,
+#                                  build, run the test suite
 #   make bench                     same set-up, build, time every op once (~2 min on 2 cores);
 #                                  results in bench_out/ (ignored), never benchmarks/results/
 #   make build                     (re)build the compiled modules in place (incremental)
 #   make sanitize                  the CPU module with ASan + UBSan in build-sanitize/, then
 #                                  the raw-op contract and oracle-parity tests against it
 #   make lint / make typecheck     ruff check / mypy on the typed package (both in make test)
-#   make format / make format-check  ruff format + clang-format over csrc/ (check: change nothing)
+#   make format / make format-check  ruff format + clang-format over csrc/ (check: change nothing;
+#                                  in make test)
 #   make sdist-check               build the sdist, install it into a fresh venv, smoke-test it
 #   make TORCH=system test         use the torch already importable by $(PYTHON) (e.g. your
 #                                  own CUDA build) instead of installing the pinned one
@@ -54,7 +55,7 @@ $(INSTALLED): $(DEPS)
 build: $(INSTALLED)
 	$(PY) setup.py --quiet build_ext --inplace
 
-test: lint typecheck build
+test: lint format-check typecheck build
 	$(PY) -m pytest -q tests
 
 # Any sanitizer report fails it (scripts/sanitize.sh says how).
