@@ -35,12 +35,12 @@ def plot(path: str, title: str, sizes: List[Dict]) -> Optional[str]:
             r = s["methods"].get(name)
             if r and r["status"] == "ok":
                 xs.append(i + (k - (len(methods) - 1) / 2) * width)
-                ys.append(r["median_ms"])
+                ys.append(r["min_ms"])
         label = name + (" (fwd only)" if any(s["methods"].get(name, {}).get("forward_only") for s in sizes) else "")
         bars = ax.bar(xs, ys, width, label=label)
         ax.bar_label(bars, labels=[f"{y:.3g}" for y in ys], fontsize=7, padding=1)
     ax.set_yscale("log")
-    ax.set_ylabel("median time (ms), log scale")
+    ax.set_ylabel("minimum time (ms), log scale")
     ax.set_xticks(range(len(sizes)), [f"B={s['B']} D={s['D']}" for s in sizes])
     return _save(fig, ax, path, title)
 
@@ -72,7 +72,7 @@ def speedup(path: str, title: str, sizes: List[Dict], reference: str) -> Optiona
                 r, f = s["methods"].get(name), s["methods"].get(reference)
                 if r and f and r["status"] == "ok" and f["status"] == "ok":
                     xs.append(s["B"])
-                    ys.append(r["median_ms"] / f["median_ms"])
+                    ys.append(r["min_ms"] / f["min_ms"])
             if not xs:
                 continue
             fwd = " (fwd only)" if any(s["methods"].get(name, {}).get("forward_only") for s in ss) else ""

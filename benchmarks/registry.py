@@ -1,7 +1,7 @@
 """What a benchmarked op is, and where ops are found.
 
-Each module in ``benchmarks/ops/`` defines ``OP = OpBench(...)``; adding batch-all or
-contrastive rows (issue 3) means adding one such module, nothing else.
+Each module in ``benchmarks/ops/`` defines ``OP = OpBench(...)``; adding an op's rows means
+adding one such module, nothing else.
 """
 
 from __future__ import annotations
@@ -47,11 +47,12 @@ class Method:
     forward_only: bool = False
     compare_loss: bool = True  # its loss must equal fastmine's (the floor computes no loss)
     is_floor: bool = False
+    shown_only: bool = False  # timed and shown, but no ratio or target is taken against it
 
 
 @dataclass
 class Target:
-    """A performance goal from the issue, checked on a given device and size."""
+    """A performance goal, checked on a given device and size."""
 
     device: str  # "cpu" or "cuda"
     B: int
@@ -87,11 +88,13 @@ class OpBench:
     # lead shows, small enough that the slowest baseline's few calls take seconds.
     quick_size: Dict[str, str] = field(default_factory=dict)
     order: int = 100  # position in `--op all` runs
-    issue: int = 2  # the issue whose targets these are
     # Builds the inputs of one "BxD" size (same signature as pk_inputs); None: pk_inputs.
     # Ops on other inputs than embeddings + labels (e.g. focal losses on logits + targets)
     # put their tensors in Inputs.x (the leaf that gets the gradient) and Inputs.labels.
     make_inputs: Optional[Callable[..., Inputs]] = None
+
+    def method(self, name: str) -> Method:
+        return next(m for m in self.methods if m.name == name)
 
 
 def pk_inputs(

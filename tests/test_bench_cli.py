@@ -90,17 +90,60 @@ def test_summary_table_states_each_method_against_fastmine():
         "speedup": {"eager": 9.3},
         "x_floor": 0.85,
         "methods": {
-            "fastmine": {"status": "ok", "median_ms": 38.8},
-            "eager": {"status": "ok", "median_ms": 360.0},
+            "fastmine": {"status": "ok", "min_ms": 38.8, "median_ms": 41.0},
+            "eager": {"status": "ok", "min_ms": 360.0, "median_ms": 390.0},
             "pml": {"status": "oom"},
-            "matmul floor": {"status": "ok", "median_ms": 45.9},
+            "matmul floor": {"status": "ok", "min_ms": 45.9, "median_ms": 47.0},
+            "matmul, allocating": {"status": "ok", "min_ms": 60.2, "median_ms": 70.0},
         },
     }
     line = report.summary_table([(op, size)]).splitlines()[-1]
     assert line == (
         "| batch_hard | 4096 × 128 | 38.8 | eager 360 (9.3× slower); pml out of memory; "
-        "matmul floor 45.9 (fastmine 0.85×) |"
+        "matmul floor 45.9 (fastmine 0.85×); matmul, allocating 60.2 |"
     )
+
+
+def _measured(**times):
+    """A size result as run_size leaves it: per method its calls' times (ms)."""
+    methods = {
+        name: {"status": "ok", "times_ms": ts, "min_ms": min(ts), "median_ms": sorted(ts)[len(ts) // 2]}
+        for name, ts in times.items()
+    }
+    return {"B": 4096, "D": 128, "methods": methods}
+
+
+def test_ratios_come_from_the_minima_and_skip_the_allocating_product():
+    op = load_ops()["batch_hard"]
+    s = _measured(
+        fastmine=[40.0, 80.0, 90.0],
+        eager=[400.0, 410.0, 900.0],
+        **{"matmul floor": [50.0, 52.0, 120.0], "matmul, allocating": [70.0, 71.0, 72.0]},
+    )
+    bench.ratios(op, s)
+    assert s["x_floor"] == pytest.approx(40.0 / 50.0)
+    assert s["speedup"] == {"eager": pytest.approx(10.0)}
+    assert s["x_floor_median"] == pytest.approx(80.0 / 52.0)
+    assert s["speedup_median"] == {"eager": pytest.approx(410.0 / 80.0)}
+
+
+def test_speed_verdicts_are_withheld_on_a_busy_machine():
+    op = load_ops()["batch_hard"]
+    s = _measured(fastmine=[40.0], eager=[400.0], compile=[150.0], **{"matmul floor": [50.0]})
+    s["methods"]["fastmine"]["peak_extra_mib"] = 10.0
+    bench.ratios(op, s)
+    cpu_targets = [t for t in op.targets if t.device == "cpu" and (t.B, t.D) == (4096, 128)]
+    assert cpu_targets, "batch_hard has CPU targets at 4096 x 128"
+    quiet = report.evaluate_targets(op, "cpu", "float32", [s], busy_pct=3.0)
+    busy = report.evaluate_targets(op, "cpu", "float32", [s], busy_pct=35.0)
+    judged = [v for v in quiet if v["device"] == "cpu" and (v["B"], v["D"]) == (4096, 128)]
+    assert judged and all(v["status"] in ("met", "missed") for v in judged)
+    for v in busy:
+        if v["device"] == "cpu" and (v["B"], v["D"]) == (4096, 128):
+            if v["baseline"] == "memory":
+                assert v["status"] in ("met", "missed")
+            else:
+                assert v["status"] == "not judged" and "machine busy (other processes used 35%" in v["text"]
 
 
 def _cpu():

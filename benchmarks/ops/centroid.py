@@ -66,7 +66,6 @@ def _compile_setup(inp: Inputs):
 OP = OpBench(
     name="centroid",
     order=11,
-    issue=4,
     description="centroid triplet bound (C = B / 4 random centroids, mean), euclidean; "
     "forward + backward to the embeddings",
     methods=[

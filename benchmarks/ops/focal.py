@@ -59,7 +59,6 @@ def bandwidth_floor() -> Method:
 OP = OpBench(
     name="focal",
     order=10,
-    issue=4,
     description="sigmoid focal loss (alpha 0.25, gamma 2, mean) on (N, C) logits; forward + backward",
     methods=[
         Method("fastmine", _fastmine),

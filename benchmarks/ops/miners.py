@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..baselines import import_pml, matmul_floor
+from ..baselines import import_pml, matmul_allocating, matmul_floor
 from ..registry import Inputs, Method, OpBench
 
 MARGIN = 0.2  # PML's default
@@ -48,6 +48,7 @@ OP = OpBench(
         Method("fastmine", _fastmine, forward_only=True),
         Method("pml", _pml, forward_only=True),
         matmul_floor(),
+        matmul_allocating(),
     ],
     sweep_sizes={"cpu": "1024x128,2048x128", "cuda": "1024x128,2048x128"},
     quick_size={"cpu": "1024x128", "cuda": "2048x128"},

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..baselines import compiled, matmul_floor
+from ..baselines import compiled, matmul_allocating, matmul_floor
 from ..registry import Inputs, Method, OpBench, Target, Unavailable, fwd_bwd
 
 MARGIN = 0.3  # fastmine's default
@@ -111,7 +111,6 @@ def eager_semi_hard_sorted(x: torch.Tensor, labels: torch.Tensor, margin: float 
 OP = OpBench(
     name="semi_hard",
     order=3,
-    issue=4,
     description="semi-hard triplet loss, euclidean, margin 0.3, mean over positive pairs; forward + backward",
     methods=[
         Method("fastmine", _fastmine),
@@ -119,13 +118,15 @@ OP = OpBench(
         _compiled(),
         Method("eager-sort", lambda inp: fwd_bwd(eager_semi_hard_sorted, inp)),
         matmul_floor(),
+        matmul_allocating(),
     ],
-    sweep_sizes={"cpu": "2048x128", "cuda": "2048x128,8192x128"},
+    sweep_sizes={"cpu": "2048x128,4096x128", "cuda": "2048x128,8192x128"},
     # Quick: where eager's B x B x B mask takes well under a second a call on 2 cores.
     quick_size={"cpu": "512x128", "cuda": "2048x128"},
-    # Issue 4.
     targets=[
         Target("cpu", 2048, 128, "eager", 10.0),
+        Target("cpu", 2048, 128, "compile", 5.0),
+        Target("cpu", 4096, 128, "floor", 1.5),
         *[Target("cuda", 16384, d, "floor", 2.0, dtype=dt) for d in (128, 512) for dt in ("float32", "bfloat16")],
     ],
 )
