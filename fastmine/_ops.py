@@ -274,12 +274,6 @@ def _kernel_devices(op: str) -> frozenset:
 CONTRASTIVE_WITH_GRAD_DEVICES = _kernel_devices("contrastive_with_grad")
 
 
-def require_kernel(op: str, public_name: str, device: torch.device) -> None:
-    """A clear error, rather than the dispatcher's, for an op with no kernel on a device."""
-    if device.type == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastmine::{op}", "CUDA"):
-        raise NotImplementedError(f"fastmine.{public_name} has no CUDA kernel in this build yet; compute it on the CPU")
-
-
 # ---- focal-loss family ----------------------------------------------------------------------
 # Elementwise ops (sigmoid focal, FL*): the forward saves nothing beyond its inputs; the
 # backward op recomputes the terms and writes upstream * d loss / d logits in one pass.
