@@ -83,6 +83,27 @@ def _no_double_backward(op: str):
     return backward
 
 
+class _ScaleSaved(torch.autograd.Function):
+    """g * saved, for a gradient the forward already computed. The product hangs off
+    ``anchor`` (the op's input) so that, under create_graph=True, a gradient of it is asked of
+    us and refused, rather than silently zero."""
+
+    @staticmethod
+    def forward(ctx, g, saved, anchor, public_name):
+        ctx.public_name = public_name
+        return g * saved
+
+    @staticmethod
+    def backward(ctx, grad):
+        _no_double_backward(ctx.public_name)(ctx)
+
+
+def _scale_saved(g: torch.Tensor, saved: torch.Tensor, anchor: torch.Tensor, public_name: str) -> torch.Tensor:
+    if torch.is_grad_enabled():  # create_graph=True
+        return _ScaleSaved.apply(g, saved, anchor, public_name)
+    return g * saved
+
+
 # ---- pairwise_distance -------------------------------------------------------------------
 
 
@@ -225,39 +246,12 @@ def _with_grad_setup(ctx, inputs, output):
     ctx.save_for_backward(gx, gr, x, ref)
 
 
-class _RefuseDoubleBackward(torch.autograd.Function):
-    """g * saved, attached to the op's input so that a gradient of it is asked of us (under
-    create_graph=True) and refused, instead of being silently zero."""
-
-    @staticmethod
-    def forward(ctx, g, saved, anchor):
-        return g * saved
-
-    @staticmethod
-    def backward(ctx, grad):
-        _no_double_backward("contrastive_loss")(ctx)
-
-
 def _with_grad_backward(ctx, g_total, *unused):
     gx, gr, x, ref = ctx.saved_tensors
     # The forward already holds the gradient of the total; the upstream gradient is a scalar.
     g = g_total.to(gx.dtype)
-    if torch.is_grad_enabled():  # create_graph=True
-        return (
-            _RefuseDoubleBackward.apply(g, gx, x),
-            None,
-            _RefuseDoubleBackward.apply(g, gr, ref),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
-    return g * gx, None, g * gr, None, None, None, None, None, None, None, None, None
+    gx, gr = _scale_saved(g, gx, x, "contrastive_loss"), _scale_saved(g, gr, ref, "contrastive_loss")
+    return gx, None, gr, None, None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("fastmine::contrastive_with_grad", _with_grad_backward, setup_context=_with_grad_setup)
@@ -312,20 +306,6 @@ _register_elementwise_focal("sigmoid_focal", "sigmoid_focal_loss")
 _register_elementwise_focal("focal_star", "focal_star_loss")
 
 
-class _ScaleSavedGrad(torch.autograd.Function):
-    """g * saved, attached to the op's input so that, under create_graph=True, a gradient of
-    it is asked of us and refused (rather than silently zero)."""
-
-    @staticmethod
-    def forward(ctx, g, saved, anchor, public_name):
-        ctx.public_name = public_name
-        return g * saved
-
-    @staticmethod
-    def backward(ctx, grad):
-        _no_double_backward(ctx.public_name)(ctx)
-
-
 @torch.library.register_fake("fastmine::softmax_focal")
 def _softmax_focal_fake(logits, target, alpha, gamma, with_grad):
     loss = logits.new_empty((logits.shape[0],), dtype=loss_dtype(logits.dtype))
@@ -343,11 +323,7 @@ def _softmax_focal_backward(ctx, g_loss, g_grad):
             "fastmine.softmax_focal_loss: the forward was run without its gradient "
             "(with_grad=False); call the public function instead"
         )
-    g = g_loss.unsqueeze(-1)
-    if torch.is_grad_enabled():  # create_graph=True
-        gl = _ScaleSavedGrad.apply(g, grad, logits, "softmax_focal_loss")
-    else:
-        gl = g * grad
+    gl = _scale_saved(g_loss.unsqueeze(-1), grad, logits, "softmax_focal_loss")
     return gl.to(logits.dtype), None, None, None, None
 
 
