@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
-from typing import Optional
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 
@@ -76,11 +76,49 @@ def _like(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty(t.shape)
 
 
-def _no_double_backward(op: str):
-    def backward(ctx, *grads):
-        raise RuntimeError(f"fastmine.{op}: double backward (a gradient of the gradient) is not supported")
+def _double_backward_error(public_name: str) -> RuntimeError:
+    return RuntimeError(f"fastmine.{public_name}: double backward (a gradient of the gradient) is not supported")
 
-    return backward
+
+def _no_context(ctx, inputs, output) -> None:
+    pass
+
+
+def _register(
+    op: str,
+    public_name: str,
+    fake: Callable[..., Any],
+    backward: Callable[..., Any],
+    *,
+    setup: Callable[..., None] = _no_context,
+    grads: Tuple[str, ...] = (),
+    backward_fake: Optional[Callable[..., Any]] = None,
+) -> None:
+    """Gives ``fastmine::op`` its fake kernel and its autograd.
+
+    ``backward(ctx, *output_grads)`` returns the gradients of the schema's arguments named in
+    ``grads``, in that order; every other argument gets None. ``backward_fake`` is the fake
+    kernel of the compiled backward ``fastmine::op_backward``, whose own gradient no kernel
+    computes: asking for it (double backward) raises, naming ``public_name``.
+    """
+    names = [a.name for a in getattr(ops, op).default._schema.arguments]
+    slots = [names.index(name) for name in grads]
+
+    def backward_all(ctx, *output_grads):
+        out: list = [None] * len(names)
+        for i, g in zip(slots, backward(ctx, *output_grads), strict=True):
+            out[i] = g
+        return tuple(out)
+
+    torch.library.register_fake(f"fastmine::{op}", fake)
+    torch.library.register_autograd(f"fastmine::{op}", backward_all, setup_context=setup)
+    if backward_fake is not None:
+
+        def refuse(ctx, *unused):
+            raise _double_backward_error(public_name)
+
+        torch.library.register_fake(f"fastmine::{op}_backward", backward_fake)
+        torch.library.register_autograd(f"fastmine::{op}_backward", refuse, setup_context=_no_context)
 
 
 class _ScaleSaved(torch.autograd.Function):
@@ -95,7 +133,7 @@ class _ScaleSaved(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        _no_double_backward(ctx.public_name)(ctx)
+        raise _double_backward_error(ctx.public_name)
 
 
 def _scale_saved(g: torch.Tensor, saved: torch.Tensor, anchor: torch.Tensor, public_name: str) -> torch.Tensor:
@@ -107,12 +145,10 @@ def _scale_saved(g: torch.Tensor, saved: torch.Tensor, anchor: torch.Tensor, pub
 # ---- pairwise_distance -------------------------------------------------------------------
 
 
-@torch.library.register_fake("fastmine::pairwise_distance")
 def _pairwise_distance_fake(x, y, metric, allow_tf32=False):
     return x.new_empty((x.shape[0], y.shape[0]))
 
 
-@torch.library.register_fake("fastmine::pairwise_distance_backward")
 def _pairwise_distance_backward_fake(grad, x, y, dist, metric):
     return _like(x), _like(y)
 
@@ -125,22 +161,23 @@ def _pairwise_setup(ctx, inputs, output):
 
 def _pairwise_backward(ctx, grad):
     x, y, dist = ctx.saved_tensors
-    gx, gy = ops.pairwise_distance_backward(grad.contiguous(), x, y, dist, ctx.metric)
-    return gx, gy, None, None
+    return ops.pairwise_distance_backward(grad.contiguous(), x, y, dist, ctx.metric)
 
 
-torch.library.register_autograd("fastmine::pairwise_distance", _pairwise_backward, setup_context=_pairwise_setup)
-torch.library.register_autograd(
-    "fastmine::pairwise_distance_backward",
-    _no_double_backward("pairwise_distance"),
-    setup_context=lambda ctx, inputs, output: None,
+_register(
+    "pairwise_distance",
+    "pairwise_distance",
+    _pairwise_distance_fake,
+    _pairwise_backward,
+    setup=_pairwise_setup,
+    grads=("x", "y"),
+    backward_fake=_pairwise_distance_backward_fake,
 )
 
 
 # ---- batch_hard_triplet ------------------------------------------------------------------
 
 
-@torch.library.register_fake("fastmine::batch_hard_triplet")
 def _batch_hard_fake(x, labels, ref, ref_labels, margin, metric, soft, has_exclude, exclude_offset, allow_tf32=False):
     b = x.shape[0]
     values = x.new_empty((b,), dtype=loss_dtype(x.dtype))
@@ -148,7 +185,6 @@ def _batch_hard_fake(x, labels, ref, ref_labels, margin, metric, soft, has_exclu
     return values, index, _like(index), _like(values), _like(values)
 
 
-@torch.library.register_fake("fastmine::batch_hard_triplet_backward")
 def _batch_hard_backward_fake(gl, gpd, gnd, x, ref, pos_idx, neg_idx, pos_dist, neg_dist, margin, metric, soft):
     return _like(x), _like(ref)
 
@@ -166,17 +202,19 @@ def _batch_hard_backward(ctx, g_loss, g_pos_idx, g_neg_idx, g_pos_dist, g_neg_di
     g_loss, g_pos_dist, g_neg_dist = (
         torch.zeros_like(pos_dist) if g is None else g.contiguous() for g in (g_loss, g_pos_dist, g_neg_dist)
     )
-    gx, gr = ops.batch_hard_triplet_backward(
+    return ops.batch_hard_triplet_backward(
         g_loss, g_pos_dist, g_neg_dist, x, ref, pos_idx, neg_idx, pos_dist, neg_dist, *ctx.args
     )
-    return gx, None, gr, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd("fastmine::batch_hard_triplet", _batch_hard_backward, setup_context=_batch_hard_setup)
-torch.library.register_autograd(
-    "fastmine::batch_hard_triplet_backward",
-    _no_double_backward("batch_hard_triplet_loss"),
-    setup_context=lambda ctx, inputs, output: None,
+_register(
+    "batch_hard_triplet",
+    "batch_hard_triplet_loss",
+    _batch_hard_fake,
+    _batch_hard_backward,
+    setup=_batch_hard_setup,
+    grads=("x", "ref"),
+    backward_fake=_batch_hard_backward_fake,
 )
 
 
@@ -194,13 +232,11 @@ def _register_all_pairs(name: str, layout: str):
     """
     n_grads = layout.count("f")
 
-    @torch.library.register_fake(f"fastmine::{name}")
-    def _fake(x, labels, ref, ref_labels, *args):
+    def fake(x, labels, ref, ref_labels, *args):
         dtypes = {"f": loss_dtype(x.dtype), "i": torch.int64}
         return tuple(x.new_empty((x.shape[0],), dtype=dtypes[c]) for c in layout)
 
-    @torch.library.register_fake(f"fastmine::{name}_backward")
-    def _fake_backward(*args):
+    def backward_fake(*args):
         x, ref = args[n_grads], args[n_grads + 2]
         return _like(x), _like(ref)
 
@@ -216,13 +252,9 @@ def _register_all_pairs(name: str, layout: str):
             for g, c in zip(grads, layout)
             if c == "f"
         ]
-        gx, gr = getattr(ops, f"{name}_backward")(*float_grads, x, labels, ref, ref_labels, *ctx.args)
-        return (gx, None, gr, None) + (None,) * len(ctx.args)
+        return getattr(ops, f"{name}_backward")(*float_grads, x, labels, ref, ref_labels, *ctx.args)
 
-    torch.library.register_autograd(f"fastmine::{name}", backward, setup_context=setup)
-    torch.library.register_autograd(
-        f"fastmine::{name}_backward", _no_double_backward(name), setup_context=lambda ctx, inputs, output: None
-    )
+    _register(name, name, fake, backward, setup=setup, grads=("x", "ref"), backward_fake=backward_fake)
 
 
 # (loss_sum, num_triplets, num_active) per anchor
@@ -234,7 +266,6 @@ _register_all_pairs("contrastive", "fiifii")
 # ---- contrastive_with_grad: loss and gradient in one pass ---------------------------------
 
 
-@torch.library.register_fake("fastmine::contrastive_with_grad")
 def _contrastive_with_grad_fake(x, labels, ref, ref_labels, *args):
     total = x.new_empty((), dtype=loss_dtype(x.dtype))
     return total, x.new_empty((), dtype=torch.int64), _like(x), _like(ref)
@@ -250,11 +281,17 @@ def _with_grad_backward(ctx, g_total, *unused):
     gx, gr, x, ref = ctx.saved_tensors
     # The forward already holds the gradient of the total; the upstream gradient is a scalar.
     g = g_total.to(gx.dtype)
-    gx, gr = _scale_saved(g, gx, x, "contrastive_loss"), _scale_saved(g, gr, ref, "contrastive_loss")
-    return gx, None, gr, None, None, None, None, None, None, None, None, None
+    return _scale_saved(g, gx, x, "contrastive_loss"), _scale_saved(g, gr, ref, "contrastive_loss")
 
 
-torch.library.register_autograd("fastmine::contrastive_with_grad", _with_grad_backward, setup_context=_with_grad_setup)
+_register(
+    "contrastive_with_grad",
+    "contrastive_loss",
+    _contrastive_with_grad_fake,
+    _with_grad_backward,
+    setup=_with_grad_setup,
+    grads=("x", "ref"),
+)
 
 
 def _kernel_devices(op: str) -> frozenset:
@@ -276,12 +313,10 @@ CONTRASTIVE_WITH_GRAD_DEVICES = _kernel_devices("contrastive_with_grad")
 
 
 def _register_elementwise_focal(name: str, public_name: str):
-    @torch.library.register_fake(f"fastmine::{name}")
-    def _fake(logits, targets, p1, p2, reduce):
+    def fake(logits, targets, p1, p2, reduce):
         return logits.new_empty(() if reduce else logits.shape, dtype=loss_dtype(logits.dtype))
 
-    @torch.library.register_fake(f"fastmine::{name}_backward")
-    def _fake_backward(grad, logits, targets, p1, p2):
+    def backward_fake(grad, logits, targets, p1, p2):
         return _like(logits)
 
     def setup(ctx, inputs, output):
@@ -291,22 +326,15 @@ def _register_elementwise_focal(name: str, public_name: str):
 
     def backward(ctx, grad):
         logits, targets = ctx.saved_tensors
-        gx = getattr(ops, f"{name}_backward")(grad.contiguous(), logits, targets, *ctx.params)
-        return gx, None, None, None, None
+        return (getattr(ops, f"{name}_backward")(grad.contiguous(), logits, targets, *ctx.params),)
 
-    torch.library.register_autograd(f"fastmine::{name}", backward, setup_context=setup)
-    torch.library.register_autograd(
-        f"fastmine::{name}_backward",
-        _no_double_backward(public_name),
-        setup_context=lambda ctx, inputs, output: None,
-    )
+    _register(name, public_name, fake, backward, setup=setup, grads=("logits",), backward_fake=backward_fake)
 
 
 _register_elementwise_focal("sigmoid_focal", "sigmoid_focal_loss")
 _register_elementwise_focal("focal_star", "focal_star_loss")
 
 
-@torch.library.register_fake("fastmine::softmax_focal")
 def _softmax_focal_fake(logits, target, alpha, gamma, with_grad):
     loss = logits.new_empty((logits.shape[0],), dtype=loss_dtype(logits.dtype))
     return loss, logits.new_empty(logits.shape if with_grad else (0,))
@@ -324,22 +352,27 @@ def _softmax_focal_backward(ctx, g_loss, g_grad):
             "(with_grad=False); call the public function instead"
         )
     gl = _scale_saved(g_loss.unsqueeze(-1), grad, logits, "softmax_focal_loss")
-    return gl.to(logits.dtype), None, None, None, None
+    return (gl.to(logits.dtype),)
 
 
-torch.library.register_autograd("fastmine::softmax_focal", _softmax_focal_backward, setup_context=_softmax_focal_setup)
+_register(
+    "softmax_focal",
+    "softmax_focal_loss",
+    _softmax_focal_fake,
+    _softmax_focal_backward,
+    setup=_softmax_focal_setup,
+    grads=("logits",),
+)
 
 
 # ---- centroid_triplet: the (B, C) distances of the forward feed the backward --------------------
 
 
-@torch.library.register_fake("fastmine::centroid_triplet")
 def _centroid_triplet_fake(x, labels, centroids):
     dt = loss_dtype(x.dtype)
     return x.new_empty((x.shape[0],), dtype=dt), x.new_empty((x.shape[0], centroids.shape[0]), dtype=dt)
 
 
-@torch.library.register_fake("fastmine::centroid_triplet_backward")
 def _centroid_triplet_backward_fake(grad, x, labels, centroids, dist, need_centroid_grad):
     return _like(x), centroids.new_empty(centroids.shape if need_centroid_grad else (0,))
 
@@ -355,21 +388,23 @@ def _centroid_backward(ctx, g_loss, g_dist):
     x, labels, centroids, dist = ctx.saved_tensors
     need_c = ctx.needs_input_grad[2]
     gx, gc = ops.centroid_triplet_backward(g_loss.to(dist.dtype).contiguous(), x, labels, centroids, dist, need_c)
-    return gx, None, gc if need_c else None
+    return gx, gc if need_c else None
 
 
-torch.library.register_autograd("fastmine::centroid_triplet", _centroid_backward, setup_context=_centroid_setup)
-torch.library.register_autograd(
-    "fastmine::centroid_triplet_backward",
-    _no_double_backward("centroid_triplet_loss"),
-    setup_context=lambda ctx, inputs, output: None,
+_register(
+    "centroid_triplet",
+    "centroid_triplet_loss",
+    _centroid_triplet_fake,
+    _centroid_backward,
+    setup=_centroid_setup,
+    grads=("x", "centroids"),
+    backward_fake=_centroid_triplet_backward_fake,
 )
 
 
 # ---- miners: integer outputs, no autograd -------------------------------------------------
 
 
-@torch.library.register_fake("fastmine::mine_triplets")
 def _mine_triplets_fake(x, labels, ref, ref_labels, margin, type, metric, has_exclude, exclude_offset):
     # The number of triplets depends on the data: one unbacked size shared by all three.
     n = torch.library.get_ctx().new_dynamic_size()
@@ -382,13 +417,12 @@ def _no_gradient(ctx, *grads):
 
 # Integer outputs: autograd never calls this; registered so that an input requiring grad is
 # an explicit "no gradient" rather than a missing autograd kernel.
-torch.library.register_autograd("fastmine::mine_triplets", _no_gradient, setup_context=lambda ctx, inputs, output: None)
+_register("mine_triplets", "mine_triplets", _mine_triplets_fake, _no_gradient)
 
 
 # ---- semi_hard_triplet: one triplet per positive pair (a data-dependent count P) ---------
 
 
-@torch.library.register_fake("fastmine::semi_hard_triplet")
 def _semi_hard_fake(x, labels, ref, ref_labels, margin, metric, has_exclude, exclude_offset):
     # P (the number of positive pairs whose anchor has a negative) depends on the labels'
     # values: an unbacked size, at most B * M.
@@ -406,7 +440,6 @@ def _semi_hard_fake(x, labels, ref, ref_labels, margin, metric, has_exclude, exc
     )
 
 
-@torch.library.register_fake("fastmine::semi_hard_triplet_backward")
 def _semi_hard_backward_fake(gl, gpd, gnd, x, ref, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist, margin, metric):
     return _like(x), _like(ref)
 
@@ -423,15 +456,17 @@ def _semi_hard_backward(ctx, g_loss, g_a, g_p, g_n, g_pos_dist, g_neg_dist, g_no
     g_loss, g_pos_dist, g_neg_dist = (
         torch.zeros_like(pos_dist) if g is None else g.contiguous() for g in (g_loss, g_pos_dist, g_neg_dist)
     )
-    gx, gr = ops.semi_hard_triplet_backward(
+    return ops.semi_hard_triplet_backward(
         g_loss, g_pos_dist, g_neg_dist, x, ref, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist, *ctx.args
     )
-    return gx, None, gr, None, None, None, None, None
 
 
-torch.library.register_autograd("fastmine::semi_hard_triplet", _semi_hard_backward, setup_context=_semi_hard_setup)
-torch.library.register_autograd(
-    "fastmine::semi_hard_triplet_backward",
-    _no_double_backward("semi_hard_triplet_loss"),
-    setup_context=lambda ctx, inputs, output: None,
+_register(
+    "semi_hard_triplet",
+    "semi_hard_triplet_loss",
+    _semi_hard_fake,
+    _semi_hard_backward,
+    setup=_semi_hard_setup,
+    grads=("x", "ref"),
+    backward_fake=_semi_hard_backward_fake,
 )
