@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
-from typing import Optional
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 
@@ -76,22 +76,79 @@ def _like(t: torch.Tensor) -> torch.Tensor:
     return t.new_empty(t.shape)
 
 
-def _no_double_backward(op: str):
-    def backward(ctx, *grads):
-        raise RuntimeError(f"fastmine.{op}: double backward (a gradient of the gradient) is not supported")
+def _double_backward_error(public_name: str) -> RuntimeError:
+    return RuntimeError(f"fastmine.{public_name}: double backward (a gradient of the gradient) is not supported")
 
-    return backward
+
+def _no_context(ctx, inputs, output) -> None:
+    pass
+
+
+def _register(
+    op: str,
+    public_name: str,
+    fake: Callable[..., Any],
+    backward: Callable[..., Any],
+    *,
+    setup: Callable[..., None] = _no_context,
+    grads: Tuple[str, ...] = (),
+    backward_fake: Optional[Callable[..., Any]] = None,
+) -> None:
+    """Gives ``fastmine::op`` its fake kernel and its autograd.
+
+    ``backward(ctx, *output_grads)`` returns the gradients of the schema's arguments named in
+    ``grads``, in that order; every other argument gets None. ``backward_fake`` is the fake
+    kernel of the compiled backward ``fastmine::op_backward``, whose own gradient no kernel
+    computes: asking for it (double backward) raises, naming ``public_name``.
+    """
+    names = [a.name for a in getattr(ops, op).default._schema.arguments]
+    slots = [names.index(name) for name in grads]
+
+    def backward_all(ctx, *output_grads):
+        out: list = [None] * len(names)
+        for i, g in zip(slots, backward(ctx, *output_grads), strict=True):
+            out[i] = g
+        return tuple(out)
+
+    torch.library.register_fake(f"fastmine::{op}", fake)
+    torch.library.register_autograd(f"fastmine::{op}", backward_all, setup_context=setup)
+    if backward_fake is not None:
+
+        def refuse(ctx, *unused):
+            raise _double_backward_error(public_name)
+
+        torch.library.register_fake(f"fastmine::{op}_backward", backward_fake)
+        torch.library.register_autograd(f"fastmine::{op}_backward", refuse, setup_context=_no_context)
+
+
+class _ScaleSaved(torch.autograd.Function):
+    """g * saved, for a gradient the forward already computed. The product hangs off
+    ``anchor`` (the op's input) so that, under create_graph=True, a gradient of it is asked of
+    us and refused, rather than silently zero."""
+
+    @staticmethod
+    def forward(ctx, g, saved, anchor, public_name):
+        ctx.public_name = public_name
+        return g * saved
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise _double_backward_error(ctx.public_name)
+
+
+def _scale_saved(g: torch.Tensor, saved: torch.Tensor, anchor: torch.Tensor, public_name: str) -> torch.Tensor:
+    if torch.is_grad_enabled():  # create_graph=True
+        return _ScaleSaved.apply(g, saved, anchor, public_name)
+    return g * saved
 
 
 # ---- pairwise_distance -------------------------------------------------------------------
 
 
-@torch.library.register_fake("fastmine::pairwise_distance")
 def _pairwise_distance_fake(x, y, metric, allow_tf32=False):
     return x.new_empty((x.shape[0], y.shape[0]))
 
 
-@torch.library.register_fake("fastmine::pairwise_distance_backward")
 def _pairwise_distance_backward_fake(grad, x, y, dist, metric):
     return _like(x), _like(y)
 
@@ -104,22 +161,23 @@ def _pairwise_setup(ctx, inputs, output):
 
 def _pairwise_backward(ctx, grad):
     x, y, dist = ctx.saved_tensors
-    gx, gy = ops.pairwise_distance_backward(grad.contiguous(), x, y, dist, ctx.metric)
-    return gx, gy, None, None
+    return ops.pairwise_distance_backward(grad.contiguous(), x, y, dist, ctx.metric)
 
 
-torch.library.register_autograd("fastmine::pairwise_distance", _pairwise_backward, setup_context=_pairwise_setup)
-torch.library.register_autograd(
-    "fastmine::pairwise_distance_backward",
-    _no_double_backward("pairwise_distance"),
-    setup_context=lambda ctx, inputs, output: None,
+_register(
+    "pairwise_distance",
+    "pairwise_distance",
+    _pairwise_distance_fake,
+    _pairwise_backward,
+    setup=_pairwise_setup,
+    grads=("x", "y"),
+    backward_fake=_pairwise_distance_backward_fake,
 )
 
 
 # ---- batch_hard_triplet ------------------------------------------------------------------
 
 
-@torch.library.register_fake("fastmine::batch_hard_triplet")
 def _batch_hard_fake(x, labels, ref, ref_labels, margin, metric, soft, has_exclude, exclude_offset, allow_tf32=False):
     b = x.shape[0]
     values = x.new_empty((b,), dtype=loss_dtype(x.dtype))
@@ -127,7 +185,6 @@ def _batch_hard_fake(x, labels, ref, ref_labels, margin, metric, soft, has_exclu
     return values, index, _like(index), _like(values), _like(values)
 
 
-@torch.library.register_fake("fastmine::batch_hard_triplet_backward")
 def _batch_hard_backward_fake(gl, gpd, gnd, x, ref, pos_idx, neg_idx, pos_dist, neg_dist, margin, metric, soft):
     return _like(x), _like(ref)
 
@@ -145,17 +202,19 @@ def _batch_hard_backward(ctx, g_loss, g_pos_idx, g_neg_idx, g_pos_dist, g_neg_di
     g_loss, g_pos_dist, g_neg_dist = (
         torch.zeros_like(pos_dist) if g is None else g.contiguous() for g in (g_loss, g_pos_dist, g_neg_dist)
     )
-    gx, gr = ops.batch_hard_triplet_backward(
+    return ops.batch_hard_triplet_backward(
         g_loss, g_pos_dist, g_neg_dist, x, ref, pos_idx, neg_idx, pos_dist, neg_dist, *ctx.args
     )
-    return gx, None, gr, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd("fastmine::batch_hard_triplet", _batch_hard_backward, setup_context=_batch_hard_setup)
-torch.library.register_autograd(
-    "fastmine::batch_hard_triplet_backward",
-    _no_double_backward("batch_hard_triplet_loss"),
-    setup_context=lambda ctx, inputs, output: None,
+_register(
+    "batch_hard_triplet",
+    "batch_hard_triplet_loss",
+    _batch_hard_fake,
+    _batch_hard_backward,
+    setup=_batch_hard_setup,
+    grads=("x", "ref"),
+    backward_fake=_batch_hard_backward_fake,
 )
 
 
@@ -173,13 +232,11 @@ def _register_all_pairs(name: str, layout: str):
     """
     n_grads = layout.count("f")
 
-    @torch.library.register_fake(f"fastmine::{name}")
-    def _fake(x, labels, ref, ref_labels, *args):
+    def fake(x, labels, ref, ref_labels, *args):
         dtypes = {"f": loss_dtype(x.dtype), "i": torch.int64}
         return tuple(x.new_empty((x.shape[0],), dtype=dtypes[c]) for c in layout)
 
-    @torch.library.register_fake(f"fastmine::{name}_backward")
-    def _fake_backward(*args):
+    def backward_fake(*args):
         x, ref = args[n_grads], args[n_grads + 2]
         return _like(x), _like(ref)
 
@@ -195,13 +252,9 @@ def _register_all_pairs(name: str, layout: str):
             for g, c in zip(grads, layout)
             if c == "f"
         ]
-        gx, gr = getattr(ops, f"{name}_backward")(*float_grads, x, labels, ref, ref_labels, *ctx.args)
-        return (gx, None, gr, None) + (None,) * len(ctx.args)
+        return getattr(ops, f"{name}_backward")(*float_grads, x, labels, ref, ref_labels, *ctx.args)
 
-    torch.library.register_autograd(f"fastmine::{name}", backward, setup_context=setup)
-    torch.library.register_autograd(
-        f"fastmine::{name}_backward", _no_double_backward(name), setup_context=lambda ctx, inputs, output: None
-    )
+    _register(name, name, fake, backward, setup=setup, grads=("x", "ref"), backward_fake=backward_fake)
 
 
 # (loss_sum, num_triplets, num_active) per anchor
@@ -213,7 +266,6 @@ _register_all_pairs("contrastive", "fiifii")
 # ---- contrastive_with_grad: loss and gradient in one pass ---------------------------------
 
 
-@torch.library.register_fake("fastmine::contrastive_with_grad")
 def _contrastive_with_grad_fake(x, labels, ref, ref_labels, *args):
     total = x.new_empty((), dtype=loss_dtype(x.dtype))
     return total, x.new_empty((), dtype=torch.int64), _like(x), _like(ref)
@@ -225,42 +277,21 @@ def _with_grad_setup(ctx, inputs, output):
     ctx.save_for_backward(gx, gr, x, ref)
 
 
-class _RefuseDoubleBackward(torch.autograd.Function):
-    """g * saved, attached to the op's input so that a gradient of it is asked of us (under
-    create_graph=True) and refused, instead of being silently zero."""
-
-    @staticmethod
-    def forward(ctx, g, saved, anchor):
-        return g * saved
-
-    @staticmethod
-    def backward(ctx, grad):
-        _no_double_backward("contrastive_loss")(ctx)
-
-
 def _with_grad_backward(ctx, g_total, *unused):
     gx, gr, x, ref = ctx.saved_tensors
     # The forward already holds the gradient of the total; the upstream gradient is a scalar.
     g = g_total.to(gx.dtype)
-    if torch.is_grad_enabled():  # create_graph=True
-        return (
-            _RefuseDoubleBackward.apply(g, gx, x),
-            None,
-            _RefuseDoubleBackward.apply(g, gr, ref),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
-    return g * gx, None, g * gr, None, None, None, None, None, None, None, None, None
+    return _scale_saved(g, gx, x, "contrastive_loss"), _scale_saved(g, gr, ref, "contrastive_loss")
 
 
-torch.library.register_autograd("fastmine::contrastive_with_grad", _with_grad_backward, setup_context=_with_grad_setup)
+_register(
+    "contrastive_with_grad",
+    "contrastive_loss",
+    _contrastive_with_grad_fake,
+    _with_grad_backward,
+    setup=_with_grad_setup,
+    grads=("x", "ref"),
+)
 
 
 def _kernel_devices(op: str) -> frozenset:
@@ -274,12 +305,6 @@ def _kernel_devices(op: str) -> frozenset:
 CONTRASTIVE_WITH_GRAD_DEVICES = _kernel_devices("contrastive_with_grad")
 
 
-def require_kernel(op: str, public_name: str, device: torch.device) -> None:
-    """A clear error, rather than the dispatcher's, for an op with no kernel on a device."""
-    if device.type == "cuda" and not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastmine::{op}", "CUDA"):
-        raise NotImplementedError(f"fastmine.{public_name} has no CUDA kernel in this build yet; compute it on the CPU")
-
-
 # ---- focal-loss family ----------------------------------------------------------------------
 # Elementwise ops (sigmoid focal, FL*): the forward saves nothing beyond its inputs; the
 # backward op recomputes the terms and writes upstream * d loss / d logits in one pass.
@@ -288,12 +313,10 @@ def require_kernel(op: str, public_name: str, device: torch.device) -> None:
 
 
 def _register_elementwise_focal(name: str, public_name: str):
-    @torch.library.register_fake(f"fastmine::{name}")
-    def _fake(logits, targets, p1, p2, reduce):
+    def fake(logits, targets, p1, p2, reduce):
         return logits.new_empty(() if reduce else logits.shape, dtype=loss_dtype(logits.dtype))
 
-    @torch.library.register_fake(f"fastmine::{name}_backward")
-    def _fake_backward(grad, logits, targets, p1, p2):
+    def backward_fake(grad, logits, targets, p1, p2):
         return _like(logits)
 
     def setup(ctx, inputs, output):
@@ -303,36 +326,15 @@ def _register_elementwise_focal(name: str, public_name: str):
 
     def backward(ctx, grad):
         logits, targets = ctx.saved_tensors
-        gx = getattr(ops, f"{name}_backward")(grad.contiguous(), logits, targets, *ctx.params)
-        return gx, None, None, None, None
+        return (getattr(ops, f"{name}_backward")(grad.contiguous(), logits, targets, *ctx.params),)
 
-    torch.library.register_autograd(f"fastmine::{name}", backward, setup_context=setup)
-    torch.library.register_autograd(
-        f"fastmine::{name}_backward",
-        _no_double_backward(public_name),
-        setup_context=lambda ctx, inputs, output: None,
-    )
+    _register(name, public_name, fake, backward, setup=setup, grads=("logits",), backward_fake=backward_fake)
 
 
 _register_elementwise_focal("sigmoid_focal", "sigmoid_focal_loss")
 _register_elementwise_focal("focal_star", "focal_star_loss")
 
 
-class _ScaleSavedGrad(torch.autograd.Function):
-    """g * saved, attached to the op's input so that, under create_graph=True, a gradient of
-    it is asked of us and refused (rather than silently zero)."""
-
-    @staticmethod
-    def forward(ctx, g, saved, anchor, public_name):
-        ctx.public_name = public_name
-        return g * saved
-
-    @staticmethod
-    def backward(ctx, grad):
-        _no_double_backward(ctx.public_name)(ctx)
-
-
-@torch.library.register_fake("fastmine::softmax_focal")
 def _softmax_focal_fake(logits, target, alpha, gamma, with_grad):
     loss = logits.new_empty((logits.shape[0],), dtype=loss_dtype(logits.dtype))
     return loss, logits.new_empty(logits.shape if with_grad else (0,))
@@ -349,27 +351,28 @@ def _softmax_focal_backward(ctx, g_loss, g_grad):
             "fastmine.softmax_focal_loss: the forward was run without its gradient "
             "(with_grad=False); call the public function instead"
         )
-    g = g_loss.unsqueeze(-1)
-    if torch.is_grad_enabled():  # create_graph=True
-        gl = _ScaleSavedGrad.apply(g, grad, logits, "softmax_focal_loss")
-    else:
-        gl = g * grad
-    return gl.to(logits.dtype), None, None, None, None
+    gl = _scale_saved(g_loss.unsqueeze(-1), grad, logits, "softmax_focal_loss")
+    return (gl.to(logits.dtype),)
 
 
-torch.library.register_autograd("fastmine::softmax_focal", _softmax_focal_backward, setup_context=_softmax_focal_setup)
+_register(
+    "softmax_focal",
+    "softmax_focal_loss",
+    _softmax_focal_fake,
+    _softmax_focal_backward,
+    setup=_softmax_focal_setup,
+    grads=("logits",),
+)
 
 
 # ---- centroid_triplet: the (B, C) distances of the forward feed the backward --------------------
 
 
-@torch.library.register_fake("fastmine::centroid_triplet")
 def _centroid_triplet_fake(x, labels, centroids):
     dt = loss_dtype(x.dtype)
     return x.new_empty((x.shape[0],), dtype=dt), x.new_empty((x.shape[0], centroids.shape[0]), dtype=dt)
 
 
-@torch.library.register_fake("fastmine::centroid_triplet_backward")
 def _centroid_triplet_backward_fake(grad, x, labels, centroids, dist, need_centroid_grad):
     return _like(x), centroids.new_empty(centroids.shape if need_centroid_grad else (0,))
 
@@ -385,21 +388,23 @@ def _centroid_backward(ctx, g_loss, g_dist):
     x, labels, centroids, dist = ctx.saved_tensors
     need_c = ctx.needs_input_grad[2]
     gx, gc = ops.centroid_triplet_backward(g_loss.to(dist.dtype).contiguous(), x, labels, centroids, dist, need_c)
-    return gx, None, gc if need_c else None
+    return gx, gc if need_c else None
 
 
-torch.library.register_autograd("fastmine::centroid_triplet", _centroid_backward, setup_context=_centroid_setup)
-torch.library.register_autograd(
-    "fastmine::centroid_triplet_backward",
-    _no_double_backward("centroid_triplet_loss"),
-    setup_context=lambda ctx, inputs, output: None,
+_register(
+    "centroid_triplet",
+    "centroid_triplet_loss",
+    _centroid_triplet_fake,
+    _centroid_backward,
+    setup=_centroid_setup,
+    grads=("x", "centroids"),
+    backward_fake=_centroid_triplet_backward_fake,
 )
 
 
 # ---- miners: integer outputs, no autograd -------------------------------------------------
 
 
-@torch.library.register_fake("fastmine::mine_triplets")
 def _mine_triplets_fake(x, labels, ref, ref_labels, margin, type, metric, has_exclude, exclude_offset):
     # The number of triplets depends on the data: one unbacked size shared by all three.
     n = torch.library.get_ctx().new_dynamic_size()
@@ -412,13 +417,12 @@ def _no_gradient(ctx, *grads):
 
 # Integer outputs: autograd never calls this; registered so that an input requiring grad is
 # an explicit "no gradient" rather than a missing autograd kernel.
-torch.library.register_autograd("fastmine::mine_triplets", _no_gradient, setup_context=lambda ctx, inputs, output: None)
+_register("mine_triplets", "mine_triplets", _mine_triplets_fake, _no_gradient)
 
 
 # ---- semi_hard_triplet: one triplet per positive pair (a data-dependent count P) ---------
 
 
-@torch.library.register_fake("fastmine::semi_hard_triplet")
 def _semi_hard_fake(x, labels, ref, ref_labels, margin, metric, has_exclude, exclude_offset):
     # P (the number of positive pairs whose anchor has a negative) depends on the labels'
     # values: an unbacked size, at most B * M.
@@ -436,7 +440,6 @@ def _semi_hard_fake(x, labels, ref, ref_labels, margin, metric, has_exclude, exc
     )
 
 
-@torch.library.register_fake("fastmine::semi_hard_triplet_backward")
 def _semi_hard_backward_fake(gl, gpd, gnd, x, ref, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist, margin, metric):
     return _like(x), _like(ref)
 
@@ -453,15 +456,17 @@ def _semi_hard_backward(ctx, g_loss, g_a, g_p, g_n, g_pos_dist, g_neg_dist, g_no
     g_loss, g_pos_dist, g_neg_dist = (
         torch.zeros_like(pos_dist) if g is None else g.contiguous() for g in (g_loss, g_pos_dist, g_neg_dist)
     )
-    gx, gr = ops.semi_hard_triplet_backward(
+    return ops.semi_hard_triplet_backward(
         g_loss, g_pos_dist, g_neg_dist, x, ref, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist, *ctx.args
     )
-    return gx, None, gr, None, None, None, None, None
 
 
-torch.library.register_autograd("fastmine::semi_hard_triplet", _semi_hard_backward, setup_context=_semi_hard_setup)
-torch.library.register_autograd(
-    "fastmine::semi_hard_triplet_backward",
-    _no_double_backward("semi_hard_triplet_loss"),
-    setup_context=lambda ctx, inputs, output: None,
+_register(
+    "semi_hard_triplet",
+    "semi_hard_triplet_loss",
+    _semi_hard_fake,
+    _semi_hard_backward,
+    setup=_semi_hard_setup,
+    grads=("x", "ref"),
+    backward_fake=_semi_hard_backward_fake,
 )

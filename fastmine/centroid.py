@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from . import _validate as check
-from ._ops import ops, require_kernel
+from ._ops import ops
 
 __all__ = ["centroid_triplet_loss", "onehot_centroids"]
 
@@ -59,7 +59,6 @@ def centroid_triplet_loss(
     c = centroids.shape[0]
     check.centroid_count(c)
     check.reduction(reduction, CENTROID_REDUCTIONS)
-    require_kernel("centroid_triplet", "centroid_triplet_loss", embeddings.device)
     check.class_indices(labels, c, "labels must be in [0, C) =")
     x = check.compute_dtype(embeddings).contiguous()
     cc = check.compute_dtype(centroids).contiguous()

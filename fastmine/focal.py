@@ -13,7 +13,7 @@ from typing import Union
 import torch
 
 from . import _validate as check
-from ._ops import ops, require_kernel
+from ._ops import ops
 
 # The option rules, under the names the nn modules' option_checks use.
 from ._validate import focal_gamma, sigmoid_alpha, softmax_alpha, star_gamma  # noqa: F401
@@ -70,7 +70,6 @@ def sigmoid_focal_loss(
     alpha = check.sigmoid_alpha(alpha)
     gamma = check.focal_gamma(gamma)
     check.reduction(reduction, FOCAL_REDUCTIONS)
-    require_kernel("sigmoid_focal", "sigmoid_focal_loss", logits.device)
     x = check.compute_dtype(logits).contiguous()
     t = targets.to(x.dtype).contiguous()
     loss = ops.sigmoid_focal(x, t, alpha, gamma, reduction != "none")
@@ -107,7 +106,6 @@ def focal_star_loss(
     gamma = check.star_gamma(gamma)
     beta = check.finite_number(beta, "beta")
     check.reduction(reduction, FOCAL_REDUCTIONS)
-    require_kernel("focal_star", "focal_star_loss", logits.device)
     x = check.compute_dtype(logits).contiguous()
     t = targets.to(x.dtype).contiguous()
     loss = ops.focal_star(x, t, gamma, beta, reduction != "none")
@@ -152,7 +150,6 @@ def softmax_focal_loss(
     check.same_device([("logits", logits), ("target", target)])
     gamma = check.focal_gamma(gamma)
     check.reduction(reduction, FOCAL_REDUCTIONS)
-    require_kernel("softmax_focal", "softmax_focal_loss", logits.device)
     x = check.compute_dtype(logits)
     if x.dim() > 2:
         x = x.movedim(1, -1)

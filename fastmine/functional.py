@@ -17,7 +17,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from . import _validate as check
-from ._ops import CONTRASTIVE_WITH_GRAD_DEVICES, ops, require_kernel
+from ._ops import CONTRASTIVE_WITH_GRAD_DEVICES, ops
 from ._types import BatchAllInfo, BatchHardInfo
 
 __all__ = [
@@ -196,8 +196,6 @@ def batch_all_triplet_loss(
     x, lab, ref, ref_lab, has_exclude, offset = check.reference_set(
         embeddings, labels, ref_embeddings, ref_labels, self_offset
     )
-    if x.device.type == "cuda":
-        require_kernel("batch_all_triplet", "batch_all_triplet_loss", x.device)
     per_anchor, valid, active = ops.batch_all_triplet(
         x, lab, ref, ref_lab, margin, metric_id, bool(soft), has_exclude, offset, _tile_tf32(x)
     )
@@ -284,8 +282,6 @@ def _contrastive_args(
     x, lab, ref, ref_lab, has_exclude, offset = check.reference_set(
         embeddings, labels, ref_embeddings, ref_labels, self_offset
     )
-    if x.device.type == "cuda":
-        require_kernel("contrastive", "contrastive_loss", x.device)
     return (
         x,
         lab,

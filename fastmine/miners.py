@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import _validate as check
-from ._ops import ops, require_kernel
+from ._ops import ops
 
 __all__ = ["mine_batch_hard", "mine_triplets", "TRIPLET_TYPES"]
 
@@ -148,12 +148,10 @@ def mine_triplets(
         x, lab, ref, ref_lab, has_exclude, offset = check.reference_set(
             _detached(embeddings), labels, _detached(ref_embeddings), ref_labels, self_offset
         )
-        if x.device.type == "cuda":
-            require_kernel("mine_triplets", "mine_triplets", x.device)
-            # The CUDA kernels compare float32/float64 distances; half inputs are upcast
-            # (on the CPU check.reference_set has done it already).
-            if x.dtype in (torch.float16, torch.bfloat16):
-                x, ref = x.float(), ref.float()
+        # The CUDA kernels compare float32/float64 distances; half inputs are upcast
+        # (on the CPU check.reference_set has done it already).
+        if x.device.type == "cuda" and x.dtype in (torch.float16, torch.bfloat16):
+            x, ref = x.float(), ref.float()
         args = (x, lab, ref, ref_lab, margin, TRIPLET_TYPES[type], metric_id, has_exclude, offset)
         if x.device.type != "cuda" or torch.compiler.is_compiling():
             return ops.mine_triplets(*args)  # the CPU kernel raises ValueError itself

@@ -10,7 +10,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from . import _validate as check
-from ._ops import ops, require_kernel
+from ._ops import ops
 from ._types import SemiHardInfo
 
 __all__ = ["semi_hard_triplet_loss", "mine_semi_hard"]
@@ -24,8 +24,6 @@ def _semi_hard(embeddings, labels, margin, metric, ref_embeddings, ref_labels, s
     x, lab, ref, ref_lab, has_exclude, offset = check.reference_set(
         embeddings, labels, ref_embeddings, ref_labels, self_offset
     )
-    if x.device.type == "cuda":
-        require_kernel("semi_hard_triplet", "semi_hard_triplet_loss", x.device)
     return ops.semi_hard_triplet(x, lab, ref, ref_lab, margin, metric_id, has_exclude, offset)
 
 
