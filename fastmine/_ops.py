@@ -223,7 +223,7 @@ _register(
 # context keeps only the inputs.
 
 
-def _register_all_pairs(name: str, layout: str):
+def _register_all_pairs(name: str, public_name: str, layout: str):
     """Fake kernel and autograd for an all-pairs op.
 
     ``layout`` names the op's (B,) outputs in order: ``f`` a float per-anchor sum (it has a
@@ -254,13 +254,13 @@ def _register_all_pairs(name: str, layout: str):
         ]
         return getattr(ops, f"{name}_backward")(*float_grads, x, labels, ref, ref_labels, *ctx.args)
 
-    _register(name, name, fake, backward, setup=setup, grads=("x", "ref"), backward_fake=backward_fake)
+    _register(name, public_name, fake, backward, setup=setup, grads=("x", "ref"), backward_fake=backward_fake)
 
 
 # (loss_sum, num_triplets, num_active) per anchor
-_register_all_pairs("batch_all_triplet", "fii")
+_register_all_pairs("batch_all_triplet", "batch_all_triplet_loss", "fii")
 # (pos_sum, pos_nonzero, pos_pairs, neg_sum, neg_nonzero, neg_pairs) per anchor
-_register_all_pairs("contrastive", "fiifii")
+_register_all_pairs("contrastive", "contrastive_loss", "fiifii")
 
 
 # ---- contrastive_with_grad: loss and gradient in one pass ---------------------------------
