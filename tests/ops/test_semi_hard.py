@@ -1,7 +1,7 @@
 """fastmine.semi_hard_triplet_loss and fastmine.mine_semi_hard against the float64 oracle
 (fastmine/reference.py) and against TF-Addons' algorithm written out in PyTorch.
 
-See tests/semi_hard_checks.py::check_semi_hard for what one comparison checks.
+See tests/support/semi_hard_checks.py::check_semi_hard for what one comparison checks.
 """
 
 from __future__ import annotations
