@@ -55,15 +55,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture
-def cuda():
-    """The CUDA device; skips the test where there is none."""
-    if not HAS_CUDA:
-        pytest.skip("no CUDA GPU available")
-    return torch.device("cuda")
-
-
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def device(request):
-    """Every device fastmine runs on here: cpu always, cuda where a GPU exists."""
+    """Every device fastmine runs on here: cpu always, cuda where a GPU exists (the cuda
+    case carries the ``cuda`` marker, so it is skipped without a GPU and selected by
+    ``pytest -m cuda``). properties/test_contract.py runs the table of public ops over it."""
     return torch.device(request.param)
