@@ -6,7 +6,8 @@
 # (a report inside a contract case's worker process fails that case).
 #
 #   make sanitize                      everything below
-#   SANITIZE_TESTS="tests/ops/test_x.py"   another selection (paths relative to the repo)
+#   SANITIZE_TESTS="tests/ops/test_x.py"   another selection (paths relative to the repo;
+#                                          pytest node ids like file.py::test_name work too)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -17,7 +18,11 @@ OUT="$ROOT/build-sanitize"
 TESTS=${SANITIZE_TESTS:-"tests/build_system/test_op_contracts.py tests/ops/test_pairwise.py tests/ops/test_batch_hard.py \
 tests/ops/test_batch_all.py tests/ops/test_contrastive.py tests/ops/test_semi_hard.py \
 tests/ops/test_semi_hard_ops.py tests/ops/test_miners.py tests/ops/test_centroid.py tests/ops/test_focal.py \
-tests/properties/test_gradients.py tests/properties/test_nan.py"}
+tests/properties/test_gradients.py tests/properties/test_nan.py \
+tests/properties/test_contract.py::test_matches_oracle tests/properties/test_contract.py::test_empty_batch \
+tests/properties/test_contract.py::test_bad_input_names_the_argument \
+tests/properties/test_contract.py::test_double_backward_is_refused \
+tests/properties/test_contract.py::test_non_finite_input_never_gives_a_finite_loss"}
 
 FASTMINE_NO_CUDA=1 FASTMINE_SANITIZE=1 "$PY" setup.py --quiet build_ext \
   --build-temp "$OUT/temp" --build-lib "$OUT/lib"
