@@ -5,7 +5,7 @@ recording, bit for bit: the check that a refactoring changed no result.
     ... change the code, rebuild ...
     python scripts/output_corpus.py compare before.pt [--emu]
 
-The corpus is the valid calls of tests/op_table.py (every op of ``torch.ops.fastmine``,
+The corpus is the valid calls of tests/support/op_table.py (every op of ``torch.ops.fastmine``,
 forward and backward ops alike) at a few sizes that are multiples of no tile, in float32 and
 float64, on random inputs and on exact ties, over three seeds; on every device this process
 can run (the CPU, CUDA when a GPU is visible) and, with ``--emu``, the CUDA module's code
@@ -23,7 +23,7 @@ from typing import Dict, List
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TESTS = os.path.join(os.path.dirname(HERE), "tests")
+TESTS = os.path.join(os.path.dirname(HERE), "tests", "support")
 sys.path.insert(0, TESTS)
 
 import fastmine  # noqa: E402

@@ -6,7 +6,8 @@
 # (a report inside a contract case's worker process fails that case).
 #
 #   make sanitize                      everything below
-#   SANITIZE_TESTS="tests/test_x.py"   another selection (paths relative to the repo)
+#   SANITIZE_TESTS="tests/ops/test_x.py"   another selection (paths relative to the repo;
+#                                          pytest node ids like file.py::test_name work too)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -14,9 +15,14 @@ PY=${PY:-.venv/bin/python}
 # An absolute path, but not through the venv's symlink (that would leave the venv).
 PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"
 OUT="$ROOT/build-sanitize"
-TESTS=${SANITIZE_TESTS:-"tests/test_op_contracts.py tests/test_pairwise.py tests/test_batch_hard.py \
-tests/test_batch_all.py tests/test_contrastive.py tests/test_semi_hard.py tests/test_semi_hard_ops.py \
-tests/test_miners.py tests/test_centroid.py tests/test_focal.py tests/test_gradients.py tests/test_nan.py"}
+TESTS=${SANITIZE_TESTS:-"tests/build_system/test_op_contracts.py tests/ops/test_pairwise.py tests/ops/test_batch_hard.py \
+tests/ops/test_batch_all.py tests/ops/test_contrastive.py tests/ops/test_semi_hard.py \
+tests/ops/test_semi_hard_ops.py tests/ops/test_miners.py tests/ops/test_centroid.py tests/ops/test_focal.py \
+tests/properties/test_gradients.py tests/properties/test_nan.py \
+tests/properties/test_contract.py::test_matches_oracle tests/properties/test_contract.py::test_empty_batch \
+tests/properties/test_contract.py::test_bad_input_names_the_argument \
+tests/properties/test_contract.py::test_double_backward_is_refused \
+tests/properties/test_contract.py::test_non_finite_input_never_gives_a_finite_loss"}
 
 FASTMINE_NO_CUDA=1 FASTMINE_SANITIZE=1 "$PY" setup.py --quiet build_ext \
   --build-temp "$OUT/temp" --build-lib "$OUT/lib"

@@ -1,4 +1,9 @@
-"""Shared pytest configuration: hypothesis profiles, the ``cuda`` marker, device fixtures.
+"""Shared pytest configuration: hypothesis profiles, the ``cuda`` marker, device fixtures,
+and the import path of the shared helpers.
+
+The tests are grouped in folders by what they test (ops/, properties/, cuda/, peers/,
+integration/, build_system/); the modules they share (helpers, strategies, op_table, ...) live in
+support/, which is put on sys.path here so that every folder imports them by plain name.
 
 Hypothesis profiles (select with HYPOTHESIS_PROFILE=...):
   default  modest example counts so the whole suite runs in a few minutes on 2 CPU cores
@@ -9,6 +14,7 @@ Hypothesis profiles (select with HYPOTHESIS_PROFILE=...):
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -23,6 +29,8 @@ settings.register_profile("default", max_examples=40, **_COMMON)
 settings.register_profile("ci", max_examples=40, derandomize=True, **_COMMON)
 settings.register_profile("thorough", max_examples=500, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -47,15 +55,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture
-def cuda():
-    """The CUDA device; skips the test where there is none."""
-    if not HAS_CUDA:
-        pytest.skip("no CUDA GPU available")
-    return torch.device("cuda")
-
-
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def device(request):
-    """Every device fastmine runs on here: cpu always, cuda where a GPU exists."""
+    """Every device fastmine runs on here: cpu always, cuda where a GPU exists (the cuda
+    case carries the ``cuda`` marker, so it is skipped without a GPU and selected by
+    ``pytest -m cuda``). properties/test_contract.py runs the table of public ops over it."""
     return torch.device(request.param)

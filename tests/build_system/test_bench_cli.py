@@ -13,7 +13,7 @@ from benchmarks import __main__ as bench
 from benchmarks import report
 from benchmarks.registry import load_ops
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _args(*argv):

@@ -5,7 +5,7 @@ in. Under autocast a model's last Linear emits float16/bfloat16 embeddings; fast
 computes in fp32 (tensor cores with fp32 accumulation on a GPU, an fp32 upcast on the CPU)
 and returns a float32 loss whose gradient flows back through the autocast graph. Embeddings
 that are float32 inside an autocast region stay float32 (no silent downcast of a loss).
-The GPU half of this (the tensor-core path) is tests/test_cuda_tensor_cores.py.
+The GPU half of this (the tensor-core path) is tests/cuda/test_cuda_tensor_cores.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """fastmine.contrastive_loss against the float64 oracle (fastmine/reference.py), and the
 seeds' Hadsell formula.
 
-See tests/helpers.py::check_contrastive for what one comparison checks (loss and gradients,
+See tests/support/helpers.py::check_contrastive for what one comparison checks (loss and gradients,
 non-zero counts within the rounding band of the hinge's kink for "mean_nonzero").
 """
 

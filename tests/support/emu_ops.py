@@ -18,7 +18,7 @@ import torch
 
 import fastmine  # noqa: F401  (the CPU ops and their schemas)
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "emu"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "emu"))
 import build as emu_build  # noqa: E402
 
 HALF = (torch.float16, torch.bfloat16)

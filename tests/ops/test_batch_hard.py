@@ -1,6 +1,6 @@
 """fastmine.batch_hard_triplet_loss against the float64 oracle (fastmine/reference.py).
 
-See tests/helpers.py::check_batch_hard for what one comparison checks (loss, info, mined
+See tests/support/helpers.py::check_batch_hard for what one comparison checks (loss, info, mined
 indices with the tie rules, gradients).
 """
 

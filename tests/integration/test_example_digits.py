@@ -14,7 +14,7 @@ import torch
 if importlib.util.find_spec("sklearn") is None:  # the dataset ships with scikit-learn
     pytest.skip("scikit-learn is not installed", allow_module_level=True)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _example():

@@ -2,8 +2,8 @@
 mainloop takes ``allow_tf32`` (schema default False); fastmine.functional passes
 ``torch.backends.cuda.matmul.allow_tf32`` for float32 CUDA inputs only. On the CPU the
 argument is accepted and ignored: results are bitwise the same either way, and the flag is
-not even read. The GPU behaviour is tests/test_cuda_tensor_cores.py; the TF32 fragment
-layouts are checked on the CPU emulator (tests/test_emu_tensor_cores.py)."""
+not even read. The GPU behaviour is tests/cuda/test_cuda_tensor_cores.py; the TF32 fragment
+layouts are checked on the CPU emulator (tests/cuda/test_emu_tensor_cores.py)."""
 
 from __future__ import annotations
 

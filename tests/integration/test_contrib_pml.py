@@ -19,7 +19,7 @@ from pytorch_metric_learning import distances, reducers, regularizers  # noqa: E
 import fastmine.contrib.pml as fm_pml  # noqa: E402
 from helpers import assert_close_rel  # noqa: E402
 
-ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 TRIPLET_CONFIGS = [
     dict(),

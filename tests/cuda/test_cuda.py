@@ -197,18 +197,6 @@ def test_tf32_opt_in_tolerance():
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def test_cuda_errors_name_the_argument():
-    x = torch.randn(6, 3, device="cuda")
-    with pytest.raises(ValueError, match="labels"):
-        fastmine.batch_hard_triplet_loss(x, torch.arange(6) % 2)  # labels on the CPU
-    with pytest.raises(ValueError, match="ref_embeddings"):
-        fastmine.batch_hard_triplet_loss(
-            x, (torch.arange(6) % 2).cuda(), ref_embeddings=torch.randn(4, 3), ref_labels=(torch.arange(4) % 2).cuda()
-        )
-    with pytest.raises(ValueError, match="y"):
-        fastmine.pairwise_distance(x, torch.randn(4, 3))
-
-
 @pytest.mark.slow
 def test_compile_on_cuda():
     torch._dynamo.reset()

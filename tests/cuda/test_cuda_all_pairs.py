@@ -297,20 +297,6 @@ def test_nan_on_cuda(dtype, metric):
     )
 
 
-def test_cuda_errors_name_the_argument():
-    x = torch.randn(6, 3, device=DEV)
-    for fn in (fastmine.batch_all_triplet_loss, fastmine.contrastive_loss):
-        with pytest.raises(ValueError, match="labels"):
-            fn(x, torch.arange(6) % 2)  # labels on the CPU
-        with pytest.raises(ValueError, match="ref_embeddings"):
-            fn(
-                x,
-                (torch.arange(6) % 2).to(DEV),
-                ref_embeddings=torch.randn(4, 3),
-                ref_labels=(torch.arange(4) % 2).to(DEV),
-            )
-
-
 @pytest.mark.slow
 def test_compile_on_cuda():
     torch._dynamo.reset()

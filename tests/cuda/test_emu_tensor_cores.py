@@ -21,7 +21,7 @@ import torch
 
 import fastmine  # noqa: F401  (loads the CPU ops)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EMU = os.path.join(ROOT, "tests", "emu")
 HALF = (torch.float16, torch.bfloat16)
 NAMES = {torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16"}

@@ -14,7 +14,7 @@ import fastmine
 import fastmine.distributed
 import fastmine.nn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "scripts", "gen_api_docs.py")
 
 

@@ -1,5 +1,6 @@
 """semi_hard_triplet as a custom op (opcheck, fake kernel with a data-dependent size,
-torch.compile(fullgraph=True)) and the bad-input contract of the semi-hard functions."""
+torch.compile(fullgraph=True)). Their bad-input contract is the shared one of
+properties/test_contract.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from fastmine import reference as R
 ops = torch.ops.fastmine
 METRIC_IDS = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
 F64 = torch.float64
-OTHER_DEVICE = "cuda" if torch.cuda.is_available() else "meta"
 
 
 def _x(b, d, dtype=F64, seed=0, requires_grad=False):
@@ -147,79 +147,3 @@ def test_compile_fullgraph_miner():
     compiled = torch.compile(lambda x, y: fastmine.mine_semi_hard(x, y), fullgraph=True, backend="aot_eager")
     for u, v in zip(compiled(x, lab), fastmine.mine_semi_hard(x, lab)):
         assert torch.equal(u, v)
-
-
-# ---- bad input -------------------------------------------------------------------------------
-
-FUNCS = {"loss": fastmine.semi_hard_triplet_loss, "miner": fastmine.mine_semi_hard}
-
-
-@pytest.fixture(params=list(FUNCS))
-def fn(request):
-    def call(x=None, y=None, **kw):
-        x = torch.randn(6, 3, dtype=F64) if x is None else x
-        y = torch.arange(6) % 3 if y is None else y
-        return FUNCS[request.param](x, y, **kw)
-
-    return call
-
-
-@pytest.mark.parametrize("shape", [(6,), (6, 3, 1)])
-def test_embeddings_not_2d(fn, shape):
-    with pytest.raises(ValueError, match="embeddings"):
-        fn(torch.randn(shape))
-
-
-def test_empty_batch(fn):
-    with pytest.raises(ValueError, match="embeddings"):
-        fn(torch.randn(0, 3), torch.zeros(0, dtype=torch.int64))
-
-
-def test_labels_shape_and_no_broadcast(fn):
-    with pytest.raises(ValueError, match="labels"):
-        fn(y=torch.arange(5))
-    with pytest.raises(ValueError, match="labels"):
-        fn(y=torch.tensor([1]))
-    with pytest.raises(TypeError, match="labels"):
-        fn(y=torch.arange(6).float())
-
-
-def test_non_floating_embeddings(fn):
-    with pytest.raises(TypeError, match="embeddings"):
-        fn(torch.ones(6, 3, dtype=torch.int64))
-
-
-@pytest.mark.cuda(gpu_optional=True)
-def test_reference_set_errors(fn):
-    r = torch.randn(5, 3, dtype=F64)
-    with pytest.raises(ValueError, match="ref_labels"):
-        fn(ref_embeddings=r)
-    with pytest.raises(ValueError, match="ref_embeddings"):
-        fn(ref_embeddings=torch.randn(5, 4, dtype=F64), ref_labels=torch.arange(5))
-    with pytest.raises(ValueError, match="ref_labels"):
-        fn(ref_embeddings=r, ref_labels=torch.arange(4))
-    with pytest.raises(TypeError, match="ref_embeddings"):
-        fn(ref_embeddings=r.float(), ref_labels=torch.arange(5))
-    with pytest.raises(ValueError, match="self_offset"):
-        fn(self_offset=0)
-    with pytest.raises(ValueError, match="self_offset"):
-        fn(ref_embeddings=r, ref_labels=torch.arange(5), self_offset=0)  # 0 + 6 > 5
-    with pytest.raises(ValueError, match="ref_labels"):
-        fn(ref_embeddings=r, ref_labels=torch.arange(5, device=OTHER_DEVICE))
-
-
-def test_unknown_metric(fn):
-    with pytest.raises(ValueError, match="metric"):
-        fn(metric="manhattan")
-
-
-@pytest.mark.parametrize("reduction", ["mean_nonzero", "mean_positive", "avg", ""])
-def test_unknown_reduction(reduction):
-    with pytest.raises(ValueError, match="reduction"):
-        fastmine.semi_hard_triplet_loss(torch.randn(6, 3), torch.arange(6) % 3, reduction=reduction)
-
-
-@pytest.mark.parametrize("margin", [float("nan"), float("inf"), "0.3", None])
-def test_bad_margin(margin):
-    with pytest.raises((ValueError, TypeError), match="margin"):
-        fastmine.semi_hard_triplet_loss(torch.randn(6, 3), torch.arange(6) % 3, margin=margin)

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 import fastmine
 import op_table
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+SUPPORT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support")
 # Where this process imported fastmine from (the source tree, or the sanitizer build's copy
 # under make sanitize): the worker imports the same one.
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fastmine.__file__)))
@@ -62,7 +62,7 @@ class Worker:
         self.stderr = tempfile.TemporaryFile(mode="w+")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")]))
         self.proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "contract_worker.py")],
+            [sys.executable, os.path.join(SUPPORT, "contract_worker.py")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,

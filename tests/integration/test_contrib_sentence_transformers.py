@@ -25,7 +25,7 @@ import fastmine  # noqa: E402
 import fastmine.contrib.sentence_transformers as fm_st  # noqa: E402
 from helpers import assert_close_rel  # noqa: E402
 
-ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 Dist = st_losses.BatchHardTripletLossDistanceFunction
 
 # (fastmine class, sentence-transformers class, the method computing a batch's loss)

@@ -121,7 +121,7 @@ def test_gradcheck_pairwise_cosine_tiny_norm():
 
 @pytest.mark.parametrize("metric", METRICS)
 def test_gradgradcheck_refused(metric):
-    """Double backward is unsupported and says so (tests/test_errors.py checks the message)."""
+    """Double backward is unsupported and says so (tests/properties/test_errors.py checks the message)."""
     x, lab, _, _ = separated_batch(metric, 0.5)
     x.requires_grad_(True)
     loss = fastmine.batch_hard_triplet_loss(x, lab, margin=0.5, metric=metric)

@@ -1,6 +1,6 @@
 """fastmine.batch_all_triplet_loss against the float64 oracle (fastmine/reference.py).
 
-See tests/helpers.py::check_batch_all for what one comparison checks (info counts exactly or
+See tests/support/helpers.py::check_batch_all for what one comparison checks (info counts exactly or
 within the rounding band of the hinge's kink, loss, gradients of embeddings and reference).
 The oracle materialises the B x M x M triplet cube, so B stays small (<= 48, M <= 96) here.
 """

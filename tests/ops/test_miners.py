@@ -1,6 +1,6 @@
 """The miners (mine_batch_hard, mine_triplets) against the float64 oracle: random inputs with
-hypothesis (reference sets, self_offset, ties, duplicates), empty results, NaN, bad input,
-determinism, opcheck and torch.compile."""
+hypothesis (reference sets, self_offset, ties, duplicates), empty results, NaN,
+determinism, opcheck and torch.compile. Bad input: properties/test_contract.py."""
 
 from __future__ import annotations
 
@@ -214,57 +214,6 @@ def test_mine_batch_hard_selects_nan(metric, which):
     d = R.pairwise_distance(x, metric=metric)
     loss = torch.relu(d[a, p] - d[a, n] + 0.3)
     assert torch.isnan(loss).any()
-
-
-# ---- bad input -------------------------------------------------------------------------------
-
-
-def _bad_calls():
-    x, y = torch.randn(6, 3), torch.arange(6) % 2
-    r, ry = torch.randn(5, 3), torch.arange(5) % 2
-    return [
-        (TypeError, "embeddings", dict(embeddings=[[1.0]], labels=y)),
-        (ValueError, "embeddings", dict(embeddings=torch.randn(6), labels=y)),
-        (ValueError, "embeddings", dict(embeddings=torch.randn(0, 3), labels=y[:0])),
-        (TypeError, "embeddings", dict(embeddings=torch.zeros(6, 3, dtype=torch.int64), labels=y)),
-        (TypeError, "labels", dict(embeddings=x, labels=y.float())),
-        (ValueError, "labels", dict(embeddings=x, labels=y[:5])),
-        (ValueError, "labels", dict(embeddings=x, labels=y.view(2, 3))),
-        (ValueError, "metric", dict(embeddings=x, labels=y, metric="manhattan")),
-        (ValueError, "ref_labels", dict(embeddings=x, labels=y, ref_embeddings=r)),
-        (ValueError, "ref_embeddings", dict(embeddings=x, labels=y, ref_embeddings=torch.randn(5, 4), ref_labels=ry)),
-        (TypeError, "ref_embeddings", dict(embeddings=x, labels=y, ref_embeddings=r.double(), ref_labels=ry)),
-        (ValueError, "ref_labels", dict(embeddings=x, labels=y, ref_embeddings=r, ref_labels=ry[:4])),
-        (ValueError, "self_offset", dict(embeddings=x, labels=y, self_offset=0)),
-        (ValueError, "self_offset", dict(embeddings=x, labels=y, ref_embeddings=r, ref_labels=ry, self_offset=1)),
-        (
-            TypeError,
-            "self_offset",
-            dict(embeddings=x, labels=y, ref_embeddings=torch.randn(9, 3), ref_labels=torch.arange(9), self_offset=1.0),
-        ),
-    ]
-
-
-@pytest.mark.parametrize("miner", ["mine_batch_hard", "mine_triplets"])
-@pytest.mark.parametrize("case", range(len(_bad_calls())))
-def test_bad_input_names_the_argument(miner, case):
-    err, name, kw = _bad_calls()[case]
-    with pytest.raises(err, match=name):
-        getattr(fastmine, miner)(**kw)
-
-
-@pytest.mark.parametrize(
-    "kw,err,name",
-    [
-        (dict(type="medium"), ValueError, "type"),
-        (dict(margin=float("nan")), ValueError, "margin"),
-        (dict(margin=float("inf")), ValueError, "margin"),
-        (dict(margin="0.2"), TypeError, "margin"),
-    ],
-)
-def test_mine_triplets_bad_options(kw, err, name):
-    with pytest.raises(err, match=name):
-        fastmine.mine_triplets(torch.randn(4, 3), torch.tensor([0, 0, 1, 1]), **kw)
 
 
 # ---- no gradient, determinism -----------------------------------------------------------------

@@ -1,0 +1,352 @@
+"""What every public op owes, run over the table of public ops (support/public_ops.py) on every
+device of the ``device`` fixture (cuda cases skip without a GPU):
+
+* oracle parity: values and gradients against the float64 oracle (fastmine/reference.py),
+  on ordinary and degenerate batches (one class, all labels distinct, one row);
+* an empty batch: refused with an error naming the argument, or the oracle's result;
+* torch.library.opcheck of every raw op the call reaches, forward and backward;
+* torch.compile(fullgraph=True) gives the eager values and gradients;
+* a NaN in any differentiable input never gives a finite loss (a miner: never a finite
+  distance on the triplets it mines, or a ValueError);
+* bitwise determinism: the same call twice, and (on the CPU) on one thread and on all;
+* double backward raises a clear error;
+* bad input: the documented exception, with a message that names the argument.
+
+Deep, op-specific checks (hypothesis sweeps, tie rules, adversarial and large inputs) are in
+tests/ops/; this file is what a new op must pass on day one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from public_ops import DIFFERENTIABLE, OPS, PublicOp, gen, variant_id
+
+F64 = torch.float64
+# The kernels' accuracy against the float64 oracle, relative to the result's magnitude.
+RTOL = {torch.float64: 1e-9, torch.float32: 2e-5}
+
+
+def _cases(kinds=None, first_variant_only=False, losses_only=False):
+    out = []
+    for op in OPS:
+        if losses_only and op.miner:
+            continue
+        variants = op.variants[:1] if first_variant_only else op.variants
+        for i, v in enumerate(variants):
+            for kind in kinds if kinds is not None else [None]:
+                if kind is not None and kind not in op.kinds:
+                    continue
+                vid = f"{op.name}-{i}-{variant_id(v)}" + (f"-{kind}" if kind else "")
+                out.append(pytest.param(op, v, kind, id=vid))
+    return out
+
+
+def _tensors(out):
+    """The op's result as a tuple of tensors (a loss, or a miner's (a, p, n))."""
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def _grad_inputs(kw):
+    return [k for k in DIFFERENTIABLE if isinstance(kw.get(k), torch.Tensor) and kw[k].is_floating_point()]
+
+
+def _fresh(kw, dtype=None, device=None, requires_grad=False):
+    """A copy of the call's tensors (cast to `dtype` where floating; labels stay), the
+    differentiable ones made leaves that require grad."""
+    out = {}
+    for k, v in kw.items():
+        if isinstance(v, torch.Tensor):
+            v = v.detach().clone()
+            if device is not None:
+                v = v.to(device)
+            if dtype is not None and v.is_floating_point():
+                v = v.to(dtype)
+            if requires_grad and k in DIFFERENTIABLE and v.is_floating_point():
+                v.requires_grad_(True)
+        out[k] = v
+    return out
+
+
+def _run(op: PublicOp, kw, *, oracle=False, grads=True):
+    """(outputs, gradients of sum(loss * w) to each differentiable input) of one call; w is a
+    fixed weight per loss element, so that "none" reductions are checked element by element."""
+    kw = _fresh(kw, requires_grad=grads and not op.miner)
+    out = _tensors(op.oracle_call(kw) if oracle else op.call(kw))
+    if op.miner or not grads:
+        return tuple(t.detach() for t in out), ()
+    (loss,) = out
+    names = _grad_inputs(kw)
+    w = torch.linspace(0.5, 1.5, loss.numel(), dtype=F64).reshape(loss.shape).to(loss.dtype).to(loss.device)
+    if loss.requires_grad:
+        got = torch.autograd.grad((loss * w).sum(), [kw[n] for n in names], allow_unused=True)
+    else:
+        got = [None] * len(names)
+    gs = tuple(torch.zeros_like(kw[n]) if g is None else g for n, g in zip(names, got))
+    return (loss.detach(),), gs
+
+
+def _assert_close(actual, expected, rtol, what):
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    actual = actual.detach().to("cpu", F64)
+    expected = expected.detach().to("cpu", F64)
+    finite = expected[torch.isfinite(expected)]
+    scale = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
+    torch.testing.assert_close(
+        actual, expected, rtol=rtol, atol=rtol * scale, equal_nan=True, msg=lambda m: f"{what}: {m}"
+    )
+
+
+def _assert_bitwise(a, b, what):
+    assert len(a) == len(b), what
+    for i, (u, v) in enumerate(zip(a, b)):
+        assert u.dtype == v.dtype and u.shape == v.shape, f"{what}[{i}]"
+        if u.is_floating_point():  # NaN bits compare too
+            u, v = u.reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8)
+        assert torch.equal(u, v), f"{what}[{i}] differs"
+
+
+# ---- oracle parity, with gradients, on ordinary and degenerate batches ------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("op, variant, kind", _cases(kinds=("random", "one_class", "distinct", "single")))
+def test_matches_oracle(op, variant, kind, dtype, device):
+    kw = op.make(gen(0), kind, dtype, device, variant)
+    out, grads = _run(op, kw)
+    exp, exp_grads = _run(op, _fresh(kw, dtype=F64, device="cpu"), oracle=True)
+    assert len(out) == len(exp)
+    for t in out:
+        assert t.device.type == device.type, "the result lives on the input's device"
+    if op.miner:
+        for name, u, v in zip("apn", out, exp):
+            assert u.dtype == torch.int64, name
+            assert torch.equal(u.cpu(), v), f"{name}: {u.tolist()} != {v.tolist()}"
+        return
+    assert out[0].dtype == dtype
+    _assert_close(out[0], exp[0], RTOL[dtype], "loss")
+    for name, g, e in zip(_grad_inputs(kw), grads, exp_grads):
+        assert g.dtype == dtype, name
+        _assert_close(g, e, RTOL[dtype] * 10, f"gradient of {name}")
+
+
+@pytest.mark.parametrize(
+    "op, variant, kind", _cases(kinds=("random", "one_class", "distinct", "single"), losses_only=True)
+)
+def test_loss_stays_attached_to_the_graph(op, variant, kind, device):
+    """Also a batch with nothing to learn from (no valid anchor, no pair) gives a loss that
+    backward() accepts: a zero attached to the inputs, not a constant."""
+    kw = _fresh(op.make(gen(0), kind, torch.float32, device, variant), requires_grad=True)
+    (loss,) = _tensors(op.call(kw))
+    assert loss.requires_grad
+
+
+@pytest.mark.parametrize("op", [pytest.param(op, id=op.name) for op in OPS])
+def test_empty_batch(op, device):
+    kw = op.make(gen(0), "random", torch.float64, device, {})
+    first = next(iter(kw))  # embeddings, x, logits: the batch dimension comes first
+    lead = kw[first].shape[0]
+    empty = {k: (v[:0] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == lead else v) for k, v in kw.items()}
+    if op.empty is not None:
+        error, match = op.empty
+        with pytest.raises(error, match=match):
+            op.call(empty)
+        return
+    for variant in op.variants:
+        call = op.make(gen(0), "random", torch.float64, device, variant)
+        call = {
+            k: (v[:0] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == lead else v) for k, v in call.items()
+        }
+        out, grads = _run(op, call)
+        exp, exp_grads = _run(op, _fresh(call, device="cpu"), oracle=True)
+        _assert_close(out[0], exp[0], 1e-12, f"empty batch, {variant_id(variant)}")
+        for g in grads:
+            assert g.shape[0] == 0
+
+
+@pytest.mark.parametrize("op, variant, kind", _cases(losses_only=True))
+def test_double_backward_is_refused(op, variant, kind, device):
+    kw = _fresh(op.make(gen(6), "random", F64, device, variant), requires_grad=True)
+    (loss,) = _tensors(op.call(kw))
+    x = kw[_grad_inputs(kw)[0]]
+    w = torch.linspace(0.5, 1.5, loss.numel(), dtype=F64, device=loss.device).reshape(loss.shape)
+    (g,) = torch.autograd.grad((loss * w).sum(), x, create_graph=True)
+    # The error names the public function that was called, not the raw op behind it.
+    with pytest.raises(RuntimeError, match=rf"fastmine\.{op.name}: double backward"):
+        torch.autograd.grad(g.sum(), x)
+
+
+# ---- custom-op machinery: opcheck, torch.compile ---------------------------------------------
+
+
+class _RecordRawOps(TorchDispatchMode):
+    """Records every call of a torch.ops.fastmine op: (op, args, kwargs, which args required
+    grad), so that opcheck sees exactly what the public function passes."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "fastmine":
+            self.calls.append((func, args, kwargs))
+        return func(*args, **kwargs)
+
+
+def _copy_arg(a, requires_grad):
+    if not isinstance(a, torch.Tensor):
+        return a
+    a = a.detach().clone()
+    return a.requires_grad_(True) if requires_grad and a.is_floating_point() else a
+
+
+@pytest.mark.parametrize("op, variant, kind", _cases())
+def test_opcheck_every_raw_op_reached(op, variant, kind, device):
+    kw = _fresh(op.make(gen(1), "random", F64, device, variant), requires_grad=not op.miner)
+    with _RecordRawOps() as rec:
+        (first, *_) = _tensors(op.call(kw))
+        if first.requires_grad:
+            first.sum().backward()
+    assert rec.calls, f"{op.name} reached no torch.ops.fastmine op"
+    for func, args, kwargs in rec.calls:
+        forward = not func.name().endswith("_backward")
+        args = tuple(_copy_arg(a, forward and getattr(a, "requires_grad", False)) for a in args)
+        torch.library.opcheck(func, args, {k: _copy_arg(v, False) for k, v in kwargs.items()})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op, variant, kind", _cases(first_variant_only=True))
+def test_compile_fullgraph_matches_eager(op, variant, kind, device):
+    torch._dynamo.reset()
+    kw = op.make(gen(2), "random", torch.float32, device, variant)
+    names = sorted(k for k, v in kw.items() if isinstance(v, torch.Tensor))
+    rest = {k: v for k, v in kw.items() if k not in names}
+
+    def f(*tensors):
+        return op.fn(**dict(zip(names, tensors)), **rest)
+
+    def both(fn):
+        fresh = _fresh(kw, requires_grad=not op.miner)
+        out = _tensors(fn(*[fresh[n] for n in names]))
+        if op.miner:
+            return out
+        diff = _grad_inputs(fresh)
+        gs = torch.autograd.grad(out[0].sum(), [fresh[n] for n in diff])
+        return (out[0].detach(), *gs)
+
+    eager = both(f)
+    compiled = both(torch.compile(f, fullgraph=True, backend="aot_eager"))
+    assert len(eager) == len(compiled)
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+# ---- NaN ----------------------------------------------------------------------------------------
+
+
+def _mined_distances(kw, out):
+    """d(a, n) - d(a, p) of the mined triplets, from the oracle's distances."""
+    from fastmine import reference as R
+
+    a, p, n = (t.cpu() for t in out)
+    x = kw["embeddings"].detach().cpu().double()
+    ref = kw.get("ref_embeddings")
+    ref = x if ref is None else ref.detach().cpu().double()
+    d = R.pairwise_distance(x, ref, metric=kw.get("metric", "euclidean"))
+    return d[a, n] - d[a, p]
+
+
+def _nan_cases():
+    out = []
+    for param in _cases():
+        op, variant, _ = param.values
+        probe = op.make(gen(0), "random", F64, torch.device("cpu"), variant)
+        for name in _grad_inputs(probe):
+            n = probe[name].shape[0]
+            for row in sorted({0, n // 2, n - 1}):
+                for bad in op.non_finite:
+                    out.append(pytest.param(op, variant, name, row, float(bad), id=f"{param.id}-{name}[{row}]-{bad}"))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("op, variant, where, row, bad", _nan_cases())
+def test_non_finite_input_never_gives_a_finite_loss(op, variant, where, row, bad, dtype, device):
+    kw = op.make(gen(3), "random", dtype, device, variant)
+    poisoned = kw[where].clone()
+    poisoned[row].view(-1)[poisoned[row].numel() // 2] = bad
+    kw[where] = poisoned
+    if op.nan == "raises":
+        with pytest.raises(ValueError, match="non-finite"):
+            op.call(kw)
+        return
+    out = _tensors(op.call(kw))
+    if op.miner:
+        t = _mined_distances(kw, out)
+        assert t.numel() and not torch.isfinite(t).all(), f"only finite distances on the mined triplets: {t}"
+        return
+    assert not torch.isfinite(out[0]).all(), f"finite loss {out[0]} with {bad} in {where}[{row}]"
+    exp = op.oracle_call(_fresh(kw, dtype=F64, device="cpu"))
+    assert not torch.isfinite(exp).all(), "the oracle disagrees"
+
+
+# ---- determinism ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _threads(n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("op, variant, kind", _cases())
+def test_bitwise_deterministic(op, variant, kind, dtype, device):
+    """A batch large enough to be split across threads (CPU) and blocks (CUDA): the same
+    call gives the same bits, run after run and, on the CPU, on one thread and on all."""
+    kw = op.make(gen(4), "large", dtype, device, variant)
+    first = _run(op, kw)
+    _assert_bitwise(first[0] + first[1], sum(_run(op, kw), ()), "second run")
+    if device.type == "cpu" and op.same_bits_across_threads:
+        with _threads(1):
+            one = _run(op, kw)
+        _assert_bitwise(first[0] + first[1], sum(one, ()), "one thread")
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "op", [pytest.param(op, id=op.name) for op in OPS if "self_offset" in inspect.signature(op.fn).parameters]
+)
+def test_every_self_offset_in_range_is_accepted(op, device):
+    """B = 10 rows inside a reference set of M = 12: offsets 0, 1 and 2 are all valid."""
+    kw = op.make(gen(7), "random", torch.float32, device, {})
+    x = kw["embeddings"]
+    for offset in (0, 1, 2):
+        ref = torch.cat([x[:0].new_ones(offset, x.shape[1]), x, x[:0].new_ones(2 - offset, x.shape[1])])
+        ref_labels = torch.cat(
+            [kw["labels"].new_full((offset,), 7), kw["labels"], kw["labels"].new_full((2 - offset,), 7)]
+        )
+        op.call(dict(kw, ref_embeddings=ref, ref_labels=ref_labels, self_offset=offset))
+
+
+def _bad_cases():
+    return [pytest.param(op, bad, id=f"{op.name}-{bad.id}") for op in OPS for bad in op.bad]
+
+
+@pytest.mark.parametrize("op, bad", _bad_cases())
+def test_bad_input_names_the_argument(op, bad, device):
+    kw = bad.change(op.make(gen(5), "random", torch.float32, device, {}))
+    with pytest.raises(bad.error, match=bad.match):
+        op.call(kw)
