@@ -38,14 +38,14 @@
 #include "common/batch_all.h"
 #include "common/distance.h"
 #include "common/triplet.h"
-#include "cuda/all_pairs.cuh"
 #include "cuda/batch_all_kernels.cuh"
 #include "cuda/batch_all_positives.cuh"
 #include "cuda/contract_cuda.cuh"
-#include "cuda/cuda_utils.cuh"
-#include "cuda/distance_sort.cuh"
-#include "cuda/launchers.cuh"
-#include "cuda/sweep_plan.h"
+#include "cuda/engine/all_pairs.cuh"
+#include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/distance_sort.cuh"
+#include "cuda/engine/launchers.cuh"
+#include "cuda/engine/sweep_plan.h"
 
 namespace fastmine::cuda {
 namespace {

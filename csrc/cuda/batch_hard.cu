@@ -33,7 +33,7 @@
 #include "common/triplet.h"
 #include "cuda/batch_hard_kernels.cuh"
 #include "cuda/contract_cuda.cuh"
-#include "cuda/cuda_utils.cuh"
+#include "cuda/engine/cuda_utils.cuh"
 
 namespace fastmine::cuda {
 namespace {

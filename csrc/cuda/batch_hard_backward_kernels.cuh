@@ -5,8 +5,8 @@
 
 #include "common/distance.h"
 #include "common/triplet.h"
-#include "cuda/device_utils.cuh"
-#include "cuda/row_ops.cuh"
+#include "cuda/engine/device_utils.cuh"
+#include "cuda/engine/row_ops.cuh"
 
 namespace fastmine::cuda {
 namespace {

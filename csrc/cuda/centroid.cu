@@ -6,8 +6,8 @@
 
 #include "cuda/centroid_kernels.cuh"
 #include "cuda/contract_cuda.cuh"
-#include "cuda/cuda_utils.cuh"
-#include "cuda/launchers.cuh"
+#include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/launchers.cuh"
 
 namespace fastmine::cuda {
 namespace {

@@ -18,12 +18,12 @@
 // two cuBLAS GEMMs per panel), with `triangle` panels starting at their diagonal.
 #include "common/distance.h"
 #include "common/pair_losses.h"
-#include "cuda/all_pairs.cuh"
 #include "cuda/contract_cuda.cuh"
 #include "cuda/contrastive_kernels.cuh"
-#include "cuda/cuda_utils.cuh"
-#include "cuda/launchers.cuh"
-#include "cuda/sweep_plan.h"
+#include "cuda/engine/all_pairs.cuh"
+#include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/launchers.cuh"
+#include "cuda/engine/sweep_plan.h"
 
 namespace fastmine::cuda {
 namespace {

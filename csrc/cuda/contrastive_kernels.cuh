@@ -5,9 +5,9 @@
 
 #include "common/distance.h"
 #include "common/pair_losses.h"
-#include "cuda/device_utils.cuh"
-#include "cuda/dot_tile.cuh"
-#include "cuda/row_ops.cuh"
+#include "cuda/engine/device_utils.cuh"
+#include "cuda/engine/dot_tile.cuh"
+#include "cuda/engine/row_ops.cuh"
 
 namespace fastmine::cuda {
 namespace {

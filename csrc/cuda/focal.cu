@@ -8,7 +8,7 @@
 #include <type_traits>
 
 #include "cuda/contract_cuda.cuh"
-#include "cuda/cuda_utils.cuh"
+#include "cuda/engine/cuda_utils.cuh"
 #include "cuda/focal_kernels.cuh"
 
 namespace fastmine::cuda {

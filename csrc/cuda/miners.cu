@@ -19,9 +19,9 @@
 
 #include "common/miners.h"
 #include "cuda/contract_cuda.cuh"
-#include "cuda/cuda_utils.cuh"
-#include "cuda/distance_sort.cuh"
-#include "cuda/launchers.cuh"
+#include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/distance_sort.cuh"
+#include "cuda/engine/launchers.cuh"
 #include "cuda/miners_kernels.cuh"
 #include "cuda/pairwise_kernels.cuh"
 

@@ -7,7 +7,7 @@
 #pragma once
 
 #include "common/miners.h"
-#include "cuda/device_utils.cuh"
+#include "cuda/engine/device_utils.cuh"
 
 namespace fastmine::cuda {
 namespace {

@@ -14,8 +14,8 @@
 // in float32 (float32/float16/bfloat16 inputs) or float64.
 #include "common/distance.h"
 #include "cuda/contract_cuda.cuh"
-#include "cuda/cuda_utils.cuh"
-#include "cuda/launchers.cuh"
+#include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/launchers.cuh"
 #include "cuda/pairwise_kernels.cuh"
 
 namespace fastmine::cuda {

@@ -4,10 +4,10 @@
 #pragma once
 
 #include "common/distance.h"
-#include "cuda/device_utils.cuh"
-#include "cuda/dot_tile.cuh"
-#include "cuda/grad_kernels.cuh"
-#include "cuda/row_ops.cuh"
+#include "cuda/engine/device_utils.cuh"
+#include "cuda/engine/dot_tile.cuh"
+#include "cuda/engine/grad_kernels.cuh"
+#include "cuda/engine/row_ops.cuh"
 
 namespace fastmine::cuda {
 namespace {

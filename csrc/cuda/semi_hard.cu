@@ -28,8 +28,8 @@
 #include "common/semi_hard.h"
 #include "cuda/batch_hard_backward_kernels.cuh"  // segment_bounds_kernel
 #include "cuda/contract_cuda.cuh"
-#include "cuda/cuda_utils.cuh"
-#include "cuda/launchers.cuh"
+#include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/launchers.cuh"
 #include "cuda/pairwise_kernels.cuh"
 #include "cuda/semi_hard_kernels.cuh"
 

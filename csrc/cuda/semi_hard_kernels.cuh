@@ -8,9 +8,9 @@
 
 #include "common/distance.h"
 #include "common/semi_hard.h"
-#include "cuda/device_utils.cuh"
-#include "cuda/row_ops.cuh"
-#include "cuda/sort_keys.cuh"
+#include "cuda/engine/device_utils.cuh"
+#include "cuda/engine/row_ops.cuh"
+#include "cuda/engine/sort_keys.cuh"
 
 namespace fastmine::cuda {
 namespace {

@@ -7,8 +7,8 @@
 
 #include <algorithm>
 
-#include "cuda/cuda_utils.cuh"
-#include "cuda/sort_keys.cuh"
+#include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/sort_keys.cuh"
 
 namespace fastmine::cuda {
 namespace {

@@ -20,7 +20,7 @@
 #include <type_traits>
 
 #include "common/macros.h"
-#include "cuda/device_utils.cuh"
+#include "cuda/engine/device_utils.cuh"
 
 namespace fastmine::cuda {
 

@@ -22,10 +22,10 @@
 
 #include <type_traits>
 
-#include "cuda/all_pairs_kernels.cuh"
-#include "cuda/cuda_utils.cuh"
-#include "cuda/launchers.cuh"
-#include "cuda/sweep_plan.h"
+#include "cuda/engine/all_pairs_kernels.cuh"
+#include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/launchers.cuh"
+#include "cuda/engine/sweep_plan.h"
 
 namespace fastmine::cuda {
 namespace {
