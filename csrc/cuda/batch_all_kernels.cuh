@@ -11,6 +11,7 @@
 #include "cuda/engine/device_utils.cuh"
 #include "cuda/engine/dot_tile.cuh"
 #include "cuda/engine/row_ops.cuh"
+#include "cuda/engine/sweep_plan.h"
 
 namespace fastmine::cuda {
 namespace {
@@ -27,19 +28,18 @@ struct NegativeSweep {
   int64_t m, dim, metric;
 };
 
-// Runs dot_tile over column tiles [t0, t1) for the row tile at row0 (rows < a1) and calls
+// Runs dot_tile over the column tiles of `tiles` for the row tile at row0 (rows < a1) and calls
 // fn(i, a, d) for each of this thread's pairs (row a = row0 + row_of(ty, i), column) whose
 // column is a negative of a (a different label), d its distance. Block-uniform loop.
 template <typename T, typename acc_t, typename Fn>
 __device__ __forceinline__ void sweep_negatives(const NegativeSweep<T, acc_t>& s, int64_t row0,
-                                                int64_t a1, int64_t t0, int64_t t1,
-                                                DotTileSmem<acc_t>& sm,
+                                                int64_t a1, TileRange tiles, DotTileSmem<acc_t>& sm,
                                                 const int64_t (&lab)[TileCfg::TM],
                                                 const acc_t (&nxr)[TileCfg::TM], Fn&& fn) {
   constexpr int TM = TileCfg::TM, TN = TileCfg::TN;
   const int tx = threadIdx.x % TileCfg::TX, ty = threadIdx.x / TileCfg::TX;
   acc_t acc[TM][TN];
-  for (int64_t t = t0; t < t1; ++t) {
+  for (int64_t t = tiles.begin; t < tiles.end; ++t) {
     const int64_t col0 = t * TileCfg::BN;
     dot_tile<T, acc_t>(s.xs, a1, row0, s.ref, s.m, col0, s.dim, sm, acc);
 #pragma unroll
@@ -74,14 +74,6 @@ __device__ __forceinline__ void load_rows(const NegativeSweep<T, acc_t>& s, int6
   }
 }
 
-// Column tiles [t0, t1) of split `split`.
-__device__ __forceinline__ void split_range(int64_t m, int64_t split, int64_t tiles_per_split,
-                                            int64_t* t0, int64_t* t1) {
-  const int64_t col_tiles = (m + TileCfg::BN - 1) / TileCfg::BN;
-  *t0 = split * tiles_per_split;
-  *t1 = *t0 + tiles_per_split < col_tiles ? *t0 + tiles_per_split : col_tiles;
-}
-
 // ---- forward ------------------------------------------------------------------------------------
 
 // grid (row tiles of the chunk [a0, a1), column splits). For each (anchor, negative):
@@ -100,8 +92,7 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
   const int tx = threadIdx.x % TileCfg::TX, ty = threadIdx.x / TileCfg::TX;
   const int64_t row0 = c.a0 + int64_t(blockIdx.x) * TileCfg::BM;
   const int64_t split = blockIdx.y;
-  int64_t t0, t1;
-  split_range(s.m, split, tiles_per_split, &t0, &t1);
+  const TileRange tiles = split_tiles(s.m, split, tiles_per_split);
 
   int64_t lab[TM], kk[TM], base[TM];
   acc_t nxr[TM];
@@ -120,7 +111,7 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
   }
   const acc_t margin_acc = static_cast<acc_t>(margin);
 
-  sweep_negatives(s, row0, c.a1, t0, t1, sm, lab, nxr, [&](int i, int64_t, acc_t d) {
+  sweep_negatives(s, row0, c.a1, tiles, sm, lab, nxr, [&](int i, int64_t, acc_t d) {
     nan[i] |= fm_isnan(d) ? 1 : 0;
     const int64_t k = kk[i];
     if (k == 0) return;
@@ -202,8 +193,7 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
   __shared__ DotTileSmem<acc_t> sm;
   const int tx = threadIdx.x % TileCfg::TX, ty = threadIdx.x / TileCfg::TX;
   const int64_t row0 = c.a0 + int64_t(blockIdx.x) * TileCfg::BM;
-  int64_t t0, t1;
-  split_range(s.m, blockIdx.y, tiles_per_split, &t0, &t1);
+  const TileRange tiles = split_tiles(s.m, blockIdx.y, tiles_per_split);
 
   int64_t lab[TM], kk[TM], base[TM];
   acc_t nxr[TM];
@@ -218,7 +208,7 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
     nan[i] = 0;
   }
 
-  sweep_negatives(s, row0, c.a1, t0, t1, sm, lab, nxr, [&](int i, int64_t, acc_t d) {
+  sweep_negatives(s, row0, c.a1, tiles, sm, lab, nxr, [&](int i, int64_t, acc_t d) {
     nan[i] |= fm_isnan(d) ? 1 : 0;
     const int64_t k = kk[i];
     if (k == 0) return;

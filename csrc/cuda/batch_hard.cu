@@ -34,6 +34,7 @@
 #include "cuda/batch_hard_kernels.cuh"
 #include "cuda/contract_cuda.cuh"
 #include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/sweep_plan.h"
 
 namespace fastmine::cuda {
 namespace {
@@ -54,17 +55,10 @@ void batch_hard_forward(const Tensor& x, const Tensor& labels, const Tensor& ref
   const int64_t row_tiles = ceil_div(b, TileCfg::BM);
   const int64_t col_tiles = ceil_div(m, TileCfg::BN);
 
-  // Column splits: enough blocks for >= 2 waves' worth of SMs when B is small, never more
-  // splits than column tiles, and no empty split. The result does not depend on the split
-  // (see dot_tile.cuh and ArgBest), only the speed does.
-  int64_t n_splits = 0, tiles_per_split = 0;
-  if (col_tiles > 0) {
-    const int64_t want = ceil_div(2 * int64_t(sm_count(dev)), row_tiles);
-    n_splits = std::min<int64_t>(std::max<int64_t>(want, 1), col_tiles);
-    tiles_per_split = ceil_div(col_tiles, n_splits);
-    n_splits = ceil_div(col_tiles, tiles_per_split);
-    STD_TORCH_CHECK(n_splits <= 65535, "fastmine.", kOp, ": too many column splits");
-  }
+  // The result does not depend on the cut (see dot_tile.cuh and ArgBest), only the speed does.
+  const SweepSplits sp = plan_splits_for_sms(col_tiles, row_tiles, sm_count(dev));
+  const int64_t n_splits = sp.n_splits, tiles_per_split = sp.tiles_per_split;
+  STD_TORCH_CHECK(n_splits <= 65535, "fastmine.", kOp, ": too many column splits");
   const int64_t n_part = std::max<int64_t>(n_splits, 1) * b;
   Tensor part_pos_val = torch::stable::new_empty(x, {n_part}, acc_st);
   Tensor part_neg_val = torch::stable::new_empty(x, {n_part}, acc_st);

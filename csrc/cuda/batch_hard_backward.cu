@@ -10,14 +10,11 @@
 //
 //  1. bh_backward_anchor_kernel (one warp per anchor): gx rows, and per edge its target key
 //     (M for an invalid anchor: sorts last, never summed) and coefficients (c, q.cross, q.bv).
-//  2. cub::DeviceRadixSort::SortPairs (stable, LSD) of edge ids by target: the edges of each
-//     target row end up contiguous and in ascending edge order.
-//  3. segment_bounds_kernel: [start_j, end_j) of each target's run (empty runs stay 0, 0).
-//  4. bh_backward_ref_kernel (one warp per (row j, 32-column chunk)): each lane sums its
+//  2. sort_edges (engine/edge_scatter.cuh): the edge ids stably sorted by target row, so
+//     that each row's edges are contiguous and in ascending edge order, and each row's run.
+//  3. bh_backward_ref_kernel (one warp per (row j, 32-column chunk)): each lane sums its
 //     column over the run in order: deterministic, and a row picked by many anchors (a hub)
 //     is still spread over D / 32 warps.
-#include <cub/device/device_radix_sort.cuh>
-
 #include <climits>
 
 #include "common/distance.h"
@@ -25,6 +22,7 @@
 #include "cuda/batch_hard_backward_kernels.cuh"
 #include "cuda/contract_cuda.cuh"
 #include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/edge_scatter.cuh"
 
 namespace fastmine::cuda {
 namespace {
@@ -47,9 +45,7 @@ void batch_hard_backward(const Tensor& grad_loss, const Tensor& grad_pd, const T
   STD_TORCH_CHECK(n_edges <= INT_MAX, "fastmine.", kOp, ": too many anchors (", b, ")");
 
   Tensor keys_in = torch::stable::new_empty(x, {n_edges}, ScalarType::Long);
-  Tensor keys_out = torch::stable::new_empty(x, {n_edges}, ScalarType::Long);
   Tensor ids_in = torch::stable::new_empty(x, {n_edges}, ScalarType::Long);
-  Tensor ids_out = torch::stable::new_empty(x, {n_edges}, ScalarType::Long);
   Tensor edge_c = torch::stable::new_empty(x, {n_edges}, acc_st);
   Tensor edge_cross = torch::stable::new_empty(x, {n_edges}, acc_st);
   Tensor edge_bv = torch::stable::new_empty(x, {n_edges}, acc_st);
@@ -62,37 +58,13 @@ void batch_hard_backward(const Tensor& grad_loss, const Tensor& grad_pd, const T
           mptr<edge_key_t>(keys_in), mptr<int64_t>(ids_in), mptr<acc_t>(edge_c),
           mptr<acc_t>(edge_cross), mptr<acc_t>(edge_bv));
   check_launch("bh_backward_anchor_kernel");
-
-  // Stable radix sort of edge ids by target row over the bits that keys 0..M can use.
-  int end_bit = 1;
-  while (end_bit < 64 && (edge_key_t(1) << end_bit) <= edge_key_t(m)) ++end_bit;
-  const int n_items = static_cast<int>(n_edges);
-  size_t temp_bytes = 0;
-  FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
-                    nullptr, temp_bytes, cptr<edge_key_t>(keys_in), mptr<edge_key_t>(keys_out),
-                    cptr<int64_t>(ids_in), mptr<int64_t>(ids_out), n_items, 0, end_bit, stream),
-                "cub::DeviceRadixSort::SortPairs (size query)");
-  Tensor temp = torch::stable::new_empty(x, {static_cast<int64_t>(std::max<size_t>(temp_bytes, 1))},
-                                         ScalarType::Byte);
-  FM_CUDA_CHECK(
-      cub::DeviceRadixSort::SortPairs(temp.data_ptr(), temp_bytes, cptr<edge_key_t>(keys_in),
-                                      mptr<edge_key_t>(keys_out), cptr<int64_t>(ids_in),
-                                      mptr<int64_t>(ids_out), n_items, 0, end_bit, stream),
-      "cub::DeviceRadixSort::SortPairs");
-  check_launch("cub::DeviceRadixSort::SortPairs");
-
-  // new_zeros fills on the current stream, i.e. `stream`: ordered before the kernel below.
-  Tensor seg_start = torch::stable::new_zeros(x, {m}, ScalarType::Long);
-  Tensor seg_end = torch::stable::new_zeros(x, {m}, ScalarType::Long);
-  segment_bounds_kernel<<<grid_1d(ceil_div(n_edges, kRowThreads), kOp), kRowThreads, 0, stream>>>(
-      cptr<edge_key_t>(keys_out), n_edges, m, mptr<int64_t>(seg_start), mptr<int64_t>(seg_end));
-  check_launch("segment_bounds_kernel");
+  const EdgeRuns runs = sort_edges(x, keys_in, ids_in, n_edges, /*n_keys=*/m, kOp, stream);
 
   const int64_t k_chunks = ceil_div(dim, kWarp);
   bh_backward_ref_kernel<T, acc_t>
       <<<grid_1d(ceil_div(m * k_chunks, kRowsPerBlock), kOp), kRowThreads, 0, stream>>>(
-          cptr<T>(x), cptr<T>(ref), cptr<int64_t>(seg_start), cptr<int64_t>(seg_end),
-          cptr<int64_t>(ids_out), cptr<acc_t>(edge_c), cptr<acc_t>(edge_cross),
+          cptr<T>(x), cptr<T>(ref), cptr<int64_t>(runs.start), cptr<int64_t>(runs.end),
+          cptr<int64_t>(runs.ids), cptr<acc_t>(edge_c), cptr<acc_t>(edge_cross),
           cptr<acc_t>(edge_bv), m, dim, k_chunks, mptr<T>(gr));
   check_launch("bh_backward_ref_kernel");
 }

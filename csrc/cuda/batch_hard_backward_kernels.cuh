@@ -6,12 +6,11 @@
 #include "common/distance.h"
 #include "common/triplet.h"
 #include "cuda/engine/device_utils.cuh"
+#include "cuda/engine/edge_scatter_kernels.cuh"
 #include "cuda/engine/row_ops.cuh"
 
 namespace fastmine::cuda {
 namespace {
-
-using edge_key_t = unsigned long long;
 
 // ---- 1. anchor side + edge records
 // ---------------------------------------------------------------
@@ -76,21 +75,7 @@ __global__ void __launch_bounds__(kRowThreads) bh_backward_anchor_kernel(
   }
 }
 
-// ---- 3. run boundaries of the sorted keys
-// ---------------------------------------------------------
-
-__global__ void __launch_bounds__(kRowThreads)
-    segment_bounds_kernel(const edge_key_t* __restrict__ keys, int64_t n, int64_t m,
-                          int64_t* __restrict__ start, int64_t* __restrict__ end) {
-  const int64_t p = int64_t(blockIdx.x) * kRowThreads + threadIdx.x;
-  if (p >= n) return;
-  const edge_key_t key = keys[p];
-  if (key >= edge_key_t(m)) return;  // invalid anchors' edges (sentinel M)
-  if (p == 0 || keys[p - 1] != key) start[key] = p;
-  if (p == n - 1 || keys[p + 1] != key) end[key] = p + 1;
-}
-
-// ---- 4. reference side
+// ---- 3. reference side
 // ----------------------------------------------------------------------------
 
 template <typename T, typename acc_t>

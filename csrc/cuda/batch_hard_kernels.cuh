@@ -8,6 +8,7 @@
 #include "cuda/engine/device_utils.cuh"
 #include "cuda/engine/dot_tile.cuh"
 #include "cuda/engine/row_ops.cuh"
+#include "cuda/engine/sweep_plan.h"
 
 namespace fastmine::cuda {
 namespace {
@@ -41,8 +42,7 @@ __global__ void __launch_bounds__(kRowThreads)
 
 // ---- 2. fused mining ---------------------------------------------------------------------------
 
-// grid.x: row tiles of x; grid.y: column splits, split s covering column tiles
-// [s * tiles_per_split, min((s + 1) * tiles_per_split, column tiles)).
+// grid.x: row tiles of x; grid.y: column splits (split_tiles).
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(TileCfg::THREADS)
     batch_hard_mine_kernel(const T* __restrict__ x, const int64_t* __restrict__ labels,
@@ -57,9 +57,7 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
   const int tx = threadIdx.x % TileCfg::TX, ty = threadIdx.x / TileCfg::TX;
   const int64_t row0 = int64_t(blockIdx.x) * TileCfg::BM;
   const int64_t split = blockIdx.y;
-  const int64_t col_tiles = (m + TileCfg::BN - 1) / TileCfg::BN;
-  const int64_t t0 = split * tiles_per_split;
-  const int64_t t1 = t0 + tiles_per_split < col_tiles ? t0 + tiles_per_split : col_tiles;
+  const TileRange tiles = split_tiles(m, split, tiles_per_split);
 
   // This thread's rows: label and excluded column (-1: none; any negative never matches).
   int64_t lab[TM], excl[TM];
@@ -74,7 +72,7 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
   }
 
   acc_t acc[TM][TN];
-  for (int64_t t = t0; t < t1; ++t) {  // uniform across the block: dot_tile's barriers are safe
+  for (int64_t t = tiles.begin; t < tiles.end; ++t) {  // block-uniform: dot_tile's barriers
     const int64_t col0 = t * TileCfg::BN;
     dot_tile<T, acc_t>(x, b, row0, ref, m, col0, dim, sm, acc);
 #pragma unroll

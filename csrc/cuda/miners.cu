@@ -20,10 +20,10 @@
 #include "common/miners.h"
 #include "cuda/contract_cuda.cuh"
 #include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/distance_matrix.cuh"
 #include "cuda/engine/distance_sort.cuh"
 #include "cuda/engine/launchers.cuh"
 #include "cuda/miners_kernels.cuh"
-#include "cuda/pairwise_kernels.cuh"
 
 namespace fastmine::cuda {
 namespace {
@@ -74,9 +74,7 @@ struct MineChunks {
 
   // Sorts each of the first nr rows of keys into sorted.
   void sort_rows(int64_t nr, cudaStream_t stream) {
-    mine_segments_kernel<<<grid_1d(ceil_div(nr + 1, 256), kOp), 256, 0, stream>>>(
-        nr, m, mptr<int64_t>(seg));
-    check_launch("mine_segments_kernel");
+    launch_row_offsets(nr, m, mptr<int64_t>(seg), kOp, stream);
     const int64_t* sp = cptr<int64_t>(seg);
     size_t bytes = temp_bytes;
     sort_distance_segments<T>(temp.data_ptr(), bytes, mptr<T>(keys), mptr<T>(sorted), nullptr,

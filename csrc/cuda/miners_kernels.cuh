@@ -168,11 +168,5 @@ __global__ void __launch_bounds__(kMineThreads)
   if (threadIdx.x == 0 && at != end) atomicOr(mismatch, 1);
 }
 
-// seg[r] = r * m, r in [0, rows]: the segment offsets of a chunk's rows.
-__global__ void mine_segments_kernel(int64_t rows, int64_t m, int64_t* __restrict__ seg) {
-  const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (r <= rows) seg[r] = r * m;
-}
-
 }  // namespace
 }  // namespace fastmine::cuda

@@ -15,10 +15,9 @@
 //     itself. O(M log M) per anchor, never B x M x M.
 //  3. sh_finalize_kernel (one warp per pair): the chosen distances by direct differences, and
 //     the term. sh_nonfinite_kernel: the 0-dim NaN/0 output (integer atomicOr: exact).
-// Backward (as batch_hard_backward.cu, with P pairs instead of B anchors): per pair two edges;
-// edge ids sorted by anchor and by target (cub radix sort, stable); each output row sums its
+// Backward (batch-hard's scheme, with P pairs instead of B anchors): per pair two edges; the
+// edge ids sorted by anchor and by target (engine/edge_scatter.cuh); each output row sums its
 // edges in ascending edge order (sh_backward_rows_kernel). No float atomics: deterministic.
-#include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_segmented_sort.cuh>
 
 #include <climits>
@@ -26,11 +25,12 @@
 
 #include "common/distance.h"
 #include "common/semi_hard.h"
-#include "cuda/batch_hard_backward_kernels.cuh"  // segment_bounds_kernel
 #include "cuda/contract_cuda.cuh"
 #include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/distance_matrix.cuh"
+#include "cuda/engine/distance_sort.cuh"
+#include "cuda/engine/edge_scatter.cuh"
 #include "cuda/engine/launchers.cuh"
-#include "cuda/pairwise_kernels.cuh"
 #include "cuda/semi_hard_kernels.cuh"
 
 namespace fastmine::cuda {
@@ -48,11 +48,6 @@ inline int64_t sh_panel_rows(int64_t b, int64_t m, int64_t acc_bytes) {
   rows = std::min<int64_t>(rows, INT_MAX / std::max<int64_t>(m, 1));
   rows = std::min<int64_t>(rows, int64_t(65535) * TileCfg::BM);
   return std::max<int64_t>(1, std::min(rows, b));
-}
-
-__global__ void sh_segment_offsets_kernel(int64_t rows, int64_t m, int64_t* __restrict__ off) {
-  const int64_t r = int64_t(blockIdx.x) * kRowThreads + threadIdx.x;
-  if (r <= rows) off[r] = r * m;
 }
 
 template <typename T>
@@ -82,9 +77,7 @@ void semi_hard_forward(const Tensor& x, const Tensor& labels, const Tensor& ref,
   Tensor cols_in = torch::stable::new_empty(x, {rows * m}, ScalarType::Int);
   Tensor cols_out = torch::stable::new_empty(x, {rows * m}, ScalarType::Int);
   Tensor seg = torch::stable::new_empty(x, {rows + 1}, ScalarType::Long);
-  sh_segment_offsets_kernel<<<grid_1d(ceil_div(rows + 1, kRowThreads), kFwd), kRowThreads, 0,
-                              stream>>>(rows, m, mptr<int64_t>(seg));
-  check_launch("sh_segment_offsets_kernel");
+  launch_row_offsets(rows, m, mptr<int64_t>(seg), kFwd, stream);
   Tensor temp = torch::stable::new_empty(x, {1}, ScalarType::Byte);
   size_t temp_cap = 1;
 
@@ -211,31 +204,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> semi_hard_tri
 
 // ---- backward -----------------------------------------------------------------------------------
 
-// Stable radix sort of edge ids by key (0 .. n_keys - 1), then each key's run [start, end).
-void sort_edges(const Tensor& like, const Tensor& keys_in, const Tensor& ids_in, int64_t n_edges,
-                int64_t n_keys, Tensor& ids_out, Tensor& start, Tensor& end, cudaStream_t stream) {
-  Tensor keys_out = torch::stable::new_empty(like, {n_edges}, ScalarType::Long);
-  int end_bit = 1;
-  while (end_bit < 64 && (sh_key_t(1) << end_bit) <= sh_key_t(n_keys)) ++end_bit;
-  size_t bytes = 0;
-  FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, cptr<sh_key_t>(keys_in),
-                                                mptr<sh_key_t>(keys_out), cptr<int64_t>(ids_in),
-                                                mptr<int64_t>(ids_out), static_cast<int>(n_edges),
-                                                0, end_bit, stream),
-                "cub::DeviceRadixSort::SortPairs (size query)");
-  Tensor temp = torch::stable::new_empty(like, {static_cast<int64_t>(std::max<size_t>(bytes, 1))},
-                                         ScalarType::Byte);
-  FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data_ptr(), bytes, cptr<sh_key_t>(keys_in),
-                                                mptr<sh_key_t>(keys_out), cptr<int64_t>(ids_in),
-                                                mptr<int64_t>(ids_out), static_cast<int>(n_edges),
-                                                0, end_bit, stream),
-                "cub::DeviceRadixSort::SortPairs");
-  check_launch("cub::DeviceRadixSort::SortPairs");
-  segment_bounds_kernel<<<grid_1d(ceil_div(n_edges, kRowThreads), kBwd), kRowThreads, 0, stream>>>(
-      cptr<edge_key_t>(keys_out), n_edges, n_keys, mptr<int64_t>(start), mptr<int64_t>(end));
-  check_launch("segment_bounds_kernel");
-}
-
 template <typename T>
 void semi_hard_backward(const Tensor& gl, const Tensor& gpd, const Tensor& gnd, const Tensor& x,
                         const Tensor& ref, const Tensor& ai, const Tensor& pi, const Tensor& ni,
@@ -257,24 +225,22 @@ void semi_hard_backward(const Tensor& gl, const Tensor& gpd, const Tensor& gnd, 
       <<<grid_1d(ceil_div(p, kRowsPerBlock), kBwd), kRowThreads, 0, stream>>>(
           cptr<acc_t>(gl), cptr<acc_t>(gpd), cptr<acc_t>(gnd), cptr<T>(x), cptr<T>(ref),
           cptr<int64_t>(ai), cptr<int64_t>(pi), cptr<int64_t>(ni), cptr<acc_t>(pd), cptr<acc_t>(nd),
-          p, dim, static_cast<acc_t>(margin), metric, mptr<sh_key_t>(key_src),
-          mptr<sh_key_t>(key_dst), mptr<int64_t>(ids), mptr<acc_t>(edge_c), mptr<acc_t>(edge_au),
+          p, dim, static_cast<acc_t>(margin), metric, mptr<edge_key_t>(key_src),
+          mptr<edge_key_t>(key_dst), mptr<int64_t>(ids), mptr<acc_t>(edge_c), mptr<acc_t>(edge_au),
           mptr<acc_t>(edge_cross), mptr<acc_t>(edge_bv));
   check_launch("sh_backward_edges_kernel");
   const int64_t k_chunks = ceil_div(dim, kWarp);
   for (const bool anchor_side : {true, false}) {
     const int64_t rows = anchor_side ? b : m;
-    Tensor sorted = torch::stable::new_empty(x, {n_edges}, ScalarType::Long);
-    Tensor start = torch::stable::new_zeros(x, {rows}, ScalarType::Long);
-    Tensor end = torch::stable::new_zeros(x, {rows}, ScalarType::Long);
-    sort_edges(x, anchor_side ? key_src : key_dst, ids, n_edges, rows, sorted, start, end, stream);
+    const EdgeRuns runs =
+        sort_edges(x, anchor_side ? key_src : key_dst, ids, n_edges, /*n_keys=*/rows, kBwd, stream);
     sh_backward_rows_kernel<T, acc_t>
         <<<grid_1d(ceil_div(rows * k_chunks, kRowsPerBlock), kBwd), kRowThreads, 0, stream>>>(
             anchor_side ? cptr<T>(x) : cptr<T>(ref), anchor_side ? cptr<T>(ref) : cptr<T>(x),
-            cptr<int64_t>(start), cptr<int64_t>(end), cptr<int64_t>(sorted), cptr<acc_t>(edge_c),
-            anchor_side ? cptr<acc_t>(edge_au) : cptr<acc_t>(edge_bv), cptr<acc_t>(edge_cross),
-            cptr<int64_t>(ai), cptr<int64_t>(pi), cptr<int64_t>(ni), anchor_side, rows, dim,
-            k_chunks, anchor_side ? mptr<T>(gx) : mptr<T>(gr));
+            cptr<int64_t>(runs.start), cptr<int64_t>(runs.end), cptr<int64_t>(runs.ids),
+            cptr<acc_t>(edge_c), anchor_side ? cptr<acc_t>(edge_au) : cptr<acc_t>(edge_bv),
+            cptr<acc_t>(edge_cross), cptr<int64_t>(ai), cptr<int64_t>(pi), cptr<int64_t>(ni),
+            anchor_side, rows, dim, k_chunks, anchor_side ? mptr<T>(gx) : mptr<T>(gr));
     check_launch("sh_backward_rows_kernel");
   }
 }

@@ -9,6 +9,7 @@
 #include "common/distance.h"
 #include "common/semi_hard.h"
 #include "cuda/engine/device_utils.cuh"
+#include "cuda/engine/edge_scatter_kernels.cuh"
 #include "cuda/engine/row_ops.cuh"
 #include "cuda/engine/sort_keys.cuh"
 
@@ -230,8 +231,6 @@ __global__ void sh_nonfinite_value_kernel(const int* __restrict__ flag, acc_t* _
 // ---- backward
 // ---------------------------------------------------------------------------------------
 
-using sh_key_t = unsigned long long;
-
 // One warp per pair q: edges 2q (to the positive) and 2q + 1 (to the negative), each with
 // c = dL/dd and distance_grad's (au, cross, bv); keys for the two sorts (by anchor, by target).
 template <typename T, typename acc_t>
@@ -243,7 +242,7 @@ __global__ void __launch_bounds__(kRowThreads)
                              const int64_t* __restrict__ neg_idx,
                              const acc_t* __restrict__ pos_dist, const acc_t* __restrict__ neg_dist,
                              int64_t p, int64_t dim, acc_t margin, int64_t metric,
-                             sh_key_t* __restrict__ key_src, sh_key_t* __restrict__ key_dst,
+                             edge_key_t* __restrict__ key_src, edge_key_t* __restrict__ key_dst,
                              int64_t* __restrict__ edge_id, acc_t* __restrict__ edge_c,
                              acc_t* __restrict__ edge_au, acc_t* __restrict__ edge_cross,
                              acc_t* __restrict__ edge_bv) {
@@ -266,8 +265,8 @@ __global__ void __launch_bounds__(kRowThreads)
     const int64_t e = 2 * q + role;
     const DistGrad<acc_t>& g = role ? gn : gp;
     edge_id[e] = e;
-    key_src[e] = sh_key_t(a);
-    key_dst[e] = sh_key_t(role ? jn : jp);
+    key_src[e] = edge_key_t(a);
+    key_dst[e] = edge_key_t(role ? jn : jp);
     edge_c[e] = role ? -t + grad_nd[q] : t + grad_pd[q];
     edge_au[e] = g.au;
     edge_cross[e] = g.cross;
