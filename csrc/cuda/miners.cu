@@ -57,8 +57,7 @@ struct MineChunks {
     const int64_t* sp = cptr<int64_t>(seg);
     sort_distance_segments<T>(nullptr, temp_bytes, mptr<T>(keys), mptr<T>(sorted), nullptr, nullptr,
                               rows * m, rows, sp, sp + 1, stream);
-    temp =
-        torch::stable::new_empty(x, {std::max<int64_t>(int64_t(temp_bytes), 1)}, ScalarType::Byte);
+    temp = byte_buffer(x, temp_bytes);
   }
 
   // Distances of anchor rows [a0, a0 + nr) to every reference row, into dist (nr x M).

@@ -78,7 +78,7 @@ void semi_hard_forward(const Tensor& x, const Tensor& labels, const Tensor& ref,
   Tensor cols_out = torch::stable::new_empty(x, {rows * m}, ScalarType::Int);
   Tensor seg = torch::stable::new_empty(x, {rows + 1}, ScalarType::Long);
   launch_row_offsets(rows, m, mptr<int64_t>(seg), kFwd, stream);
-  Tensor temp = torch::stable::new_empty(x, {1}, ScalarType::Byte);
+  Tensor temp = byte_buffer(x, 1);
   size_t temp_cap = 1;
 
   for (int64_t r0 = 0; r0 < b; r0 += rows) {
@@ -105,7 +105,7 @@ void semi_hard_forward(const Tensor& x, const Tensor& labels, const Tensor& ref,
                       static_cast<int>(nr), seg_begin, seg_begin + 1, stream),
                   "cub::DeviceSegmentedSort::StableSortPairs (size query)");
     if (bytes > temp_cap) {
-      temp = torch::stable::new_empty(x, {static_cast<int64_t>(bytes)}, ScalarType::Byte);
+      temp = byte_buffer(x, bytes);
       temp_cap = bytes;
     }
     FM_CUDA_CHECK(cub::DeviceSegmentedSort::StableSortPairs(

@@ -116,6 +116,12 @@ inline unsigned grid_1d(int64_t blocks, const char* what) {
   return static_cast<unsigned>(blocks);
 }
 
+// A scratch buffer of `bytes` bytes (at least one) on like's device: CUB's temp storage.
+inline Tensor byte_buffer(const Tensor& like, size_t bytes) {
+  return torch::stable::new_empty(like, {static_cast<int64_t>(bytes > 0 ? bytes : 1)},
+                                  ScalarType::Byte);
+}
+
 // ---- dtypes --------------------------------------------------------------------------------
 
 template <typename T>

@@ -9,8 +9,6 @@
 
 #include <cub/device/device_radix_sort.cuh>
 
-#include <algorithm>
-
 #include "cuda/engine/cuda_utils.cuh"
 #include "cuda/engine/edge_scatter_kernels.cuh"
 
@@ -41,8 +39,7 @@ EdgeRuns sort_edges(const Tensor& like, const Tensor& keys_in, const Tensor& ids
                     nullptr, bytes, cptr<edge_key_t>(keys_in), mptr<edge_key_t>(keys_out),
                     cptr<int64_t>(ids_in), mptr<int64_t>(runs.ids), n_items, 0, end_bit, stream),
                 "cub::DeviceRadixSort::SortPairs (size query)");
-  Tensor temp = torch::stable::new_empty(like, {static_cast<int64_t>(std::max<size_t>(bytes, 1))},
-                                         ScalarType::Byte);
+  Tensor temp = byte_buffer(like, bytes);
   FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
                     temp.data_ptr(), bytes, cptr<edge_key_t>(keys_in), mptr<edge_key_t>(keys_out),
                     cptr<int64_t>(ids_in), mptr<int64_t>(runs.ids), n_items, 0, end_bit, stream),
