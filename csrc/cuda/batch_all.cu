@@ -43,6 +43,7 @@
 #include "cuda/engine/launchers.cuh"
 #include "cuda/engine/permute.cuh"
 #include "cuda/engine/sweep_plan.h"
+#include "cuda/op_entry.cuh"
 
 namespace fastmine::cuda {
 namespace {
@@ -254,24 +255,20 @@ std::tuple<Tensor, Tensor, Tensor> batch_all_triplet_cuda(Tensor x_, Tensor labe
                                                           bool allow_tf32) {
   contract::batch_all_triplet<CudaSide>(x_, labels_, ref_, ref_labels_, margin, metric, has_exclude,
                                         exclude_offset);
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), ref = dense(ref_);
   const Tensor labels = dense(labels_);
   const Tensor ref_labels = dense(ref_labels_);
   const int64_t b = x.size(0);
   const ScalarType st = x.scalar_type();
-  const ScalarType out_st = st == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  Tensor loss = torch::stable::new_empty(x, {b}, out_st);
+  Tensor loss = torch::stable::new_empty(x, {b}, entry.acc_st);
   Tensor valid = torch::stable::new_empty(x, {b}, ScalarType::Long);
   Tensor active = torch::stable::new_empty(x, {b}, ScalarType::Long);
   if (b == 0) return {loss, valid, active};
-  const cudaStream_t stream = current_stream(dev);
   dispatch_floating_tf32(st, allow_tf32, kFwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
     batch_all_forward<T>(x, labels, ref, ref_labels, margin, metric, soft, has_exclude,
-                         exclude_offset, loss, valid, active, stream);
+                         exclude_offset, loss, valid, active, entry.stream);
   });
   return {loss, valid, active};
 }
@@ -357,9 +354,7 @@ std::tuple<Tensor, Tensor> batch_all_triplet_backward_cuda(Tensor grad_, Tensor 
                                                  metric, has_exclude, exclude_offset);
   const int64_t b = x_.size(0), m = ref_.size(0), dim = x_.size(1);
   const ScalarType st = x_.scalar_type();
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), ref = dense(ref_);
   if (b == 0 || m == 0 || dim == 0) {
     // No triplet (or no coordinate): both gradients are zero.
@@ -370,11 +365,10 @@ std::tuple<Tensor, Tensor> batch_all_triplet_backward_cuda(Tensor grad_, Tensor 
   const Tensor grad = dense(grad_);
   Tensor gx = torch::stable::new_empty(x, {b, dim});
   Tensor gr = torch::stable::new_empty(ref, {m, dim});
-  const cudaStream_t stream = current_stream(dev);
   dispatch_floating_tf32(st, allow_tf32, kBwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
     batch_all_backward<T>(grad, x, labels, ref, ref_labels, margin, metric, soft, has_exclude,
-                          exclude_offset, gx, gr, stream);
+                          exclude_offset, gx, gr, entry.stream);
   });
   return {gx, gr};
 }

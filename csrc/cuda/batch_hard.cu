@@ -56,6 +56,7 @@
 #include "cuda/engine/cuda_utils.cuh"
 #include "cuda/engine/edge_scatter.cuh"
 #include "cuda/engine/sweep_plan.h"
+#include "cuda/op_entry.cuh"
 
 namespace fastmine::cuda {
 namespace {
@@ -118,27 +119,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> batch_hard_triplet_cuda(
     bool soft, bool has_exclude, int64_t exclude_offset, bool allow_tf32) {
   contract::batch_hard_triplet<CudaSide>(x_, labels_, ref_, ref_labels_, margin, metric,
                                          has_exclude, exclude_offset);
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), ref = dense(ref_);
   const Tensor labels = dense(labels_);
   const Tensor ref_labels = dense(ref_labels_);
   const int64_t b = x.size(0);
-  // Losses and distances: float32 for half inputs, else the input dtype.
   const ScalarType st = x.scalar_type();
-  const ScalarType out_st = st == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  Tensor loss = torch::stable::new_empty(x, {b}, out_st);
-  Tensor pos_dist = torch::stable::new_empty(x, {b}, out_st);
-  Tensor neg_dist = torch::stable::new_empty(x, {b}, out_st);
+  Tensor loss = torch::stable::new_empty(x, {b}, entry.acc_st);
+  Tensor pos_dist = torch::stable::new_empty(x, {b}, entry.acc_st);
+  Tensor neg_dist = torch::stable::new_empty(x, {b}, entry.acc_st);
   Tensor pos_idx = torch::stable::new_empty(x, {b}, ScalarType::Long);
   Tensor neg_idx = torch::stable::new_empty(x, {b}, ScalarType::Long);
   if (b == 0) return {loss, pos_idx, neg_idx, pos_dist, neg_dist};
-  const cudaStream_t stream = current_stream(dev);
   dispatch_floating_tf32(st, allow_tf32, kFwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
     batch_hard_forward<T>(x, labels, ref, ref_labels, margin, metric, soft, has_exclude,
-                          exclude_offset, loss, pos_idx, neg_idx, pos_dist, neg_dist, dev, stream);
+                          exclude_offset, loss, pos_idx, neg_idx, pos_dist, neg_dist, entry.device,
+                          entry.stream);
   });
   return {loss, pos_idx, neg_idx, pos_dist, neg_dist};
 }
@@ -192,9 +189,7 @@ std::tuple<Tensor, Tensor> batch_hard_triplet_backward_cuda(
   const int64_t b = x_.size(0), m = ref_.size(0), dim = x_.size(1);
   const ScalarType st = x_.scalar_type();
 
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), ref = dense(ref_);
   if (b == 0 || m == 0 || dim == 0) {
     // No anchor, no reference row (every anchor invalid) or no coordinate: zero gradients.
@@ -209,11 +204,10 @@ std::tuple<Tensor, Tensor> batch_hard_triplet_backward_cuda(
   const Tensor neg_idx = dense(neg_idx_);
   const Tensor pos_dist = dense(pos_dist_);
   const Tensor neg_dist = dense(neg_dist_);
-  const cudaStream_t stream = current_stream(dev);
   dispatch_floating(st, kBwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
     batch_hard_backward<T>(grad_loss, grad_pd, grad_nd, x, ref, pos_idx, neg_idx, pos_dist,
-                           neg_dist, margin, metric, soft, gx, gr, stream);
+                           neg_dist, margin, metric, soft, gx, gr, entry.stream);
   });
   return {gx, gr};
 }

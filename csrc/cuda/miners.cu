@@ -24,6 +24,7 @@
 #include "cuda/engine/distance_sort.cuh"
 #include "cuda/engine/launchers.cuh"
 #include "cuda/miners_kernels.cuh"
+#include "cuda/op_entry.cuh"
 
 namespace fastmine::cuda {
 namespace {
@@ -165,9 +166,7 @@ std::tuple<Tensor, Tensor, Tensor> mine_triplets_cuda(Tensor x_, Tensor labels_,
   contract::mine_triplets<CudaSide>(x_, labels_, ref_, ref_labels_, margin, type, metric,
                                     has_exclude, exclude_offset);
   const ScalarType st = x_.scalar_type();
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), ref = dense(ref_);
   const Tensor labels = dense(labels_);
   const Tensor ref_labels = dense(ref_labels_);
@@ -178,13 +177,12 @@ std::tuple<Tensor, Tensor, Tensor> mine_triplets_cuda(Tensor x_, Tensor labels_,
     out_n = torch::stable::new_empty(x, {0}, ScalarType::Long);
     return {out_a, out_p, out_n};
   }
-  const cudaStream_t stream = current_stream(dev);
   if (st == ScalarType::Double) {
     mine_triplets_impl<double>(x, labels, ref, ref_labels, margin, type, metric, has_exclude,
-                               exclude_offset, out_a, out_p, out_n, stream);
+                               exclude_offset, out_a, out_p, out_n, entry.stream);
   } else {
     mine_triplets_impl<float>(x, labels, ref, ref_labels, margin, type, metric, has_exclude,
-                              exclude_offset, out_a, out_p, out_n, stream);
+                              exclude_offset, out_a, out_p, out_n, entry.stream);
   }
   return {out_a, out_p, out_n};
 }

@@ -16,6 +16,7 @@
 #include "cuda/contract_cuda.cuh"
 #include "cuda/engine/cuda_utils.cuh"
 #include "cuda/engine/launchers.cuh"
+#include "cuda/op_entry.cuh"
 #include "cuda/pairwise_kernels.cuh"
 
 namespace fastmine::cuda {
@@ -46,17 +47,14 @@ void pairwise_forward(const Tensor& x, const Tensor& y, int64_t metric, Tensor& 
 
 Tensor pairwise_distance_cuda(Tensor x_, Tensor y_, int64_t metric, bool allow_tf32) {
   contract::pairwise_distance<CudaSide>(x_, y_, metric);
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), y = dense(y_);
   const int64_t b = x.size(0), m = y.size(0);
   Tensor out = torch::stable::new_empty(x, {b, m});
   if (b == 0 || m == 0) return out;
-  const cudaStream_t stream = current_stream(dev);
   dispatch_floating_tf32(x.scalar_type(), allow_tf32, kFwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    pairwise_forward<T>(x, y, metric, out, stream);
+    pairwise_forward<T>(x, y, metric, out, entry.stream);
   });
   return out;
 }
@@ -117,9 +115,7 @@ std::tuple<Tensor, Tensor> pairwise_distance_backward_cuda(Tensor grad_, Tensor 
                                                            Tensor dist_, int64_t metric) {
   contract::pairwise_distance_backward<CudaSide>(grad_, x_, y_, dist_, metric);
   const int64_t b = x_.size(0), m = y_.size(0);
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), y = dense(y_);
   const Tensor grad = dense(grad_), dist = dense(dist_);
   if (b == 0 || m == 0 || x.size(1) == 0) {
@@ -129,10 +125,9 @@ std::tuple<Tensor, Tensor> pairwise_distance_backward_cuda(Tensor grad_, Tensor 
   }
   Tensor gx = torch::stable::new_empty(x, {b, x.size(1)});
   Tensor gy = torch::stable::new_empty(y, {m, y.size(1)});
-  const cudaStream_t stream = current_stream(dev);
   dispatch_floating(x.scalar_type(), kBwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    pairwise_backward<T>(grad, x, y, dist, metric, gx, gy, stream);
+    pairwise_backward<T>(grad, x, y, dist, metric, gx, gy, entry.stream);
   });
   return {gx, gy};
 }

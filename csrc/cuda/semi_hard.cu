@@ -31,6 +31,7 @@
 #include "cuda/engine/distance_sort.cuh"
 #include "cuda/engine/edge_scatter.cuh"
 #include "cuda/engine/launchers.cuh"
+#include "cuda/op_entry.cuh"
 #include "cuda/semi_hard_kernels.cuh"
 
 namespace fastmine::cuda {
@@ -144,61 +145,57 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> semi_hard_tri
                                         exclude_offset);
   const int64_t b = x_.size(0), m = ref_.size(0);
   STD_TORCH_CHECK(m <= INT_MAX, "fastmine.", kFwd, ": too many reference rows (", m, ")");
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), ref = dense(ref_);
   const Tensor labels = dense(labels_);
   const Tensor ref_labels = dense(ref_labels_);
-  const cudaStream_t stream = current_stream(dev);
-  const ScalarType loss_st =
-      x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
 
   // 1. pairs per anchor, and their offsets (the output size) on the host.
   Tensor pairs = torch::stable::new_empty(x, {std::max<int64_t>(b, 1)}, ScalarType::Long);
   Tensor negs = torch::stable::new_empty(x, {std::max<int64_t>(b, 1)}, ScalarType::Long);
   std::vector<int64_t> h_off(b + 1, 0);
   if (b > 0) {
-    sh_count_kernel<<<grid_1d(b, kFwd), kShThreads, 0, stream>>>(
+    sh_count_kernel<<<grid_1d(b, kFwd), kShThreads, 0, entry.stream>>>(
         cptr<int64_t>(labels), cptr<int64_t>(ref_labels), m, has_exclude, exclude_offset,
         mptr<int64_t>(pairs), mptr<int64_t>(negs));
     check_launch("sh_count_kernel");
     FM_CUDA_CHECK(cudaMemcpyAsync(h_off.data() + 1, pairs.data_ptr(), b * sizeof(int64_t),
-                                  cudaMemcpyDeviceToHost, stream),
+                                  cudaMemcpyDeviceToHost, entry.stream),
                   "cudaMemcpyAsync");
-    FM_CUDA_CHECK(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    FM_CUDA_CHECK(cudaStreamSynchronize(entry.stream), "cudaStreamSynchronize");
     for (int64_t i = 0; i < b; ++i) h_off[i + 1] += h_off[i];
   }
   const int64_t p = h_off[b];
   Tensor offsets = torch::stable::new_empty(x, {b + 1}, ScalarType::Long);
   FM_CUDA_CHECK(cudaMemcpyAsync(offsets.data_ptr(), h_off.data(), (b + 1) * sizeof(int64_t),
-                                cudaMemcpyHostToDevice, stream),
+                                cudaMemcpyHostToDevice, entry.stream),
                 "cudaMemcpyAsync");
 
-  Tensor loss = torch::stable::new_empty(x, {p}, loss_st);
-  Tensor pos_dist = torch::stable::new_empty(x, {p}, loss_st);
-  Tensor neg_dist = torch::stable::new_empty(x, {p}, loss_st);
+  Tensor loss = torch::stable::new_empty(x, {p}, entry.acc_st);
+  Tensor pos_dist = torch::stable::new_empty(x, {p}, entry.acc_st);
+  Tensor neg_dist = torch::stable::new_empty(x, {p}, entry.acc_st);
   Tensor anchor_idx = torch::stable::new_empty(x, {p}, ScalarType::Long);
   Tensor pos_idx = torch::stable::new_empty(x, {p}, ScalarType::Long);
   Tensor neg_idx = torch::stable::new_empty(x, {p}, ScalarType::Long);
-  Tensor nonfinite = torch::stable::new_empty(x, {}, loss_st);
+  Tensor nonfinite = torch::stable::new_empty(x, {}, entry.acc_st);
   Tensor flag = torch::stable::new_zeros(x, {1}, ScalarType::Int);
 
   dispatch_floating(x.scalar_type(), kFwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using acc_t = acc_of_t<T>;
-    nonfinite_flag<T>(x, mptr<int>(flag), stream);
-    nonfinite_flag<T>(ref, mptr<int>(flag), stream);
-    sh_nonfinite_value_kernel<acc_t><<<1, 1, 0, stream>>>(cptr<int>(flag), mptr<acc_t>(nonfinite));
+    nonfinite_flag<T>(x, mptr<int>(flag), entry.stream);
+    nonfinite_flag<T>(ref, mptr<int>(flag), entry.stream);
+    sh_nonfinite_value_kernel<acc_t>
+        <<<1, 1, 0, entry.stream>>>(cptr<int>(flag), mptr<acc_t>(nonfinite));
     check_launch("sh_nonfinite_value_kernel");
     if (p > 0) {
       semi_hard_forward<T>(x, labels, ref, ref_labels, offsets, h_off, negs, margin, metric,
                            has_exclude, exclude_offset, loss, anchor_idx, pos_idx, neg_idx,
-                           pos_dist, neg_dist, stream);
+                           pos_dist, neg_dist, entry.stream);
     }
   });
   // h_off must outlive its host-to-device copy.
-  FM_CUDA_CHECK(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  FM_CUDA_CHECK(cudaStreamSynchronize(entry.stream), "cudaStreamSynchronize");
   return {loss, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist, nonfinite};
 }
 
@@ -256,20 +253,17 @@ std::tuple<Tensor, Tensor> semi_hard_triplet_backward_cuda(Tensor grad_loss_, Te
                                                  neg_dist_, margin, metric);
   const int64_t b = x_.size(0), m = ref_.size(0), dim = x_.size(1);
   const int64_t p = anchor_idx_.size(0);
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), ref = dense(ref_);
   Tensor gx = torch::stable::new_zeros(x, {b, dim});
   Tensor gr = torch::stable::new_zeros(ref, {m, dim});
   if (p == 0 || dim == 0) return {gx, gr};
   const Tensor ai = dense(anchor_idx_), pi = dense(pos_idx_), ni = dense(neg_idx_);
-  const cudaStream_t stream = current_stream(dev);
   dispatch_floating(x.scalar_type(), kBwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
     semi_hard_backward<T>(dense(grad_loss_), dense(grad_pos_dist_), dense(grad_neg_dist_), x, ref,
                           ai, pi, ni, dense(pos_dist_), dense(neg_dist_), margin, metric, gx, gr,
-                          stream);
+                          entry.stream);
   });
   return {gx, gr};
 }

@@ -169,6 +169,12 @@ constexpr ScalarType scalar_type_of() {
   return std::is_same_v<acc_t, double> ? ScalarType::Double : ScalarType::Float;
 }
 
+// The same, from the inputs' dtype on the host: scalar_type_of<acc_of_t<T>>() for the element
+// type T of `st` (float64 for float64 inputs, float32 for float32, float16 and bfloat16).
+inline ScalarType acc_dtype(ScalarType st) {
+  return st == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+}
+
 template <typename T>
 inline const T* cptr(const Tensor& t) {
   return static_cast<const T*>(t.data_ptr());
