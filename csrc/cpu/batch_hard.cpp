@@ -13,8 +13,8 @@
 #include "common/distance.h"
 #include "common/triplet.h"
 #include "cpu/contract_cpu.h"
-#include "cpu/exact_distance.h"
-#include "cpu/panel_rows.h"
+#include "cpu/engine/exact_distance.h"
+#include "cpu/engine/panel_rows.h"
 
 namespace fastmine::cpu {
 namespace {

@@ -8,13 +8,13 @@
 //  * Softmax: one pass per row gives the loss and, when asked, d loss_row / d logits (the
 //    row's max and sum of exponentials are needed by both).
 //
-// The formulas are csrc/common/focal.h's, run on ATen SIMD vectors (cpu/vec_math.h): every
+// The formulas are csrc/common/focal.h's, run on ATen SIMD vectors (cpu/engine/vec_math.h): every
 // element, tails included (partial loads), goes through the same vector code, so the result
 // of an element never depends on where it sits. Work is split into fixed-size chunks over
 // OpenMP (at::parallel_for); a reduced loss is summed per chunk (SIMD lanes, then blocks of
 // 32 vectors folded into double) and the chunk sums are added in chunk order: bitwise
 // reproducible for any thread count.
-#include "cpu/vec_math.h"  // first: selects ATen's SIMD implementation (see there)
+#include "cpu/engine/vec_math.h"  // first: selects ATen's SIMD implementation (see there)
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -25,10 +25,10 @@
 #include "common/semi_hard.h"
 #include "common/triplet.h"
 #include "cpu/contract_cpu.h"
-#include "cpu/duplicate_rows.h"
-#include "cpu/exact_distance.h"
-#include "cpu/panel.h"
-#include "cpu/row_groups.h"
+#include "cpu/engine/duplicate_rows.h"
+#include "cpu/engine/exact_distance.h"
+#include "cpu/engine/panel.h"
+#include "cpu/engine/row_groups.h"
 
 namespace fastmine::cpu {
 namespace {

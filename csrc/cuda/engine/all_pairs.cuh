@@ -1,6 +1,6 @@
 // The backward of the all-pairs losses (contrastive, batch-all) on the GPU: the gradient of
 // sum_ij w_ij d_ij, w_ij = dL/dd_ij given by a weight policy, with the algebra of
-// csrc/cpu/panel.h (q = distance_grad(d_ij, |x_i|^2, |r_j|^2)):
+// csrc/cpu/engine/panel.h (q = distance_grad(d_ij, |x_i|^2, |r_j|^2)):
 //   gx_i = (sum_j w q.au) x_i + sum_j (w q.cross) r_j
 //   gr_j = (sum_i w q.bv) r_j + sum_i (w q.cross) x_i
 //
