@@ -8,7 +8,7 @@
 // every `?:` is a policy select, which both sides of evaluate (a lane that is discarded may
 // hold inf/NaN; it never reaches a result).
 //
-// Stability (SPEC.md "Focal loss"): everything is computed from the logit x through
+// Stability (docs/semantics.md, "Focal losses"): everything is computed from the logit x through
 // e = exp(-|x|) in (0, 1], so nothing overflows at |x| = 1000 and nothing is 1 - (1 - tiny):
 //   softplus(x)  = max(x, 0) + log1p(e)
 //   sigmoid(x)   = 1/(1+e) for x >= 0, e/(1+e) otherwise; 1 - sigmoid(x) the other one.
@@ -102,7 +102,7 @@ FM_HD LossGrad<T> sigmoid_focal_term(T x, T t, T a1, T a0, T gamma) {
   return out;
 }
 
-// ---- FL* (Lin et al., appendix; seed 002 section 3.1) --------------------------------------
+// ---- FL* (Lin et al., appendix A; docs/semantics.md, `focal_star_loss`) -------------------
 //
 // y in {-1, +1} from the target: t > 0 gives +1, t <= 0 gives -1 (so {0, 1} and {-1, +1}
 // targets both work), a NaN target stays NaN.

@@ -51,7 +51,7 @@ void scan_row_exact(const T* g, const T* ca, const T* cb, const int64_t* rl, int
 // `tol` of the best score is re-decided on its exact distance (double, direct differences),
 // where true duplicates tie exactly and the lowest index wins. A row where too many
 // candidates are that close (collapsed embeddings) takes the lowest index among them: they
-// are equal up to rounding, and the SPEC lets either be chosen.
+// are equal up to rounding, and docs/semantics.md ("Distances") lets either be chosen.
 constexpr int kMaxExactTies = 32;
 
 // The anchor row and the reference set, for exact distances.

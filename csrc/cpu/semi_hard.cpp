@@ -167,7 +167,8 @@ void semi_hard_forward_impl(const at::Tensor& x, const int64_t* lab, const at::T
     }
   });
 
-  // A non-finite row that forms no pair must still poison the reduced loss (SPEC).
+  // A non-finite row that forms no pair must still poison the reduced loss (docs/semantics.md,
+  // "Everywhere").
   bool finite = true;
   for (int64_t i = 0; i < b && finite; ++i) finite = std::isfinite(squared_norm(xp + i * dim, dim));
   for (int64_t j = 0; j < m && finite; ++j) finite = std::isfinite(squared_norm(rp + j * dim, dim));

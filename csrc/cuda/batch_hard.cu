@@ -31,22 +31,9 @@
 //     column over the run in order: deterministic, and a row picked by many anchors (a hub)
 //     is still spread over D / 32 warps.
 //
-// Why partial buffers and not DESIGN.md's 64-bit packed-key atomicMax/atomicMin: ArgBest
-// already is the SPEC's order (NaN wins, lowest index on exact ties) and its merge is
-// order-independent, so merging the partials in a fixed order is deterministic and exact
-// for float64 scores too (a packed key has 32 bits for the value: float64 would have to be
-// rounded, and NaN payloads/signs need extra care), with no 64-bit atomics. The partials
-// are small (n_splits * B entries, n_splits ~ 2 * SMs / row tiles).
-//
-// Why every tile (I, J) and not only I <= J when the batch is its own reference set: each
-// anchor needs the arg-max / arg-min over its whole row. A tile computed once for both
-// (I, J) and (J, I) would have to hand its column-wise bests to the blocks of row tile J,
-// i.e. per-(row tile, column) partials: (B / 64) x B entries, 1 GiB at B = 65536 for the
-// value + index pairs, or 64-bit atomics on packed keys (which cannot carry a float64
-// score). The saving is at most half the mainloop at the price of a second, transposed
-// epilogue per tile (SIMT work comparable to the tensor-core mainloop for bf16 at D = 128)
-// and that memory; the forward is one GEMM-equivalent and the backward none, so the loss
-// already sits at about one X.X^T. Contrastive (pairs i < j) does skip the lower triangle.
+// The split partials are merged with ArgBest (exact, in any order) rather than through
+// packed-key atomics, and every tile (I, J) is computed even when the batch is its own
+// reference set: docs/design.md ("Batch-hard") gives the reasons.
 #include <climits>
 
 #include "common/distance.h"

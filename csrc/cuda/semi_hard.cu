@@ -1,6 +1,6 @@
 // Semi-hard triplet loss on the GPU, forward and backward. Same outputs, tie rules and NaN
-// rules as csrc/cpu/semi_hard.cpp (SPEC.md "Semi-hard"); the kernels are in
-// semi_hard_kernels.cuh.
+// rules as csrc/cpu/semi_hard.cpp (docs/semantics.md, `semi_hard_triplet_loss`); the kernels
+// are in semi_hard_kernels.cuh.
 //
 // Forward:
 //  1. sh_count_kernel (one block per anchor): pairs and negatives per anchor from the labels;

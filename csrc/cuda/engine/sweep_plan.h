@@ -1,6 +1,6 @@
-// How the all-pairs kernels cut their work: column splits of a tile sweep, row panels of a
-// backward, anchor chunks of batch-all. Plain host C++ (no CUDA, no torch), so the emulator
-// harness plans exactly like the launchers.
+// How the tile sweeps cut their work: column splits of a sweep, row panels of a backward,
+// anchor chunks of batch-all. Plain host C++ (no CUDA, no torch), so the emulator harness
+// plans exactly like the launchers.
 //
 // Determinism: every plan here is a function of the problem's sizes only, never of timing,
 // and every reduction over a plan's pieces runs in piece order. So the same inputs give
