@@ -14,6 +14,8 @@
 //   sigmoid(x)   = 1/(1+e) for x >= 0, e/(1+e) otherwise; 1 - sigmoid(x) the other one.
 #pragma once
 
+#include <type_traits>
+
 #include "common/macros.h"
 
 namespace fastmine {
@@ -46,6 +48,33 @@ inline int focal_gamma_kind(double gamma) {
   if (gamma == 1.0) return kGamma1;
   if (gamma == 2.0) return kGamma2;
   return kGammaPow;
+}
+
+// Host side of the launch: f(integral_constant<int, kind>) with gamma's kind, so that the
+// kernels get it as a template argument.
+template <typename F>
+void dispatch_gamma(double gamma, F&& f) {
+  switch (focal_gamma_kind(gamma)) {
+    case kGamma0:
+      return f(std::integral_constant<int, kGamma0>{});
+    case kGamma1:
+      return f(std::integral_constant<int, kGamma1>{});
+    case kGamma2:
+      return f(std::integral_constant<int, kGamma2>{});
+    default:
+      return f(std::integral_constant<int, kGammaPow>{});
+  }
+}
+
+// f(std::true_type) or f(std::false_type): a flag (with or without the gradient) made a
+// template argument.
+template <typename F>
+void dispatch_bool(bool b, F&& f) {
+  if (b) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
 }
 
 // q^gamma for q in [0, 1].

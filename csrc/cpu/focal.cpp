@@ -35,29 +35,6 @@ constexpr int64_t kChunk = int64_t(1) << 14;
 // Vectors summed lane-wise in T before they are folded into the double chunk sum.
 constexpr int64_t kFold = 32;
 
-template <typename F>
-void dispatch_gamma(double gamma, F&& f) {
-  switch (focal_gamma_kind(gamma)) {
-    case kGamma0:
-      return f(std::integral_constant<int, kGamma0>{});
-    case kGamma1:
-      return f(std::integral_constant<int, kGamma1>{});
-    case kGamma2:
-      return f(std::integral_constant<int, kGamma2>{});
-    default:
-      return f(std::integral_constant<int, kGammaPow>{});
-  }
-}
-
-template <typename F>
-void dispatch_bool(bool b, F&& f) {
-  if (b) {
-    f(std::true_type{});
-  } else {
-    f(std::false_type{});
-  }
-}
-
 // Runs term(x_vec, t_vec) -> LossGrad over n elements. Writes the per-element loss (when
 // !reduce and loss != nullptr) and upstream * gradient (when grad != nullptr; upstream per
 // element, or the scalar up0 when upstream == nullptr); returns the loss sum (when reduce).

@@ -15,29 +15,6 @@
 namespace fastmine::cuda {
 namespace {
 
-template <typename F>
-void dispatch_gamma(double gamma, F&& f) {
-  switch (focal_gamma_kind(gamma)) {
-    case kGamma0:
-      return f(std::integral_constant<int, kGamma0>{});
-    case kGamma1:
-      return f(std::integral_constant<int, kGamma1>{});
-    case kGamma2:
-      return f(std::integral_constant<int, kGamma2>{});
-    default:
-      return f(std::integral_constant<int, kGammaPow>{});
-  }
-}
-
-template <typename F>
-void dispatch_bool(bool b, F&& f) {
-  if (b) {
-    f(std::true_type{});
-  } else {
-    f(std::false_type{});
-  }
-}
-
 std::vector<int64_t> sizes_of(const Tensor& t) {
   std::vector<int64_t> s(t.dim());
   for (int64_t d = 0; d < t.dim(); ++d) s[d] = t.size(d);
