@@ -8,6 +8,7 @@
 
 #include "common/distance.h"
 #include "common/semi_hard.h"
+#include "cuda/engine/block_reduce.cuh"
 #include "cuda/engine/device_utils.cuh"
 #include "cuda/engine/edge_scatter_kernels.cuh"
 #include "cuda/engine/row_ops.cuh"
@@ -16,26 +17,14 @@
 namespace fastmine::cuda {
 namespace {
 
-constexpr int kShThreads = 256;  // one block per anchor row in the count and pick kernels
+// One block per anchor row in the count and pick kernels (block_reduce.cuh).
+constexpr int kShThreads = kBlockThreads;
 
 // Sort keys (sort_keys.cuh) in the order the pick kernel needs: the negatives' distances
 // ascending, then NaN, then the columns that are not negatives.
 template <typename acc_t>
 constexpr sort_key_t<acc_t> kNotNegativeKey = ~sort_key_t<acc_t>(0);
 static_assert(kNotNegativeKey<float> > kNanKey<float> && kNotNegativeKey<double> > kNanKey<double>);
-
-// Block-wide sum of one int per thread (fixed tree; integers: exact anyway).
-__device__ __forceinline__ int64_t block_sum(int64_t v, int64_t* sm) {
-  sm[threadIdx.x] = v;
-  __syncthreads();
-  for (int s = kShThreads / 2; s > 0; s >>= 1) {
-    if (int(threadIdx.x) < s) sm[threadIdx.x] += sm[threadIdx.x + s];
-    __syncthreads();
-  }
-  const int64_t total = sm[0];
-  __syncthreads();
-  return total;
-}
 
 // ---- 1. pairs per anchor ----------------------------------------------------------------------
 
@@ -45,7 +34,7 @@ __global__ void __launch_bounds__(kShThreads)
     sh_count_kernel(const int64_t* __restrict__ labels, const int64_t* __restrict__ ref_labels,
                     int64_t m, bool has_exclude, int64_t exclude_offset,
                     int64_t* __restrict__ pairs, int64_t* __restrict__ negs) {
-  __shared__ int64_t sm[kShThreads];
+  __shared__ int64_t sm[kBlockWarps];
   const int64_t i = blockIdx.x;
   const int64_t li = labels[i];
   const int64_t excl = has_exclude ? i + exclude_offset : -1;
@@ -109,7 +98,7 @@ __global__ void __launch_bounds__(kShThreads)
                    const int64_t* __restrict__ negs, int64_t r0, int64_t m, bool has_exclude,
                    int64_t exclude_offset, int64_t* __restrict__ anchor_idx,
                    int64_t* __restrict__ pos_idx, int64_t* __restrict__ neg_idx) {
-  __shared__ int64_t sm[kShThreads];
+  __shared__ int sm[kBlockWarps];
   __shared__ int64_t n_num_s, easy_s, nan_s;
   const int64_t r = blockIdx.x, i = r0 + r;
   const int64_t off = offsets[i];
@@ -151,19 +140,10 @@ __global__ void __launch_bounds__(kShThreads)
   for (int64_t j0 = 0; j0 < m; j0 += kShThreads) {
     const int64_t j = j0 + threadIdx.x;
     const bool pos = j < m && ref_labels[j] == li && j != excl;
-    // Exclusive scan of the positive flags over the chunk (Hillis-Steele, fixed order).
-    sm[threadIdx.x] = pos;
-    __syncthreads();
-    for (int s = 1; s < kShThreads; s <<= 1) {
-      const int64_t add = int(threadIdx.x) >= s ? sm[threadIdx.x - s] : 0;
-      __syncthreads();
-      sm[threadIdx.x] += add;
-      __syncthreads();
-    }
-    const int64_t inclusive = sm[threadIdx.x], chunk_total = sm[kShThreads - 1];
-    __syncthreads();
+    int chunk_total;  // the positives before this one in the chunk, and in all of it
+    const int before = block_exclusive_scan(pos ? 1 : 0, sm, &chunk_total);
     if (pos) {
-      const int64_t q = off + base + inclusive - 1;
+      const int64_t q = off + base + before;
       const acc_t v = drow[j] + acc_t(0);
       int64_t n = nan_col;
       if (n < 0) {
@@ -218,7 +198,7 @@ __global__ void __launch_bounds__(kRowThreads)
   for (int64_t e = int64_t(blockIdx.x) * kRowThreads + threadIdx.x; e < n;
        e += int64_t(gridDim.x) * kRowThreads) {
     const acc_of_t<T> v = to_acc<acc_of_t<T>>(p[e]);
-    bad |= !(v - v == acc_of_t<T>(0));  // NaN or +-inf
+    bad |= !is_finite_value(v);
   }
   if (bad) atomicOr(flag, 1);
 }
@@ -290,12 +270,8 @@ __global__ void __launch_bounds__(kRowThreads)
                             const int64_t* __restrict__ pos_idx,
                             const int64_t* __restrict__ neg_idx, bool anchor_side, int64_t rows,
                             int64_t dim, int64_t k_chunks, T* __restrict__ out) {
-  const int64_t w = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  if (w >= rows * k_chunks) return;
-  const int64_t j = w / k_chunks;
-  const int64_t k = (w % k_chunks) * kWarp + lane;
-  if (k >= dim) return;  // no warp collectives below
+  int64_t j, k;
+  if (!run_lane(rows, dim, k_chunks, &j, &k)) return;
   const acc_t own_k = to_acc<acc_t>(own[j * dim + k]);
   acc_t acc = acc_t(0);
   for (int64_t s = start[j]; s < end[j]; ++s) {
