@@ -158,11 +158,10 @@ void batch_hard_backward(const Tensor& grad_loss, const Tensor& grad_pd, const T
   const EdgeRuns runs = sort_edges(x, keys_in, ids_in, n_edges, /*n_keys=*/m, kBwd, stream);
 
   const int64_t k_chunks = ceil_div(dim, kWarp);
-  bh_backward_ref_kernel<T, acc_t>
-      <<<grid_1d(ceil_div(m * k_chunks, kRowsPerBlock), kBwd), kRowThreads, 0, stream>>>(
-          cptr<T>(x), cptr<T>(ref), cptr<int64_t>(runs.start), cptr<int64_t>(runs.end),
-          cptr<int64_t>(runs.ids), cptr<acc_t>(edge_c), cptr<acc_t>(edge_cross),
-          cptr<acc_t>(edge_bv), m, dim, k_chunks, mptr<T>(gr));
+  bh_backward_ref_kernel<T, acc_t><<<run_grid(m, dim, kBwd), kRowThreads, 0, stream>>>(
+      cptr<T>(x), cptr<T>(ref), cptr<int64_t>(runs.start), cptr<int64_t>(runs.end),
+      cptr<int64_t>(runs.ids), cptr<acc_t>(edge_c), cptr<acc_t>(edge_cross), cptr<acc_t>(edge_bv),
+      m, dim, k_chunks, mptr<T>(gr));
   check_launch("bh_backward_ref_kernel");
 }
 
@@ -178,10 +177,8 @@ std::tuple<Tensor, Tensor> batch_hard_triplet_backward_cuda(
 
   const OpEntry entry(x_);
   const Tensor x = dense(x_), ref = dense(ref_);
-  if (b == 0 || m == 0 || dim == 0) {
-    // No anchor, no reference row (every anchor invalid) or no coordinate: zero gradients.
-    return {torch::stable::new_zeros(x, {b, dim}), torch::stable::new_zeros(ref, {m, dim})};
-  }
+  // No anchor, or no reference row (every anchor invalid), or no coordinate.
+  if (b == 0 || m == 0 || dim == 0) return zero_gradients(x, ref);
   Tensor gx = torch::stable::new_empty(x, {b, dim});
   Tensor gr = torch::stable::new_empty(ref, {m, dim});
   const Tensor grad_loss = dense(grad_loss_);

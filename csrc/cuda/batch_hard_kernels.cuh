@@ -252,12 +252,8 @@ __global__ void __launch_bounds__(kRowThreads)
                            const acc_t* __restrict__ edge_c, const acc_t* __restrict__ edge_cross,
                            const acc_t* __restrict__ edge_bv, int64_t m, int64_t dim,
                            int64_t k_chunks, T* __restrict__ gr) {
-  const int64_t w = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  if (w >= m * k_chunks) return;
-  const int64_t j = w / k_chunks;
-  const int64_t k = (w % k_chunks) * kWarp + lane;
-  if (k >= dim) return;  // no warp collectives below: lanes may leave on their own
+  int64_t j, k;
+  if (!run_lane(m, dim, k_chunks, &j, &k)) return;
   const int64_t s0 = start[j], s1 = end[j];
   const acc_t rjk = to_acc<acc_t>(ref[j * dim + k]);
   acc_t acc = acc_t(0);

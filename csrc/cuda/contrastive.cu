@@ -149,10 +149,7 @@ std::tuple<Tensor, Tensor> contrastive_backward_cuda(
   const ScalarType st = x_.scalar_type();
   const OpEntry entry(x_);
   const Tensor x = dense(x_), ref = dense(ref_);
-  if (b == 0 || m == 0 || dim == 0) {
-    // No pair (or no coordinate): both gradients are zero.
-    return {torch::stable::new_zeros(x, {b, dim}), torch::stable::new_zeros(ref, {m, dim})};
-  }
+  if (b == 0 || m == 0 || dim == 0) return zero_gradients(x, ref);  // no pair
   const Tensor labels = dense(labels_);
   const Tensor ref_labels = dense(ref_labels_);
   const Tensor grad_pos = dense(grad_pos_);

@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <tuple>
 
 #include "cuda/engine/cuda_utils.cuh"
 
@@ -40,5 +41,13 @@ struct OpEntry {
     return current_stream(device);
   }
 };
+
+// What a backward returns when nothing adds into its gradients (no anchor or pair, no
+// reference row, or no coordinate): zeros shaped as x and ref, launching nothing (a grid of 0
+// blocks is an error).
+inline std::tuple<Tensor, Tensor> zero_gradients(const Tensor& x, const Tensor& ref) {
+  return {torch::stable::new_zeros(x, {x.size(0), x.size(1)}),
+          torch::stable::new_zeros(ref, {ref.size(0), ref.size(1)})};
+}
 
 }  // namespace fastmine::cuda

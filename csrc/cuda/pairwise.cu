@@ -118,11 +118,7 @@ std::tuple<Tensor, Tensor> pairwise_distance_backward_cuda(Tensor grad_, Tensor 
   const OpEntry entry(x_);
   const Tensor x = dense(x_), y = dense(y_);
   const Tensor grad = dense(grad_), dist = dense(dist_);
-  if (b == 0 || m == 0 || x.size(1) == 0) {
-    // No pair (or no coordinate): both gradients are zero.
-    return {torch::stable::new_zeros(x, {b, x.size(1)}),
-            torch::stable::new_zeros(y, {m, y.size(1)})};
-  }
+  if (b == 0 || m == 0 || x.size(1) == 0) return zero_gradients(x, y);  // no pair
   Tensor gx = torch::stable::new_empty(x, {b, x.size(1)});
   Tensor gy = torch::stable::new_empty(y, {m, y.size(1)});
   dispatch_floating(x.scalar_type(), kBwd, [&](auto tag) {

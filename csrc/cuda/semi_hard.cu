@@ -231,13 +231,12 @@ void semi_hard_backward(const Tensor& gl, const Tensor& gpd, const Tensor& gnd, 
     const int64_t rows = anchor_side ? b : m;
     const EdgeRuns runs =
         sort_edges(x, anchor_side ? key_src : key_dst, ids, n_edges, /*n_keys=*/rows, kBwd, stream);
-    sh_backward_rows_kernel<T, acc_t>
-        <<<grid_1d(ceil_div(rows * k_chunks, kRowsPerBlock), kBwd), kRowThreads, 0, stream>>>(
-            anchor_side ? cptr<T>(x) : cptr<T>(ref), anchor_side ? cptr<T>(ref) : cptr<T>(x),
-            cptr<int64_t>(runs.start), cptr<int64_t>(runs.end), cptr<int64_t>(runs.ids),
-            cptr<acc_t>(edge_c), anchor_side ? cptr<acc_t>(edge_au) : cptr<acc_t>(edge_bv),
-            cptr<acc_t>(edge_cross), cptr<int64_t>(ai), cptr<int64_t>(pi), cptr<int64_t>(ni),
-            anchor_side, rows, dim, k_chunks, anchor_side ? mptr<T>(gx) : mptr<T>(gr));
+    sh_backward_rows_kernel<T, acc_t><<<run_grid(rows, dim, kBwd), kRowThreads, 0, stream>>>(
+        anchor_side ? cptr<T>(x) : cptr<T>(ref), anchor_side ? cptr<T>(ref) : cptr<T>(x),
+        cptr<int64_t>(runs.start), cptr<int64_t>(runs.end), cptr<int64_t>(runs.ids),
+        cptr<acc_t>(edge_c), anchor_side ? cptr<acc_t>(edge_au) : cptr<acc_t>(edge_bv),
+        cptr<acc_t>(edge_cross), cptr<int64_t>(ai), cptr<int64_t>(pi), cptr<int64_t>(ni),
+        anchor_side, rows, dim, k_chunks, anchor_side ? mptr<T>(gx) : mptr<T>(gr));
     check_launch("sh_backward_rows_kernel");
   }
 }

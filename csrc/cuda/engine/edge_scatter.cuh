@@ -24,6 +24,11 @@ struct EdgeRuns {
 // keys_in, ids_in: (n_edges,) int64 tensors holding edge_key_t keys in [0, n_keys] (n_keys:
 // an edge that adds nowhere; it sorts last) and the edge ids. `like`: the device tensor whose
 // device the buffers go to. n_edges fits CUB's int item count (checked by the caller).
+// The grid of a kernel that sums the runs of `rows` rows of dim columns (see run_lane).
+inline unsigned run_grid(int64_t rows, int64_t dim, const char* what) {
+  return grid_1d(ceil_div(rows * ceil_div(dim, kWarp), kRowsPerBlock), what);
+}
+
 EdgeRuns sort_edges(const Tensor& like, const Tensor& keys_in, const Tensor& ids_in,
                     int64_t n_edges, int64_t n_keys, const char* what, cudaStream_t stream) {
   EdgeRuns runs{torch::stable::new_empty(like, {n_edges}, ScalarType::Long),
