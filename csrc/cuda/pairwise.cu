@@ -1,9 +1,10 @@
 // Pairwise distance matrix on the GPU and its backward.
 //
-// Forward: squared row norms (one warp per row), then the tiled X.Y^T mainloop
-// (dot_tile.cuh) whose epilogue turns each dot product into a distance with
-// distance_from_dot; entries flagged by needs_exact (cancellation in |x|^2 + |y|^2 - 2<x,y>)
-// are recomputed by direct differences, as csrc/cpu/pairwise.cpp does.
+// Forward: squared row norms (one warp per row), then the engine's distance-matrix kernel
+// (engine/distance_matrix.cuh): the tiled X.Y^T mainloop, whose epilogue turns each dot
+// product into a distance with distance_from_dot; entries flagged by needs_exact
+// (cancellation in |x|^2 + |y|^2 - 2<x,y>) are recomputed by direct differences, as
+// csrc/cpu/pairwise.cpp does.
 //
 // Backward (csrc/cpu/pairwise.cpp's algebra): with q = distance_grad(d_ij, |x_i|^2, |y_j|^2),
 //   W = G * q.cross,  a_i = sum_j G_ij q.au,  c_j = sum_i G_ij q.bv,
