@@ -61,7 +61,7 @@ TORCH_LIBRARY(fastmine, m) {
       " float pos_margin, float neg_margin, float power, int metric, bool triangle,"
       " bool has_exclude, int exclude_offset, bool allow_tf32=False)"
       " -> (Tensor, Tensor, Tensor, Tensor)");
-  // ---- focal-loss family (SPEC.md "Focal loss"); formulas in csrc/common/focal.h ----------
+  // ---- focal-loss family (docs/semantics.md, "Focal losses"; csrc/common/focal.h) --------
   // Elementwise (sigmoid focal, FL*): the forward returns the loss per element, or its 0-d
   // sum when `reduce`, and saves nothing; the backward recomputes the terms and writes
   // grad * d loss / d logits in one pass (grad: 0-d for a reduced loss, else per element).
@@ -85,7 +85,7 @@ TORCH_LIBRARY(fastmine, m) {
   m.def(
       "softmax_focal(Tensor logits, Tensor target, Tensor alpha, float gamma, bool with_grad)"
       " -> (Tensor, Tensor)");
-  // ---- centroid triplet bound (SPEC.md "Centroid triplet bound"; csrc/common/centroid.h) ---
+  // ---- centroid triplet bound (docs/semantics.md, `centroid_triplet_loss`; common/centroid.h)
   // x (B, D), labels (B,) int64 in [0, C), centroids (C, D), C >= 2. Returns (loss[B],
   // dist[B, C]); dist is what the backward needs.
   m.def("centroid_triplet(Tensor x, Tensor labels, Tensor centroids) -> (Tensor, Tensor)");

@@ -27,7 +27,7 @@
 # Each stage's time limit is its own or what is left, whichever is smaller; a stage with
 # too little time left is skipped, so the archive is always written. Most important first:
 #   env          versions, tools, the carried wheels                       ~10 s
-#   build        TORCH_CUDA_ARCH_LIST=9.0, MAX_JOBS=16: ten .cu files,
+#   build        TORCH_CUDA_ARCH_LIST=9.0, MAX_JOBS=16: nine .cu files,
 #                batch_all.cu the critical path (~150 s for two archs
 #                on two busy cores here; one arch on 16 cores: ~60-90 s)    <= 210 s
 #   sass         HMMA / HGMMA / local-memory counts in the sm_90 code        <= 20 s

@@ -32,7 +32,8 @@ FM_HD T centroid_row_loss(const T* dist, int64_t label, int64_t num_classes, T k
 
 // The weight w of (x_i - c_m) in d loss / d x_i (and of -(x_i - c_m) in d loss / d c_m):
 // g_i * coef / d_im. At d_im = 0 the distance has no gradient; its subgradient is taken as 0
-// (SPEC.md, "Distances"). A NaN distance stays NaN (non-finite input, non-finite gradient).
+// (docs/semantics.md, "Distances"). A NaN distance stays NaN (non-finite input, non-finite
+// gradient).
 template <typename T>
 FM_HD T centroid_grad_weight(T upstream, T coef, T dist) {
   return dist == T(0) ? T(0) : upstream * coef / dist;

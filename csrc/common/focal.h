@@ -8,11 +8,13 @@
 // every `?:` is a policy select, which both sides of evaluate (a lane that is discarded may
 // hold inf/NaN; it never reaches a result).
 //
-// Stability (SPEC.md "Focal loss"): everything is computed from the logit x through
+// Stability (docs/semantics.md, "Focal losses"): everything is computed from the logit x through
 // e = exp(-|x|) in (0, 1], so nothing overflows at |x| = 1000 and nothing is 1 - (1 - tiny):
 //   softplus(x)  = max(x, 0) + log1p(e)
 //   sigmoid(x)   = 1/(1+e) for x >= 0, e/(1+e) otherwise; 1 - sigmoid(x) the other one.
 #pragma once
+
+#include <type_traits>
 
 #include "common/macros.h"
 
@@ -46,6 +48,33 @@ inline int focal_gamma_kind(double gamma) {
   if (gamma == 1.0) return kGamma1;
   if (gamma == 2.0) return kGamma2;
   return kGammaPow;
+}
+
+// Host side of the launch: f(integral_constant<int, kind>) with gamma's kind, so that the
+// kernels get it as a template argument.
+template <typename F>
+void dispatch_gamma(double gamma, F&& f) {
+  switch (focal_gamma_kind(gamma)) {
+    case kGamma0:
+      return f(std::integral_constant<int, kGamma0>{});
+    case kGamma1:
+      return f(std::integral_constant<int, kGamma1>{});
+    case kGamma2:
+      return f(std::integral_constant<int, kGamma2>{});
+    default:
+      return f(std::integral_constant<int, kGammaPow>{});
+  }
+}
+
+// f(std::true_type) or f(std::false_type): a flag (with or without the gradient) made a
+// template argument.
+template <typename F>
+void dispatch_bool(bool b, F&& f) {
+  if (b) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
 }
 
 // q^gamma for q in [0, 1].
@@ -102,7 +131,7 @@ FM_HD LossGrad<T> sigmoid_focal_term(T x, T t, T a1, T a0, T gamma) {
   return out;
 }
 
-// ---- FL* (Lin et al., appendix; seed 002 section 3.1) --------------------------------------
+// ---- FL* (Lin et al., appendix A; docs/semantics.md, `focal_star_loss`) -------------------
 //
 // y in {-1, +1} from the target: t > 0 gives +1, t <= 0 gives -1 (so {0, 1} and {-1, +1}
 // targets both work), a NaN target stays NaN.

@@ -15,7 +15,7 @@ namespace fastmine {
 // Metric ids, shared with fastmine/_ops.py (METRICS) and the op schemas.
 enum Metric : int64_t { kEuclidean = 0, kSqEuclidean = 1, kCosine = 2 };
 
-// The cosine metric clamps each norm at this value (SPEC.md, "Distances").
+// The cosine metric clamps each norm at this value (docs/semantics.md, "Distances").
 constexpr double kCosineEps = 1e-8;
 
 // Scalar math that resolves to the right overload on host and device.

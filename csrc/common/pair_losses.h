@@ -7,7 +7,7 @@ namespace fastmine {
 
 // max(v, 0)^power and its derivative, for power 1 or 2 (the common choices) and any other
 // positive power through exp/log. NaN propagates. With power a compile-time constant 1 or 2
-// (cpu/dispatch.h) the exp/log branch folds away and the callers' loops vectorise.
+// (cpu/engine/dispatch.h) the exp/log branch folds away and the callers' loops vectorise.
 template <typename acc_t>
 FM_HD acc_t hinge_pow(acc_t v, acc_t power) {
   if (fm_isnan(v)) return v;

@@ -28,8 +28,9 @@ FM_HD acc_t triplet_term_grad(acc_t z, bool soft) {
   return z > acc_t(0) ? acc_t(1) : acc_t(0);
 }
 
-// Running arg-extremum with the SPEC's rules: the lowest index wins exact ties, and a NaN
-// candidate wins over every number (so a NaN distance can never be skipped silently).
+// Running arg-extremum with the rules of docs/semantics.md: the lowest index wins exact ties,
+// and a NaN candidate wins over every number (so a NaN distance can never be skipped
+// silently).
 // Feed candidates in any order; merge() is order-independent, hence deterministic.
 template <typename acc_t>
 struct ArgBest {

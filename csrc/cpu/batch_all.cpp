@@ -18,7 +18,7 @@
 #include "common/batch_all.h"
 #include "common/triplet.h"
 #include "cpu/contract_cpu.h"
-#include "cpu/panel.h"
+#include "cpu/engine/panel.h"
 
 namespace fastmine::cpu {
 namespace {

@@ -13,8 +13,9 @@
 #include "common/distance.h"
 #include "common/triplet.h"
 #include "cpu/contract_cpu.h"
-#include "cpu/exact_distance.h"
-#include "cpu/panel_rows.h"
+#include "cpu/engine/exact_distance.h"
+#include "cpu/engine/panel_rows.h"
+#include "cpu/engine/row_groups.h"
 
 namespace fastmine::cpu {
 namespace {
@@ -50,7 +51,7 @@ void scan_row_exact(const T* g, const T* ca, const T* cb, const int64_t* rl, int
 // `tol` of the best score is re-decided on its exact distance (double, direct differences),
 // where true duplicates tie exactly and the lowest index wins. A row where too many
 // candidates are that close (collapsed embeddings) takes the lowest index among them: they
-// are equal up to rounding, and the SPEC lets either be chosen.
+// are equal up to rounding, and docs/semantics.md ("Distances") lets either be chosen.
 constexpr int kMaxExactTies = 32;
 
 // The anchor row and the reference set, for exact distances.
@@ -285,17 +286,11 @@ void batch_hard_backward_impl(const at::Tensor& grad_loss, const at::Tensor& gra
     }
   });
 
-  // Reference side: a row may be chosen by many anchors. Counting sort of the edges by
-  // target (stable, so each row sums its edges in ascending edge order): deterministic.
-  std::vector<int64_t> start(m + 1, 0), order(2 * b);
-  for (int64_t e = 0; e < 2 * b; ++e)
-    if (target[e] >= 0) ++start[target[e] + 1];
-  for (int64_t j = 0; j < m; ++j) start[j + 1] += start[j];
-  {
-    std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (int64_t e = 0; e < 2 * b; ++e)
-      if (target[e] >= 0) order[fill[target[e]]++] = e;
-  }
+  // Reference side: a row may be chosen by many anchors. The edges grouped by target
+  // (row_groups.h: each row sums its edges in ascending edge order): deterministic.
+  const RowGroups groups(m, 2 * b, [&](int64_t e) { return target[e]; });
+  const std::vector<int64_t>& start = groups.start;
+  const std::vector<int64_t>& order = groups.order;
   at::parallel_for(0, m, 64, [&](int64_t j0, int64_t j1) {
     std::vector<double> acc(dim);
     for (int64_t j = j0; j < j1; ++j) {

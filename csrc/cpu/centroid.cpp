@@ -44,7 +44,7 @@
 #pragma GCC optimize("no-trapping-math")
 #endif
 
-#include "cpu/vec_math.h"  // first: selects ATen's SIMD implementation (see there)
+#include "cpu/engine/vec_math.h"  // first: selects ATen's SIMD implementation (see there)
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -59,7 +59,7 @@
 #include "common/centroid.h"
 #include "common/distance.h"
 #include "cpu/contract_cpu.h"
-#include "cpu/exact_distance.h"
+#include "cpu/engine/exact_distance.h"
 
 namespace fastmine::cpu {
 namespace {

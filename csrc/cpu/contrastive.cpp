@@ -1,4 +1,4 @@
-// Contrastive loss on the CPU, fused over row panels (cpu/panel.h): per-anchor sums and
+// Contrastive loss on the CPU, fused over row panels (cpu/engine/panel.h): per-anchor sums and
 // counts forward; per-pair weights dL/dd and two GEMMs per panel backward.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -9,8 +9,8 @@
 
 #include "common/pair_losses.h"
 #include "cpu/contract_cpu.h"
-#include "cpu/dispatch.h"
-#include "cpu/panel.h"
+#include "cpu/engine/dispatch.h"
+#include "cpu/engine/panel.h"
 
 namespace fastmine::cpu {
 namespace {

@@ -8,13 +8,13 @@
 //  * Softmax: one pass per row gives the loss and, when asked, d loss_row / d logits (the
 //    row's max and sum of exponentials are needed by both).
 //
-// The formulas are csrc/common/focal.h's, run on ATen SIMD vectors (cpu/vec_math.h): every
+// The formulas are csrc/common/focal.h's, run on ATen SIMD vectors (cpu/engine/vec_math.h): every
 // element, tails included (partial loads), goes through the same vector code, so the result
 // of an element never depends on where it sits. Work is split into fixed-size chunks over
 // OpenMP (at::parallel_for); a reduced loss is summed per chunk (SIMD lanes, then blocks of
 // 32 vectors folded into double) and the chunk sums are added in chunk order: bitwise
 // reproducible for any thread count.
-#include "cpu/vec_math.h"  // first: selects ATen's SIMD implementation (see there)
+#include "cpu/engine/vec_math.h"  // first: selects ATen's SIMD implementation (see there)
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -34,29 +34,6 @@ namespace {
 constexpr int64_t kChunk = int64_t(1) << 14;
 // Vectors summed lane-wise in T before they are folded into the double chunk sum.
 constexpr int64_t kFold = 32;
-
-template <typename F>
-void dispatch_gamma(double gamma, F&& f) {
-  switch (focal_gamma_kind(gamma)) {
-    case kGamma0:
-      return f(std::integral_constant<int, kGamma0>{});
-    case kGamma1:
-      return f(std::integral_constant<int, kGamma1>{});
-    case kGamma2:
-      return f(std::integral_constant<int, kGamma2>{});
-    default:
-      return f(std::integral_constant<int, kGammaPow>{});
-  }
-}
-
-template <typename F>
-void dispatch_bool(bool b, F&& f) {
-  if (b) {
-    f(std::true_type{});
-  } else {
-    f(std::false_type{});
-  }
-}
 
 // Runs term(x_vec, t_vec) -> LossGrad over n elements. Writes the per-element loss (when
 // !reduce and loss != nullptr) and upstream * gradient (when grad != nullptr; upstream per

@@ -1,7 +1,7 @@
 // Margin-filtered triplet mining on the CPU (pytorch-metric-learning's TripletMarginMiner),
 // without ever forming the B x M x M triplet cube.
 //
-// Two passes over the same BLAS row panels of distances (cpu/panel.h):
+// Two passes over the same BLAS row panels of distances (cpu/engine/panel.h):
 //  1. count: per anchor, sort its negative distances once; for each positive, the selected
 //     negatives are one interval of that order (common/miners.h), found by two bisections:
 //     O(M log M) per anchor. The counts' prefix sum gives each anchor its output slice,
@@ -24,7 +24,7 @@
 
 #include "common/miners.h"
 #include "cpu/contract_cpu.h"
-#include "cpu/panel.h"
+#include "cpu/engine/panel.h"
 
 namespace fastmine::cpu {
 namespace {

@@ -1,10 +1,10 @@
-// Pairwise distance matrix on the CPU, through the shared row-panel code (cpu/panel.h):
+// Pairwise distance matrix on the CPU, through the shared row-panel code (cpu/engine/panel.h):
 // BLAS GEMM + distance epilogue forward; per-entry gradient weights + two GEMMs backward.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include "cpu/contract_cpu.h"
-#include "cpu/panel.h"
+#include "cpu/engine/panel.h"
 
 namespace fastmine::cpu {
 namespace {

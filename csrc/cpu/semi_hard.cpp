@@ -25,10 +25,10 @@
 #include "common/semi_hard.h"
 #include "common/triplet.h"
 #include "cpu/contract_cpu.h"
-#include "cpu/duplicate_rows.h"
-#include "cpu/exact_distance.h"
-#include "cpu/panel.h"
-#include "cpu/row_groups.h"
+#include "cpu/engine/duplicate_rows.h"
+#include "cpu/engine/exact_distance.h"
+#include "cpu/engine/panel.h"
+#include "cpu/engine/row_groups.h"
 
 namespace fastmine::cpu {
 namespace {
@@ -167,7 +167,8 @@ void semi_hard_forward_impl(const at::Tensor& x, const int64_t* lab, const at::T
     }
   });
 
-  // A non-finite row that forms no pair must still poison the reduced loss (SPEC).
+  // A non-finite row that forms no pair must still poison the reduced loss (docs/semantics.md,
+  // "Everywhere").
   bool finite = true;
   for (int64_t i = 0; i < b && finite; ++i) finite = std::isfinite(squared_norm(xp + i * dim, dim));
   for (int64_t j = 0; j < m && finite; ++j) finite = std::isfinite(squared_norm(rp + j * dim, dim));

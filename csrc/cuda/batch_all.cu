@@ -3,12 +3,12 @@
 // 4096: K = 2048 positives per anchor). Same outputs and rules as csrc/cpu/batch_all.cpp;
 // the hinge algebra is common/batch_all.h's.
 //
-// Set-up (LabelGroups): squared norms; a stable radix sort (cub) of the anchor labels and of
-// the reference labels; anchors and reference rows gathered into label order; per sorted
-// anchor a, its positives = the run [lo, hi) of sorted reference rows minus the excluded one
-// (anchor_groups_kernel), K[a] of them. One device-to-host copy of (lo, hi, K): the host
-// plans chunks of anchors whose positive lists fit a fixed scratch budget (sweep_plan.h,
-// 2^23 entries), so memory stays bounded at any B and any K.
+// Set-up (LabelGroups): squared norms; the anchor labels and the reference labels sorted
+// stably, and anchors and reference rows gathered into label order (engine/permute.cuh);
+// per sorted anchor a, its positives = the run [lo, hi) of sorted reference rows minus the
+// excluded one (anchor_groups_kernel), K[a] of them. One device-to-host copy of (lo, hi, K):
+// the host plans chunks of anchors whose positive lists fit a fixed scratch budget
+// (sweep_plan.h, 2^23 entries), so memory stays bounded at any B and any K.
 //
 // Forward, per chunk of sorted anchors:
 //  1. positive_distances_kernel: the block-sparse sweep of the chunk's rows against their
@@ -24,28 +24,26 @@
 // negative adds 1 at rank `first` of an integer difference array (atomicAdd on integers:
 // order-independent, deterministic) — or, soft margin, batch_all_soft_count_kernel: float
 // sums in a fixed order by row-owner blocks; positive_weights_kernel: prefix sums ->
-// dL/dd of every positive; then all_pairs.cuh applies dL/dd for every pair of the chunk
-// (negatives' weights recomputed by the same bisection, positives' looked up by slot).
+// dL/dd of every positive; then the engine's all_pairs.cuh applies dL/dd for every pair of the
+// chunk (negatives' weights recomputed by the same bisection, positives' looked up by slot).
 //
 // Distances are the same bits in every pass (tile_distance on the same rows and norms), so
 // the bisections of the forward, the count pass and the weight pass agree exactly.
 // Nothing depends on the device or on timing: bitwise-reproducible results.
-#include <cub/device/device_radix_sort.cuh>
-
-#include <climits>
 #include <vector>
 
 #include "common/batch_all.h"
 #include "common/distance.h"
 #include "common/triplet.h"
-#include "cuda/all_pairs.cuh"
 #include "cuda/batch_all_kernels.cuh"
-#include "cuda/batch_all_positives.cuh"
 #include "cuda/contract_cuda.cuh"
-#include "cuda/cuda_utils.cuh"
-#include "cuda/distance_sort.cuh"
-#include "cuda/launchers.cuh"
-#include "cuda/sweep_plan.h"
+#include "cuda/engine/all_pairs.cuh"
+#include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/distance_sort.cuh"
+#include "cuda/engine/launchers.cuh"
+#include "cuda/engine/permute.cuh"
+#include "cuda/engine/sweep_plan.h"
+#include "cuda/op_entry.cuh"
 
 namespace fastmine::cuda {
 namespace {
@@ -55,45 +53,6 @@ constexpr const char* kBwd = "batch_all_triplet_backward";
 
 // One thread per item (kernels that are not grid-stride loops).
 unsigned flat_grid(int64_t n, const char* what) { return grid_1d(ceil_div(n, kFlatThreads), what); }
-// Grid-stride kernels (gather_rows_kernel).
-unsigned stride_grid(int64_t n, const char* what) {
-  return grid_1d(std::min<int64_t>(ceil_div(n, kFlatThreads), kMaxStrideBlocks), what);
-}
-
-Tensor byte_buffer(const Tensor& like, size_t bytes) {
-  return torch::stable::new_empty(like, {static_cast<int64_t>(std::max<size_t>(bytes, 1))},
-                                  ScalarType::Byte);
-}
-
-// keys_out = keys sorted ascending (stable), perm = the original positions in that order.
-void sort_labels(const Tensor& like, const Tensor& keys, Tensor& keys_out, Tensor& perm,
-                 cudaStream_t stream) {
-  const int64_t n = keys.size(0);
-  if (n == 0) return;
-  STD_TORCH_CHECK(n <= INT_MAX, "fastmine.", kFwd, ": too many rows (", n, ")");
-  Tensor ids = torch::stable::new_empty(like, {n}, ScalarType::Long);
-  iota_kernel<<<flat_grid(n, "iota"), kFlatThreads, 0, stream>>>(mptr<int64_t>(ids), n);
-  check_launch("iota_kernel");
-  size_t bytes = 0;
-  FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
-                    nullptr, bytes, cptr<int64_t>(keys), mptr<int64_t>(keys_out),
-                    cptr<int64_t>(ids), mptr<int64_t>(perm), static_cast<int>(n), 0, 64, stream),
-                "cub::DeviceRadixSort::SortPairs (size query)");
-  Tensor temp = byte_buffer(like, bytes);
-  FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
-                    temp.data_ptr(), bytes, cptr<int64_t>(keys), mptr<int64_t>(keys_out),
-                    cptr<int64_t>(ids), mptr<int64_t>(perm), static_cast<int>(n), 0, 64, stream),
-                "cub::DeviceRadixSort::SortPairs");
-}
-
-template <typename T>
-void gather_rows(const T* src, const int64_t* perm, int64_t n, int64_t dim, T* dst,
-                 cudaStream_t stream) {
-  if (n * dim == 0) return;
-  gather_rows_kernel<T>
-      <<<stride_grid(n * dim, "gather_rows"), kFlatThreads, 0, stream>>>(src, perm, n, dim, dst);
-  check_launch("gather_rows_kernel");
-}
 
 // Everything both passes need: label order, sorted copies, per-anchor positive runs, the
 // (host and device) offsets of the positive lists.
@@ -135,13 +94,9 @@ struct LabelGroups {
     sorted_rlab = vec(m, ScalarType::Long);
     perm_r = vec(m, ScalarType::Long);
     rank_r = vec(m, ScalarType::Long);
-    sort_labels(x, labels, sorted_lab, perm_x, stream);
-    sort_labels(x, ref_labels, sorted_rlab, perm_r, stream);
-    if (m > 0) {
-      inverse_perm_kernel<<<flat_grid(m, "inverse_perm"), kFlatThreads, 0, stream>>>(
-          cptr<int64_t>(perm_r), m, mptr<int64_t>(rank_r));
-      check_launch("inverse_perm_kernel");
-    }
+    stable_argsort(x, labels, sorted_lab, perm_x, kFwd, stream);
+    stable_argsort(x, ref_labels, sorted_rlab, perm_r, kFwd, stream);
+    inverse_permutation(cptr<int64_t>(perm_r), m, mptr<int64_t>(rank_r), stream);
 
     nx2 = vec(b, acc_st);
     nr2 = vec(m, acc_st);
@@ -300,24 +255,20 @@ std::tuple<Tensor, Tensor, Tensor> batch_all_triplet_cuda(Tensor x_, Tensor labe
                                                           bool allow_tf32) {
   contract::batch_all_triplet<CudaSide>(x_, labels_, ref_, ref_labels_, margin, metric, has_exclude,
                                         exclude_offset);
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), ref = dense(ref_);
   const Tensor labels = dense(labels_);
   const Tensor ref_labels = dense(ref_labels_);
   const int64_t b = x.size(0);
   const ScalarType st = x.scalar_type();
-  const ScalarType out_st = st == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  Tensor loss = torch::stable::new_empty(x, {b}, out_st);
+  Tensor loss = torch::stable::new_empty(x, {b}, entry.acc_st);
   Tensor valid = torch::stable::new_empty(x, {b}, ScalarType::Long);
   Tensor active = torch::stable::new_empty(x, {b}, ScalarType::Long);
   if (b == 0) return {loss, valid, active};
-  const cudaStream_t stream = current_stream(dev);
   dispatch_floating_tf32(st, allow_tf32, kFwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
     batch_all_forward<T>(x, labels, ref, ref_labels, margin, metric, soft, has_exclude,
-                         exclude_offset, loss, valid, active, stream);
+                         exclude_offset, loss, valid, active, entry.stream);
   });
   return {loss, valid, active};
 }
@@ -403,24 +354,18 @@ std::tuple<Tensor, Tensor> batch_all_triplet_backward_cuda(Tensor grad_, Tensor 
                                                  metric, has_exclude, exclude_offset);
   const int64_t b = x_.size(0), m = ref_.size(0), dim = x_.size(1);
   const ScalarType st = x_.scalar_type();
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), ref = dense(ref_);
-  if (b == 0 || m == 0 || dim == 0) {
-    // No triplet (or no coordinate): both gradients are zero.
-    return {torch::stable::new_zeros(x, {b, dim}), torch::stable::new_zeros(ref, {m, dim})};
-  }
+  if (b == 0 || m == 0 || dim == 0) return zero_gradients(x, ref);  // no triplet
   const Tensor labels = dense(labels_);
   const Tensor ref_labels = dense(ref_labels_);
   const Tensor grad = dense(grad_);
   Tensor gx = torch::stable::new_empty(x, {b, dim});
   Tensor gr = torch::stable::new_empty(ref, {m, dim});
-  const cudaStream_t stream = current_stream(dev);
   dispatch_floating_tf32(st, allow_tf32, kBwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
     batch_all_backward<T>(grad, x, labels, ref, ref_labels, margin, metric, soft, has_exclude,
-                          exclude_offset, gx, gr, stream);
+                          exclude_offset, gx, gr, entry.stream);
   });
   return {gx, gr};
 }

@@ -1,13 +1,16 @@
-// Kernels of the batch-hard triplet forward (host side and design: batch_hard.cu).
+// Kernels of the batch-hard triplet loss, forward and backward (host side and design:
+// batch_hard.cu).
 // Device code only (see device_utils.cuh). In an anonymous namespace: each kernel belongs to
 // the one translation unit that includes this header.
 #pragma once
 
 #include "common/distance.h"
 #include "common/triplet.h"
-#include "cuda/device_utils.cuh"
-#include "cuda/dot_tile.cuh"
-#include "cuda/row_ops.cuh"
+#include "cuda/engine/device_utils.cuh"
+#include "cuda/engine/dot_tile.cuh"
+#include "cuda/engine/edge_scatter_kernels.cuh"
+#include "cuda/engine/row_ops.cuh"
+#include "cuda/engine/sweep_plan.h"
 
 namespace fastmine::cuda {
 namespace {
@@ -26,7 +29,7 @@ __device__ __forceinline__ void warp_argbest(ArgBest<acc_t>& best, bool is_max, 
   }
 }
 
-// ---- 1. per-column selection coefficients ------------------------------------------------------
+// ---- forward, 1. per-column selection coefficients ----------------------------------------------
 
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kRowThreads)
@@ -39,10 +42,9 @@ __global__ void __launch_bounds__(kRowThreads)
   if (lane == 0) selection_coefs<acc_t>(metric, nr2, &col_a[j], &col_b[j]);
 }
 
-// ---- 2. fused mining ---------------------------------------------------------------------------
+// ---- forward, 2. fused mining -------------------------------------------------------------------
 
-// grid.x: row tiles of x; grid.y: column splits, split s covering column tiles
-// [s * tiles_per_split, min((s + 1) * tiles_per_split, column tiles)).
+// grid.x: row tiles of x; grid.y: column splits (split_tiles).
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(TileCfg::THREADS)
     batch_hard_mine_kernel(const T* __restrict__ x, const int64_t* __restrict__ labels,
@@ -57,9 +59,7 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
   const int tx = threadIdx.x % TileCfg::TX, ty = threadIdx.x / TileCfg::TX;
   const int64_t row0 = int64_t(blockIdx.x) * TileCfg::BM;
   const int64_t split = blockIdx.y;
-  const int64_t col_tiles = (m + TileCfg::BN - 1) / TileCfg::BN;
-  const int64_t t0 = split * tiles_per_split;
-  const int64_t t1 = t0 + tiles_per_split < col_tiles ? t0 + tiles_per_split : col_tiles;
+  const TileRange tiles = split_tiles(m, split, tiles_per_split);
 
   // This thread's rows: label and excluded column (-1: none; any negative never matches).
   int64_t lab[TM], excl[TM];
@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
   }
 
   acc_t acc[TM][TN];
-  for (int64_t t = t0; t < t1; ++t) {  // uniform across the block: dot_tile's barriers are safe
+  for (int64_t t = tiles.begin; t < tiles.end; ++t) {  // block-uniform: dot_tile's barriers
     const int64_t col0 = t * TileCfg::BN;
     dot_tile<T, acc_t>(x, b, row0, ref, m, col0, dim, sm, acc);
 #pragma unroll
@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
   }
 }
 
-// ---- 3. merge the splits, exact distances, triplet term -----------------------------------------
+// ---- forward, 3. merge the splits, exact distances, triplet term --------------------------------
 
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(kRowThreads) batch_hard_finalize_kernel(
@@ -178,6 +178,91 @@ __global__ void __launch_bounds__(kRowThreads) batch_hard_finalize_kernel(
       loss[i] = isfinite(s) ? acc_t(0) : quiet_nan<acc_t>();
     }
   }
+}
+
+// ---- backward, 1. anchor side + edge records ----------------------------------------------------
+
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kRowThreads) bh_backward_anchor_kernel(
+    const acc_t* __restrict__ grad_loss, const acc_t* __restrict__ grad_pd,
+    const acc_t* __restrict__ grad_nd, const T* __restrict__ x, const T* __restrict__ ref,
+    const int64_t* __restrict__ pos_idx, const int64_t* __restrict__ neg_idx,
+    const acc_t* __restrict__ pos_dist, const acc_t* __restrict__ neg_dist, int64_t b, int64_t m,
+    int64_t dim, acc_t margin, int64_t metric, bool soft, T* __restrict__ gx,
+    edge_key_t* __restrict__ edge_key, int64_t* __restrict__ edge_id, acc_t* __restrict__ edge_c,
+    acc_t* __restrict__ edge_cross, acc_t* __restrict__ edge_bv) {
+  const int64_t i = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (i >= b) return;  // warp-uniform
+  const int64_t jp = pos_idx[i], jn = neg_idx[i];
+  // The forward sets both to -1 or both to valid rows. Out-of-range indices (a hand-made
+  // call) are treated as invalid rather than read out of bounds.
+  const bool valid = jp >= 0 && jp < m && jn >= 0 && jn < m;
+  if (lane == 0) {
+    edge_id[2 * i] = 2 * i;
+    edge_id[2 * i + 1] = 2 * i + 1;
+    edge_key[2 * i] = valid ? edge_key_t(jp) : edge_key_t(m);
+    edge_key[2 * i + 1] = valid ? edge_key_t(jn) : edge_key_t(m);
+  }
+  T* gxi = gx + i * dim;
+  if (!valid) {
+    for (int64_t k = lane; k < dim; k += kWarp) gxi[k] = from_acc<T>(acc_t(0));
+    return;
+  }
+  const T* xi = x + i * dim;
+  const T* rp = ref + jp * dim;
+  const T* rn = ref + jn * dim;
+  const acc_t dp = pos_dist[i], dn = neg_dist[i];
+  const acc_t t = grad_loss[i] * triplet_term_grad<acc_t>(dp - dn + margin, soft);
+  const acc_t c_pos = t + grad_pd[i];
+  const acc_t c_neg = -t + grad_nd[i];
+
+  acc_t nx2 = acc_t(0), np2 = acc_t(0), nn2 = acc_t(0);
+  if (metric == kCosine) {  // only cosine's gradient needs the norms
+    nx2 = warp_row_sqnorm<acc_t>(xi, dim, lane);
+    np2 = warp_row_sqnorm<acc_t>(rp, dim, lane);
+    nn2 = warp_row_sqnorm<acc_t>(rn, dim, lane);
+  }
+  const DistGrad<acc_t> qp = distance_grad<acc_t>(metric, dp, nx2, np2);
+  const DistGrad<acc_t> qn = distance_grad<acc_t>(metric, dn, nx2, nn2);
+
+  for (int64_t k = lane; k < dim; k += kWarp) {
+    const acc_t xk = to_acc<acc_t>(xi[k]);
+    const acc_t g = c_pos * (qp.au * xk + qp.cross * to_acc<acc_t>(rp[k])) +
+                    c_neg * (qn.au * xk + qn.cross * to_acc<acc_t>(rn[k]));
+    gxi[k] = from_acc<T>(g);
+  }
+  if (lane == 0) {
+    edge_c[2 * i] = c_pos;
+    edge_cross[2 * i] = qp.cross;
+    edge_bv[2 * i] = qp.bv;
+    edge_c[2 * i + 1] = c_neg;
+    edge_cross[2 * i + 1] = qn.cross;
+    edge_bv[2 * i + 1] = qn.bv;
+  }
+}
+
+// ---- backward, 3. reference side (2. is the engine's sort_edges) --------------------------------
+
+template <typename T, typename acc_t>
+__global__ void __launch_bounds__(kRowThreads)
+    bh_backward_ref_kernel(const T* __restrict__ x, const T* __restrict__ ref,
+                           const int64_t* __restrict__ start, const int64_t* __restrict__ end,
+                           const int64_t* __restrict__ sorted_edge,
+                           const acc_t* __restrict__ edge_c, const acc_t* __restrict__ edge_cross,
+                           const acc_t* __restrict__ edge_bv, int64_t m, int64_t dim,
+                           int64_t k_chunks, T* __restrict__ gr) {
+  int64_t j, k;
+  if (!run_lane(m, dim, k_chunks, &j, &k)) return;
+  const int64_t s0 = start[j], s1 = end[j];
+  const acc_t rjk = to_acc<acc_t>(ref[j * dim + k]);
+  acc_t acc = acc_t(0);
+  for (int64_t s = s0; s < s1; ++s) {  // ascending edge order: the CPU's order
+    const int64_t e = sorted_edge[s];
+    const int64_t i = e >> 1;
+    acc += edge_c[e] * (edge_cross[e] * to_acc<acc_t>(x[i * dim + k]) + edge_bv[e] * rjk);
+  }
+  gr[j * dim + k] = from_acc<T>(acc);
 }
 
 }  // namespace

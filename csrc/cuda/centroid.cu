@@ -6,8 +6,9 @@
 
 #include "cuda/centroid_kernels.cuh"
 #include "cuda/contract_cuda.cuh"
-#include "cuda/cuda_utils.cuh"
-#include "cuda/launchers.cuh"
+#include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/launchers.cuh"
+#include "cuda/op_entry.cuh"
 
 namespace fastmine::cuda {
 namespace {
@@ -20,26 +21,22 @@ inline int64_t rows_per_chunk(int64_t b) { return std::max<int64_t>(64, ceil_div
 
 std::tuple<Tensor, Tensor> centroid_triplet_cuda(Tensor x_, Tensor labels_, Tensor c_) {
   contract::centroid_triplet<CudaSide>(x_, labels_, c_);
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), c = dense(c_);
   const Tensor labels = dense(labels_);
   const int64_t b = x.size(0), nc = c.size(0), dim = x.size(1);
-  const ScalarType acc_st =
-      x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  Tensor loss = torch::stable::new_empty(x, {b}, acc_st);
-  Tensor dist = torch::stable::new_empty(x, {b, nc}, acc_st);
+  Tensor loss = torch::stable::new_empty(x, {b}, entry.acc_st);
+  Tensor dist = torch::stable::new_empty(x, {b, nc}, entry.acc_st);
   if (b == 0) return {loss, dist};
-  const cudaStream_t stream = current_stream(dev);
   dispatch_floating(x.scalar_type(), kOp, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using acc_t = acc_of_t<T>;
     const int64_t blocks = std::min<int64_t>(ceil_div(b * nc, kCentroidWarps), kMaxStrideBlocks);
-    centroid_dist_kernel<T, acc_t><<<grid_1d(blocks, kOp), kCentroidThreads, 0, stream>>>(
+    centroid_dist_kernel<T, acc_t><<<grid_1d(blocks, kOp), kCentroidThreads, 0, entry.stream>>>(
         cptr<T>(x), cptr<T>(c), b, nc, dim, mptr<acc_t>(dist));
     check_launch("centroid_dist_kernel");
     centroid_loss_kernel<acc_t>
-        <<<grid_1d(ceil_div(b, kCentroidThreads), kOp), kCentroidThreads, 0, stream>>>(
+        <<<grid_1d(ceil_div(b, kCentroidThreads), kOp), kCentroidThreads, 0, entry.stream>>>(
             cptr<acc_t>(dist), cptr<int64_t>(labels), b, nc, mptr<acc_t>(loss));
     check_launch("centroid_loss_kernel");
   });
@@ -50,10 +47,7 @@ std::tuple<Tensor, Tensor> centroid_triplet_backward_cuda(Tensor grad_, Tensor x
                                                           Tensor c_, Tensor dist_, bool need_c) {
   contract::centroid_triplet_backward<CudaSide>(grad_, x_, labels_, c_, dist_);
   const int64_t b = x_.size(0), nc = c_.size(0), dim = x_.size(1);
-  const ScalarType acc_st =
-      x_.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), c = dense(c_);
   const Tensor labels = dense(labels_);
   const Tensor grad = dense(grad_), dist = dense(dist_);
@@ -63,28 +57,27 @@ std::tuple<Tensor, Tensor> centroid_triplet_backward_cuda(Tensor grad_, Tensor x
     if (need_c) torch::stable::zero_(gc);
     return {gx, gc};
   }
-  const cudaStream_t stream = current_stream(dev);
   dispatch_floating(x.scalar_type(), kOp, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using acc_t = acc_of_t<T>;
     const int64_t xblocks =
         std::min<int64_t>(ceil_div(b * dim, kCentroidThreads), kMaxStrideBlocks);
-    centroid_grad_x_kernel<T, acc_t><<<grid_1d(xblocks, kOp), kCentroidThreads, 0, stream>>>(
+    centroid_grad_x_kernel<T, acc_t><<<grid_1d(xblocks, kOp), kCentroidThreads, 0, entry.stream>>>(
         cptr<acc_t>(grad), cptr<T>(x), cptr<int64_t>(labels), cptr<T>(c), cptr<acc_t>(dist), b, nc,
         dim, mptr<T>(gx));
     check_launch("centroid_grad_x_kernel");
     if (!need_c) return;
     const int64_t rpc = rows_per_chunk(b), n_chunks = ceil_div(b, rpc);
-    Tensor partial = torch::stable::new_empty(x, {n_chunks, nc * dim}, acc_st);
-    Tensor gc_acc = torch::stable::new_empty(x, {nc * dim}, acc_st);
+    Tensor partial = torch::stable::new_empty(x, {n_chunks, nc * dim}, entry.acc_st);
+    Tensor gc_acc = torch::stable::new_empty(x, {nc * dim}, entry.acc_st);
     const dim3 grid(grid_1d(std::min<int64_t>(ceil_div(nc * dim, kCentroidThreads), 65535), kOp),
                     static_cast<unsigned>(n_chunks));
-    centroid_grad_c_kernel<T, acc_t><<<grid, kCentroidThreads, 0, stream>>>(
+    centroid_grad_c_kernel<T, acc_t><<<grid, kCentroidThreads, 0, entry.stream>>>(
         cptr<acc_t>(grad), cptr<T>(x), cptr<int64_t>(labels), cptr<T>(c), cptr<acc_t>(dist), b, nc,
         dim, rpc, mptr<acc_t>(partial));
     check_launch("centroid_grad_c_kernel");
     launch_sum_chunks<acc_t>(cptr<acc_t>(partial), n_chunks, nc * dim, mptr<acc_t>(gc_acc),
-                             /*accumulate=*/false, stream);
+                             /*accumulate=*/false, entry.stream);
     if constexpr (std::is_same_v<T, acc_t>) {
       gc = torch::stable::reshape(gc_acc, {nc, dim});
     } else {

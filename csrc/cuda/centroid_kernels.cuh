@@ -11,7 +11,7 @@
 #pragma once
 
 #include "common/centroid.h"
-#include "cuda/device_utils.cuh"
+#include "cuda/engine/device_utils.cuh"
 
 namespace fastmine::cuda {
 namespace {

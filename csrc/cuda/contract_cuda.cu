@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "cuda/contract_cuda.cuh"
+#include "cuda/op_entry.cuh"
 
 namespace fastmine::cuda {
 namespace {
@@ -46,22 +47,19 @@ __global__ void index_range_kernel(const int64_t* __restrict__ p, int64_t n,
 }  // namespace
 
 contract::IndexRange CudaSide::index_range(const Tensor& t) {
-  const int32_t dev = t.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(t);
   const Tensor c = dense(t);
   const int64_t n = c.numel();
   const int64_t blocks = std::min<int64_t>(ceil_div(n, kRangeThreads), kRangeMaxBlocks);
   Tensor partial = torch::stable::new_empty(c, {2 * blocks}, ScalarType::Long);
-  const cudaStream_t stream = current_stream(dev);
-  index_range_kernel<<<grid_1d(blocks, "index range check"), kRangeThreads, 0, stream>>>(
+  index_range_kernel<<<grid_1d(blocks, "index range check"), kRangeThreads, 0, entry.stream>>>(
       cptr<int64_t>(c), n, mptr<int64_t>(partial));
   check_launch("index_range_kernel");
   std::vector<int64_t> host(2 * blocks);
   FM_CUDA_CHECK(cudaMemcpyAsync(host.data(), partial.data_ptr(), host.size() * sizeof(int64_t),
-                                cudaMemcpyDeviceToHost, stream),
+                                cudaMemcpyDeviceToHost, entry.stream),
                 "cudaMemcpyAsync (index range)");
-  FM_CUDA_CHECK(cudaStreamSynchronize(stream), "cudaStreamSynchronize (index range)");
+  FM_CUDA_CHECK(cudaStreamSynchronize(entry.stream), "cudaStreamSynchronize (index range)");
   contract::IndexRange r{host[0], host[1]};
   for (int64_t k = 1; k < blocks; ++k) {
     r.min = std::min(r.min, host[2 * k]);

@@ -8,7 +8,7 @@
 #include <string>
 
 #include "common/op_contracts.h"
-#include "cuda/cuda_utils.cuh"
+#include "cuda/engine/cuda_utils.cuh"
 
 namespace fastmine::cuda {
 

@@ -18,12 +18,13 @@
 // two cuBLAS GEMMs per panel), with `triangle` panels starting at their diagonal.
 #include "common/distance.h"
 #include "common/pair_losses.h"
-#include "cuda/all_pairs.cuh"
 #include "cuda/contract_cuda.cuh"
 #include "cuda/contrastive_kernels.cuh"
-#include "cuda/cuda_utils.cuh"
-#include "cuda/launchers.cuh"
-#include "cuda/sweep_plan.h"
+#include "cuda/engine/all_pairs.cuh"
+#include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/launchers.cuh"
+#include "cuda/engine/sweep_plan.h"
+#include "cuda/op_entry.cuh"
 
 namespace fastmine::cuda {
 namespace {
@@ -85,29 +86,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> contrastive_cuda(
     int64_t exclude_offset, bool allow_tf32) {
   contract::contrastive<CudaSide>(kFwd, x_, labels_, ref_, ref_labels_, pos_margin, neg_margin,
                                   power, metric, triangle, has_exclude, exclude_offset);
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), ref = dense(ref_);
   const Tensor labels = dense(labels_);
   const Tensor ref_labels = dense(ref_labels_);
   const int64_t b = x.size(0);
   const ScalarType st = x.scalar_type();
-  const ScalarType out_st = st == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  Tensor out[6] = {torch::stable::new_empty(x, {b}, out_st),
+  Tensor out[6] = {torch::stable::new_empty(x, {b}, entry.acc_st),
                    torch::stable::new_empty(x, {b}, ScalarType::Long),
                    torch::stable::new_empty(x, {b}, ScalarType::Long),
-                   torch::stable::new_empty(x, {b}, out_st),
+                   torch::stable::new_empty(x, {b}, entry.acc_st),
                    torch::stable::new_empty(x, {b}, ScalarType::Long),
                    torch::stable::new_empty(x, {b}, ScalarType::Long)};
   if (b > 0) {
-    const cudaStream_t stream = current_stream(dev);
     dispatch_floating_tf32(st, allow_tf32, kFwd, [&](auto tag) {
       using T = typename decltype(tag)::type;
       contrastive_forward<T>(x, labels, ref, ref_labels, metric,
                              make_params<acc_of_t<T>>(pos_margin, neg_margin, power, triangle,
                                                       has_exclude, exclude_offset),
-                             out, stream);
+                             out, entry.stream);
     });
   }
   return {out[0], out[1], out[2], out[3], out[4], out[5]};
@@ -150,27 +147,21 @@ std::tuple<Tensor, Tensor> contrastive_backward_cuda(
                                            has_exclude, exclude_offset);
   const int64_t b = x_.size(0), m = ref_.size(0), dim = x_.size(1);
   const ScalarType st = x_.scalar_type();
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), ref = dense(ref_);
-  if (b == 0 || m == 0 || dim == 0) {
-    // No pair (or no coordinate): both gradients are zero.
-    return {torch::stable::new_zeros(x, {b, dim}), torch::stable::new_zeros(ref, {m, dim})};
-  }
+  if (b == 0 || m == 0 || dim == 0) return zero_gradients(x, ref);  // no pair
   const Tensor labels = dense(labels_);
   const Tensor ref_labels = dense(ref_labels_);
   const Tensor grad_pos = dense(grad_pos_);
   const Tensor grad_neg = dense(grad_neg_);
   Tensor gx = torch::stable::new_empty(x, {b, dim});
   Tensor gr = torch::stable::new_empty(ref, {m, dim});
-  const cudaStream_t stream = current_stream(dev);
   dispatch_floating_tf32(st, allow_tf32, kBwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
     contrastive_backward<T>(grad_pos, grad_neg, x, labels, ref, ref_labels, metric,
                             make_params<acc_of_t<T>>(pos_margin, neg_margin, power, triangle,
                                                      has_exclude, exclude_offset),
-                            gx, gr, stream);
+                            gx, gr, entry.stream);
   });
   return {gx, gr};
 }

@@ -5,9 +5,10 @@
 
 #include "common/distance.h"
 #include "common/pair_losses.h"
-#include "cuda/device_utils.cuh"
-#include "cuda/dot_tile.cuh"
-#include "cuda/row_ops.cuh"
+#include "cuda/engine/device_utils.cuh"
+#include "cuda/engine/dot_tile.cuh"
+#include "cuda/engine/row_ops.cuh"
+#include "cuda/engine/sweep_plan.h"
 
 namespace fastmine::cuda {
 namespace {
@@ -38,10 +39,9 @@ enum ContrastiveCount {
 
 // ---- forward: sweep ---------------------------------------------------------------------------
 
-// grid.x: row tiles of x; grid.y: column splits (sweep_plan.h), split s covering the column
-// tiles [s * tiles_per_split, (s + 1) * tiles_per_split); with `triangle`, only the tiles at
-// or right of the diagonal. Each block writes its partials for every row it owns, also when
-// its range is empty (zeros), so the finalize never reads garbage.
+// grid.x: row tiles of x; grid.y: column splits (sweep_plan.h's split_tiles); with
+// `triangle`, only the tiles at or right of the diagonal. Each block writes its partials for every
+// row it owns, also when its range is empty (zeros), so the finalize never reads garbage.
 template <typename T, typename acc_t>
 __global__ void __launch_bounds__(TileCfg::THREADS)
     contrastive_forward_kernel(const T* __restrict__ x, const int64_t* __restrict__ labels,
@@ -56,11 +56,11 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
   const int tx = threadIdx.x % TileCfg::TX, ty = threadIdx.x / TileCfg::TX;
   const int64_t row0 = int64_t(blockIdx.x) * TileCfg::BM;
   const int64_t split = blockIdx.y;
-  const int64_t col_tiles = (m + TileCfg::BN - 1) / TileCfg::BN;
-  int64_t t0 = split * tiles_per_split;
-  const int64_t t1 = t0 + tiles_per_split < col_tiles ? t0 + tiles_per_split : col_tiles;
+  TileRange tiles = split_tiles(m, split, tiles_per_split);
   if (p.triangle) {
-    while (t0 < t1 && !triangle_tile_live(row0, t0 * TileCfg::BN)) ++t0;
+    while (tiles.begin < tiles.end && !triangle_tile_live(row0, tiles.begin * TileCfg::BN)) {
+      ++tiles.begin;
+    }
   }
 
   int64_t lab[TM];
@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(TileCfg::THREADS)
   }
 
   acc_t acc[TM][TN];
-  for (int64_t t = t0; t < t1; ++t) {  // uniform across the block: dot_tile's barriers are safe
+  for (int64_t t = tiles.begin; t < tiles.end; ++t) {  // block-uniform: dot_tile's barriers
     const int64_t col0 = t * TileCfg::BN;
     dot_tile<T, acc_t>(x, b, row0, ref, m, col0, dim, sm, acc);
 #pragma unroll

@@ -8,34 +8,12 @@
 #include <type_traits>
 
 #include "cuda/contract_cuda.cuh"
-#include "cuda/cuda_utils.cuh"
+#include "cuda/engine/cuda_utils.cuh"
 #include "cuda/focal_kernels.cuh"
+#include "cuda/op_entry.cuh"
 
 namespace fastmine::cuda {
 namespace {
-
-template <typename F>
-void dispatch_gamma(double gamma, F&& f) {
-  switch (focal_gamma_kind(gamma)) {
-    case kGamma0:
-      return f(std::integral_constant<int, kGamma0>{});
-    case kGamma1:
-      return f(std::integral_constant<int, kGamma1>{});
-    case kGamma2:
-      return f(std::integral_constant<int, kGamma2>{});
-    default:
-      return f(std::integral_constant<int, kGammaPow>{});
-  }
-}
-
-template <typename F>
-void dispatch_bool(bool b, F&& f) {
-  if (b) {
-    f(std::true_type{});
-  } else {
-    f(std::false_type{});
-  }
-}
 
 std::vector<int64_t> sizes_of(const Tensor& t) {
   std::vector<int64_t> s(t.dim());
@@ -49,16 +27,13 @@ std::vector<int64_t> sizes_of(const Tensor& t) {
 template <typename Launch>
 Tensor run_elementwise(const Tensor& x_, const Tensor& t_, bool reduce, const Tensor* upstream_,
                        const char* op, const Launch& launch) {
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), t = dense(t_);
   const bool backward = upstream_ != nullptr;
-  const ScalarType loss_st =
-      x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
   const std::vector<int64_t> shape = sizes_of(x);
   Tensor out = backward ? torch::stable::new_empty(x, shape)
-                        : (reduce ? torch::stable::new_empty(x, {}, loss_st)
-                                  : torch::stable::new_empty(x, shape, loss_st));
+                        : (reduce ? torch::stable::new_empty(x, {}, entry.acc_st)
+                                  : torch::stable::new_empty(x, shape, entry.acc_st));
   Tensor upstream = backward ? dense(*upstream_) : out;
   const int64_t n = x.numel();
   if (n == 0) {
@@ -66,25 +41,25 @@ Tensor run_elementwise(const Tensor& x_, const Tensor& t_, bool reduce, const Te
     return out;
   }
   const bool up_scalar = backward && upstream.dim() == 0;
-  const cudaStream_t stream = current_stream(dev);
   const int64_t blocks = focal_blocks(n);
-  Tensor partial = torch::stable::new_empty(x, {reduce && !backward ? blocks : 1}, loss_st);
+  Tensor partial = torch::stable::new_empty(x, {reduce && !backward ? blocks : 1}, entry.acc_st);
   dispatch_floating(x.scalar_type(), op, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using acc_t = acc_of_t<T>;
     launch(tag, backward, [&](auto term) {
       const acc_t* up = backward ? cptr<acc_t>(upstream) : nullptr;
       if (reduce && !backward) {
-        focal_elementwise_kernel<T, acc_t, true><<<grid_1d(blocks, op), kFocalThreads, 0, stream>>>(
-            cptr<T>(x), cptr<T>(t), n, term, nullptr, nullptr, nullptr, false,
-            mptr<acc_t>(partial));
+        focal_elementwise_kernel<T, acc_t, true>
+            <<<grid_1d(blocks, op), kFocalThreads, 0, entry.stream>>>(
+                cptr<T>(x), cptr<T>(t), n, term, nullptr, nullptr, nullptr, false,
+                mptr<acc_t>(partial));
         check_launch("focal_elementwise_kernel");
         focal_sum_partials_kernel<acc_t>
-            <<<1, kFocalThreads, 0, stream>>>(cptr<acc_t>(partial), blocks, mptr<acc_t>(out));
+            <<<1, kFocalThreads, 0, entry.stream>>>(cptr<acc_t>(partial), blocks, mptr<acc_t>(out));
         check_launch("focal_sum_partials_kernel");
       } else {
         focal_elementwise_kernel<T, acc_t, false>
-            <<<grid_1d(blocks, op), kFocalThreads, 0, stream>>>(
+            <<<grid_1d(blocks, op), kFocalThreads, 0, entry.stream>>>(
                 cptr<T>(x), cptr<T>(t), n, term, backward ? nullptr : mptr<acc_t>(out),
                 backward ? mptr<T>(out) : nullptr, up, up_scalar, mptr<acc_t>(partial));
         check_launch("focal_elementwise_kernel");
@@ -154,16 +129,12 @@ std::tuple<Tensor, Tensor> softmax_focal_cuda(Tensor logits_, Tensor target_, Te
   constexpr const char* kOp = "softmax_focal_loss";
   contract::softmax_focal<CudaSide>(logits_, target_, alpha_, gamma);
   const int64_t n = logits_.size(0), c = logits_.size(1);
-  const int32_t dev = logits_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
+  const OpEntry entry(logits_);
   const Tensor x = dense(logits_);
   const Tensor target = dense(target_), alpha = dense(alpha_);
-  const ScalarType loss_st =
-      x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
-  Tensor loss = torch::stable::new_empty(x, {n}, loss_st);
+  Tensor loss = torch::stable::new_empty(x, {n}, entry.acc_st);
   Tensor grad = with_grad ? torch::stable::new_empty(x, {n, c}) : torch::stable::new_empty(x, {0});
   if (n == 0) return {loss, grad};
-  const cudaStream_t stream = current_stream(dev);
   const int64_t blocks = std::min<int64_t>(ceil_div(n, kFocalWarps), int64_t(1) << 16);
   dispatch_floating(x.scalar_type(), kOp, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -171,7 +142,7 @@ std::tuple<Tensor, Tensor> softmax_focal_cuda(Tensor logits_, Tensor target_, Te
     dispatch_gamma(gamma, [&](auto kg) {
       dispatch_bool(with_grad, [&](auto kgrad) {
         softmax_focal_kernel<decltype(kg)::value, decltype(kgrad)::value, T, acc_t>
-            <<<grid_1d(blocks, kOp), kFocalThreads, 0, stream>>>(
+            <<<grid_1d(blocks, kOp), kFocalThreads, 0, entry.stream>>>(
                 cptr<T>(x), cptr<int64_t>(target), cptr<T>(alpha), n, c, static_cast<acc_t>(gamma),
                 mptr<acc_t>(loss), with_grad ? mptr<T>(grad) : nullptr);
         check_launch("softmax_focal_kernel");

@@ -14,7 +14,7 @@
 #pragma once
 
 #include "common/focal.h"
-#include "cuda/device_utils.cuh"
+#include "cuda/engine/device_utils.cuh"
 
 namespace fastmine::cuda {
 namespace {

@@ -19,11 +19,12 @@
 
 #include "common/miners.h"
 #include "cuda/contract_cuda.cuh"
-#include "cuda/cuda_utils.cuh"
-#include "cuda/distance_sort.cuh"
-#include "cuda/launchers.cuh"
+#include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/distance_matrix.cuh"
+#include "cuda/engine/distance_sort.cuh"
+#include "cuda/engine/launchers.cuh"
 #include "cuda/miners_kernels.cuh"
-#include "cuda/pairwise_kernels.cuh"
+#include "cuda/op_entry.cuh"
 
 namespace fastmine::cuda {
 namespace {
@@ -57,8 +58,7 @@ struct MineChunks {
     const int64_t* sp = cptr<int64_t>(seg);
     sort_distance_segments<T>(nullptr, temp_bytes, mptr<T>(keys), mptr<T>(sorted), nullptr, nullptr,
                               rows * m, rows, sp, sp + 1, stream);
-    temp =
-        torch::stable::new_empty(x, {std::max<int64_t>(int64_t(temp_bytes), 1)}, ScalarType::Byte);
+    temp = byte_buffer(x, temp_bytes);
   }
 
   // Distances of anchor rows [a0, a0 + nr) to every reference row, into dist (nr x M).
@@ -74,9 +74,7 @@ struct MineChunks {
 
   // Sorts each of the first nr rows of keys into sorted.
   void sort_rows(int64_t nr, cudaStream_t stream) {
-    mine_segments_kernel<<<grid_1d(ceil_div(nr + 1, 256), kOp), 256, 0, stream>>>(
-        nr, m, mptr<int64_t>(seg));
-    check_launch("mine_segments_kernel");
+    launch_row_offsets(nr, m, mptr<int64_t>(seg), kOp, stream);
     const int64_t* sp = cptr<int64_t>(seg);
     size_t bytes = temp_bytes;
     sort_distance_segments<T>(temp.data_ptr(), bytes, mptr<T>(keys), mptr<T>(sorted), nullptr,
@@ -168,9 +166,7 @@ std::tuple<Tensor, Tensor, Tensor> mine_triplets_cuda(Tensor x_, Tensor labels_,
   contract::mine_triplets<CudaSide>(x_, labels_, ref_, ref_labels_, margin, type, metric,
                                     has_exclude, exclude_offset);
   const ScalarType st = x_.scalar_type();
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), ref = dense(ref_);
   const Tensor labels = dense(labels_);
   const Tensor ref_labels = dense(ref_labels_);
@@ -181,13 +177,12 @@ std::tuple<Tensor, Tensor, Tensor> mine_triplets_cuda(Tensor x_, Tensor labels_,
     out_n = torch::stable::new_empty(x, {0}, ScalarType::Long);
     return {out_a, out_p, out_n};
   }
-  const cudaStream_t stream = current_stream(dev);
   if (st == ScalarType::Double) {
     mine_triplets_impl<double>(x, labels, ref, ref_labels, margin, type, metric, has_exclude,
-                               exclude_offset, out_a, out_p, out_n, stream);
+                               exclude_offset, out_a, out_p, out_n, entry.stream);
   } else {
     mine_triplets_impl<float>(x, labels, ref, ref_labels, margin, type, metric, has_exclude,
-                              exclude_offset, out_a, out_p, out_n, stream);
+                              exclude_offset, out_a, out_p, out_n, entry.stream);
   }
   return {out_a, out_p, out_n};
 }

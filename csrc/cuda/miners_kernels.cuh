@@ -7,67 +7,16 @@
 #pragma once
 
 #include "common/miners.h"
-#include "cuda/device_utils.cuh"
+#include "cuda/engine/block_reduce.cuh"
+#include "cuda/engine/device_utils.cuh"
 
 namespace fastmine::cuda {
 namespace {
 
-constexpr int kMineThreads = 256;  // one block per anchor row
-constexpr int kMineWarps = kMineThreads / kWarp;
+constexpr int kMineThreads = kBlockThreads;  // one block per anchor row (block_reduce.cuh)
 
 // Row status (one per anchor): no triplet, ok, or a non-finite candidate distance.
 enum MineStatus : int32_t { kMineNone = 0, kMineOk = 1, kMineNonFinite = 2 };
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t positive_infinity();
-template <>
-__device__ __forceinline__ float positive_infinity<float>() {
-  return __int_as_float(0x7f800000);
-}
-template <>
-__device__ __forceinline__ double positive_infinity<double>() {
-  return __longlong_as_double(0x7ff0000000000000LL);
-}
-
-// False for NaN and +-inf (inf - inf and NaN - NaN are NaN).
-template <typename acc_t>
-__device__ __forceinline__ bool is_finite_value(acc_t v) {
-  return v - v == acc_t(0);
-}
-
-// Sum of an int64 over the block; every thread gets it. Integer: the order does not matter.
-__device__ __forceinline__ int64_t block_sum(int64_t v, int64_t* smem) {
-#pragma unroll
-  for (int off = kWarp / 2; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  int64_t total = 0;
-  for (int w = 0; w < kMineWarps; ++w) total += smem[w];
-  __syncthreads();  // smem is reused by the next call
-  return total;
-}
-
-// Exclusive prefix sum of a 0/1 flag over the block in thread order; *total gets the sum.
-__device__ __forceinline__ int block_exclusive_scan(int flag, int* smem, int* total) {
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  int inc = flag;
-#pragma unroll
-  for (int off = 1; off < kWarp; off <<= 1) {
-    const int o = __shfl_up_sync(kFullMask, inc, off);
-    if (lane >= off) inc += o;
-  }
-  if (lane == kWarp - 1) smem[warp] = inc;
-  __syncthreads();
-  int before = 0, all = 0;
-  for (int w = 0; w < kMineWarps; ++w) {
-    if (w < warp) before += smem[w];
-    all += smem[w];
-  }
-  __syncthreads();
-  *total = all;
-  return before + inc - flag;
-}
 
 // Per chunk row r (anchor i = a0 + r): keys[r, j] = d(i, j) for negatives, +inf elsewhere
 // (so that a segmented sort puts the n_neg negatives first), n_neg[r], and status[i].
@@ -77,7 +26,7 @@ __global__ void __launch_bounds__(kMineThreads)
                      const int64_t* __restrict__ labels, const int64_t* __restrict__ ref_labels,
                      bool has_exclude, int64_t exclude_offset, acc_t* __restrict__ keys,
                      int64_t* __restrict__ n_neg_out, int32_t* __restrict__ status) {
-  __shared__ int64_t smem[kMineWarps];
+  __shared__ int64_t smem[kBlockWarps];
   const int64_t r = blockIdx.x, i = a0 + r;
   const int64_t li = labels[i], excl = has_exclude ? i + exclude_offset : -1;
   const acc_t* d = dist + r * m;
@@ -110,7 +59,7 @@ __global__ void __launch_bounds__(kMineThreads)
                       int64_t exclude_offset, int64_t type, acc_t margin,
                       const int64_t* __restrict__ n_neg, const int32_t* __restrict__ status,
                       int64_t* __restrict__ counts) {
-  __shared__ int64_t smem[kMineWarps];
+  __shared__ int64_t smem[kBlockWarps];
   const int64_t r = blockIdx.x, i = a0 + r;
   if (status[i] != kMineOk) {  // block-uniform
     if (threadIdx.x == 0) counts[i] = 0;
@@ -141,7 +90,7 @@ __global__ void __launch_bounds__(kMineThreads)
                      const int64_t* __restrict__ counts, const int64_t* __restrict__ offsets,
                      int64_t* __restrict__ out_a, int64_t* __restrict__ out_p,
                      int64_t* __restrict__ out_n, int32_t* __restrict__ mismatch) {
-  __shared__ int smem[kMineWarps];
+  __shared__ int smem[kBlockWarps];
   const int64_t r = blockIdx.x, i = a0 + r;
   if (counts[i] == 0) return;  // block-uniform
   const int64_t li = labels[i], excl = has_exclude ? i + exclude_offset : -1;
@@ -166,12 +115,6 @@ __global__ void __launch_bounds__(kMineThreads)
     }
   }
   if (threadIdx.x == 0 && at != end) atomicOr(mismatch, 1);
-}
-
-// seg[r] = r * m, r in [0, rows]: the segment offsets of a chunk's rows.
-__global__ void mine_segments_kernel(int64_t rows, int64_t m, int64_t* __restrict__ seg) {
-  const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (r <= rows) seg[r] = r * m;
 }
 
 }  // namespace

@@ -1,9 +1,10 @@
 // Pairwise distance matrix on the GPU and its backward.
 //
-// Forward: squared row norms (one warp per row), then the tiled X.Y^T mainloop
-// (dot_tile.cuh) whose epilogue turns each dot product into a distance with
-// distance_from_dot; entries flagged by needs_exact (cancellation in |x|^2 + |y|^2 - 2<x,y>)
-// are recomputed by direct differences, as csrc/cpu/pairwise.cpp does.
+// Forward: squared row norms (one warp per row), then the engine's distance-matrix kernel
+// (engine/distance_matrix.cuh): the tiled X.Y^T mainloop, whose epilogue turns each dot
+// product into a distance with distance_from_dot; entries flagged by needs_exact
+// (cancellation in |x|^2 + |y|^2 - 2<x,y>) are recomputed by direct differences, as
+// csrc/cpu/pairwise.cpp does.
 //
 // Backward (csrc/cpu/pairwise.cpp's algebra): with q = distance_grad(d_ij, |x_i|^2, |y_j|^2),
 //   W = G * q.cross,  a_i = sum_j G_ij q.au,  c_j = sum_i G_ij q.bv,
@@ -14,8 +15,9 @@
 // in float32 (float32/float16/bfloat16 inputs) or float64.
 #include "common/distance.h"
 #include "cuda/contract_cuda.cuh"
-#include "cuda/cuda_utils.cuh"
-#include "cuda/launchers.cuh"
+#include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/launchers.cuh"
+#include "cuda/op_entry.cuh"
 #include "cuda/pairwise_kernels.cuh"
 
 namespace fastmine::cuda {
@@ -46,17 +48,14 @@ void pairwise_forward(const Tensor& x, const Tensor& y, int64_t metric, Tensor& 
 
 Tensor pairwise_distance_cuda(Tensor x_, Tensor y_, int64_t metric, bool allow_tf32) {
   contract::pairwise_distance<CudaSide>(x_, y_, metric);
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), y = dense(y_);
   const int64_t b = x.size(0), m = y.size(0);
   Tensor out = torch::stable::new_empty(x, {b, m});
   if (b == 0 || m == 0) return out;
-  const cudaStream_t stream = current_stream(dev);
   dispatch_floating_tf32(x.scalar_type(), allow_tf32, kFwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    pairwise_forward<T>(x, y, metric, out, stream);
+    pairwise_forward<T>(x, y, metric, out, entry.stream);
   });
   return out;
 }
@@ -117,22 +116,15 @@ std::tuple<Tensor, Tensor> pairwise_distance_backward_cuda(Tensor grad_, Tensor 
                                                            Tensor dist_, int64_t metric) {
   contract::pairwise_distance_backward<CudaSide>(grad_, x_, y_, dist_, metric);
   const int64_t b = x_.size(0), m = y_.size(0);
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), y = dense(y_);
   const Tensor grad = dense(grad_), dist = dense(dist_);
-  if (b == 0 || m == 0 || x.size(1) == 0) {
-    // No pair (or no coordinate): both gradients are zero.
-    return {torch::stable::new_zeros(x, {b, x.size(1)}),
-            torch::stable::new_zeros(y, {m, y.size(1)})};
-  }
+  if (b == 0 || m == 0 || x.size(1) == 0) return zero_gradients(x, y);  // no pair
   Tensor gx = torch::stable::new_empty(x, {b, x.size(1)});
   Tensor gy = torch::stable::new_empty(y, {m, y.size(1)});
-  const cudaStream_t stream = current_stream(dev);
   dispatch_floating(x.scalar_type(), kBwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    pairwise_backward<T>(grad, x, y, dist, metric, gx, gy, stream);
+    pairwise_backward<T>(grad, x, y, dist, metric, gx, gy, entry.stream);
   });
   return {gx, gy};
 }

@@ -1,6 +1,6 @@
 // Semi-hard triplet loss on the GPU, forward and backward. Same outputs, tie rules and NaN
-// rules as csrc/cpu/semi_hard.cpp (SPEC.md "Semi-hard"); the kernels are in
-// semi_hard_kernels.cuh.
+// rules as csrc/cpu/semi_hard.cpp (docs/semantics.md, `semi_hard_triplet_loss`); the kernels
+// are in semi_hard_kernels.cuh.
 //
 // Forward:
 //  1. sh_count_kernel (one block per anchor): pairs and negatives per anchor from the labels;
@@ -15,10 +15,9 @@
 //     itself. O(M log M) per anchor, never B x M x M.
 //  3. sh_finalize_kernel (one warp per pair): the chosen distances by direct differences, and
 //     the term. sh_nonfinite_kernel: the 0-dim NaN/0 output (integer atomicOr: exact).
-// Backward (as batch_hard_backward.cu, with P pairs instead of B anchors): per pair two edges;
-// edge ids sorted by anchor and by target (cub radix sort, stable); each output row sums its
+// Backward (batch-hard's scheme, with P pairs instead of B anchors): per pair two edges; the
+// edge ids sorted by anchor and by target (engine/edge_scatter.cuh); each output row sums its
 // edges in ascending edge order (sh_backward_rows_kernel). No float atomics: deterministic.
-#include <cub/device/device_radix_sort.cuh>
 #include <cub/device/device_segmented_sort.cuh>
 
 #include <climits>
@@ -26,11 +25,13 @@
 
 #include "common/distance.h"
 #include "common/semi_hard.h"
-#include "cuda/batch_hard_backward_kernels.cuh"  // segment_bounds_kernel
 #include "cuda/contract_cuda.cuh"
-#include "cuda/cuda_utils.cuh"
-#include "cuda/launchers.cuh"
-#include "cuda/pairwise_kernels.cuh"
+#include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/distance_matrix.cuh"
+#include "cuda/engine/distance_sort.cuh"
+#include "cuda/engine/edge_scatter.cuh"
+#include "cuda/engine/launchers.cuh"
+#include "cuda/op_entry.cuh"
 #include "cuda/semi_hard_kernels.cuh"
 
 namespace fastmine::cuda {
@@ -48,11 +49,6 @@ inline int64_t sh_panel_rows(int64_t b, int64_t m, int64_t acc_bytes) {
   rows = std::min<int64_t>(rows, INT_MAX / std::max<int64_t>(m, 1));
   rows = std::min<int64_t>(rows, int64_t(65535) * TileCfg::BM);
   return std::max<int64_t>(1, std::min(rows, b));
-}
-
-__global__ void sh_segment_offsets_kernel(int64_t rows, int64_t m, int64_t* __restrict__ off) {
-  const int64_t r = int64_t(blockIdx.x) * kRowThreads + threadIdx.x;
-  if (r <= rows) off[r] = r * m;
 }
 
 template <typename T>
@@ -82,10 +78,8 @@ void semi_hard_forward(const Tensor& x, const Tensor& labels, const Tensor& ref,
   Tensor cols_in = torch::stable::new_empty(x, {rows * m}, ScalarType::Int);
   Tensor cols_out = torch::stable::new_empty(x, {rows * m}, ScalarType::Int);
   Tensor seg = torch::stable::new_empty(x, {rows + 1}, ScalarType::Long);
-  sh_segment_offsets_kernel<<<grid_1d(ceil_div(rows + 1, kRowThreads), kFwd), kRowThreads, 0,
-                              stream>>>(rows, m, mptr<int64_t>(seg));
-  check_launch("sh_segment_offsets_kernel");
-  Tensor temp = torch::stable::new_empty(x, {1}, ScalarType::Byte);
+  launch_row_offsets(rows, m, mptr<int64_t>(seg), kFwd, stream);
+  Tensor temp = byte_buffer(x, 1);
   size_t temp_cap = 1;
 
   for (int64_t r0 = 0; r0 < b; r0 += rows) {
@@ -112,7 +106,7 @@ void semi_hard_forward(const Tensor& x, const Tensor& labels, const Tensor& ref,
                       static_cast<int>(nr), seg_begin, seg_begin + 1, stream),
                   "cub::DeviceSegmentedSort::StableSortPairs (size query)");
     if (bytes > temp_cap) {
-      temp = torch::stable::new_empty(x, {static_cast<int64_t>(bytes)}, ScalarType::Byte);
+      temp = byte_buffer(x, bytes);
       temp_cap = bytes;
     }
     FM_CUDA_CHECK(cub::DeviceSegmentedSort::StableSortPairs(
@@ -151,90 +145,61 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> semi_hard_tri
                                         exclude_offset);
   const int64_t b = x_.size(0), m = ref_.size(0);
   STD_TORCH_CHECK(m <= INT_MAX, "fastmine.", kFwd, ": too many reference rows (", m, ")");
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), ref = dense(ref_);
   const Tensor labels = dense(labels_);
   const Tensor ref_labels = dense(ref_labels_);
-  const cudaStream_t stream = current_stream(dev);
-  const ScalarType loss_st =
-      x.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
 
   // 1. pairs per anchor, and their offsets (the output size) on the host.
   Tensor pairs = torch::stable::new_empty(x, {std::max<int64_t>(b, 1)}, ScalarType::Long);
   Tensor negs = torch::stable::new_empty(x, {std::max<int64_t>(b, 1)}, ScalarType::Long);
   std::vector<int64_t> h_off(b + 1, 0);
   if (b > 0) {
-    sh_count_kernel<<<grid_1d(b, kFwd), kShThreads, 0, stream>>>(
+    sh_count_kernel<<<grid_1d(b, kFwd), kShThreads, 0, entry.stream>>>(
         cptr<int64_t>(labels), cptr<int64_t>(ref_labels), m, has_exclude, exclude_offset,
         mptr<int64_t>(pairs), mptr<int64_t>(negs));
     check_launch("sh_count_kernel");
     FM_CUDA_CHECK(cudaMemcpyAsync(h_off.data() + 1, pairs.data_ptr(), b * sizeof(int64_t),
-                                  cudaMemcpyDeviceToHost, stream),
+                                  cudaMemcpyDeviceToHost, entry.stream),
                   "cudaMemcpyAsync");
-    FM_CUDA_CHECK(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    FM_CUDA_CHECK(cudaStreamSynchronize(entry.stream), "cudaStreamSynchronize");
     for (int64_t i = 0; i < b; ++i) h_off[i + 1] += h_off[i];
   }
   const int64_t p = h_off[b];
   Tensor offsets = torch::stable::new_empty(x, {b + 1}, ScalarType::Long);
   FM_CUDA_CHECK(cudaMemcpyAsync(offsets.data_ptr(), h_off.data(), (b + 1) * sizeof(int64_t),
-                                cudaMemcpyHostToDevice, stream),
+                                cudaMemcpyHostToDevice, entry.stream),
                 "cudaMemcpyAsync");
 
-  Tensor loss = torch::stable::new_empty(x, {p}, loss_st);
-  Tensor pos_dist = torch::stable::new_empty(x, {p}, loss_st);
-  Tensor neg_dist = torch::stable::new_empty(x, {p}, loss_st);
+  Tensor loss = torch::stable::new_empty(x, {p}, entry.acc_st);
+  Tensor pos_dist = torch::stable::new_empty(x, {p}, entry.acc_st);
+  Tensor neg_dist = torch::stable::new_empty(x, {p}, entry.acc_st);
   Tensor anchor_idx = torch::stable::new_empty(x, {p}, ScalarType::Long);
   Tensor pos_idx = torch::stable::new_empty(x, {p}, ScalarType::Long);
   Tensor neg_idx = torch::stable::new_empty(x, {p}, ScalarType::Long);
-  Tensor nonfinite = torch::stable::new_empty(x, {}, loss_st);
+  Tensor nonfinite = torch::stable::new_empty(x, {}, entry.acc_st);
   Tensor flag = torch::stable::new_zeros(x, {1}, ScalarType::Int);
 
   dispatch_floating(x.scalar_type(), kFwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using acc_t = acc_of_t<T>;
-    nonfinite_flag<T>(x, mptr<int>(flag), stream);
-    nonfinite_flag<T>(ref, mptr<int>(flag), stream);
-    sh_nonfinite_value_kernel<acc_t><<<1, 1, 0, stream>>>(cptr<int>(flag), mptr<acc_t>(nonfinite));
+    nonfinite_flag<T>(x, mptr<int>(flag), entry.stream);
+    nonfinite_flag<T>(ref, mptr<int>(flag), entry.stream);
+    sh_nonfinite_value_kernel<acc_t>
+        <<<1, 1, 0, entry.stream>>>(cptr<int>(flag), mptr<acc_t>(nonfinite));
     check_launch("sh_nonfinite_value_kernel");
     if (p > 0) {
       semi_hard_forward<T>(x, labels, ref, ref_labels, offsets, h_off, negs, margin, metric,
                            has_exclude, exclude_offset, loss, anchor_idx, pos_idx, neg_idx,
-                           pos_dist, neg_dist, stream);
+                           pos_dist, neg_dist, entry.stream);
     }
   });
   // h_off must outlive its host-to-device copy.
-  FM_CUDA_CHECK(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  FM_CUDA_CHECK(cudaStreamSynchronize(entry.stream), "cudaStreamSynchronize");
   return {loss, anchor_idx, pos_idx, neg_idx, pos_dist, neg_dist, nonfinite};
 }
 
 // ---- backward -----------------------------------------------------------------------------------
-
-// Stable radix sort of edge ids by key (0 .. n_keys - 1), then each key's run [start, end).
-void sort_edges(const Tensor& like, const Tensor& keys_in, const Tensor& ids_in, int64_t n_edges,
-                int64_t n_keys, Tensor& ids_out, Tensor& start, Tensor& end, cudaStream_t stream) {
-  Tensor keys_out = torch::stable::new_empty(like, {n_edges}, ScalarType::Long);
-  int end_bit = 1;
-  while (end_bit < 64 && (sh_key_t(1) << end_bit) <= sh_key_t(n_keys)) ++end_bit;
-  size_t bytes = 0;
-  FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, cptr<sh_key_t>(keys_in),
-                                                mptr<sh_key_t>(keys_out), cptr<int64_t>(ids_in),
-                                                mptr<int64_t>(ids_out), static_cast<int>(n_edges),
-                                                0, end_bit, stream),
-                "cub::DeviceRadixSort::SortPairs (size query)");
-  Tensor temp = torch::stable::new_empty(like, {static_cast<int64_t>(std::max<size_t>(bytes, 1))},
-                                         ScalarType::Byte);
-  FM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.data_ptr(), bytes, cptr<sh_key_t>(keys_in),
-                                                mptr<sh_key_t>(keys_out), cptr<int64_t>(ids_in),
-                                                mptr<int64_t>(ids_out), static_cast<int>(n_edges),
-                                                0, end_bit, stream),
-                "cub::DeviceRadixSort::SortPairs");
-  check_launch("cub::DeviceRadixSort::SortPairs");
-  segment_bounds_kernel<<<grid_1d(ceil_div(n_edges, kRowThreads), kBwd), kRowThreads, 0, stream>>>(
-      cptr<edge_key_t>(keys_out), n_edges, n_keys, mptr<int64_t>(start), mptr<int64_t>(end));
-  check_launch("segment_bounds_kernel");
-}
 
 template <typename T>
 void semi_hard_backward(const Tensor& gl, const Tensor& gpd, const Tensor& gnd, const Tensor& x,
@@ -257,24 +222,21 @@ void semi_hard_backward(const Tensor& gl, const Tensor& gpd, const Tensor& gnd, 
       <<<grid_1d(ceil_div(p, kRowsPerBlock), kBwd), kRowThreads, 0, stream>>>(
           cptr<acc_t>(gl), cptr<acc_t>(gpd), cptr<acc_t>(gnd), cptr<T>(x), cptr<T>(ref),
           cptr<int64_t>(ai), cptr<int64_t>(pi), cptr<int64_t>(ni), cptr<acc_t>(pd), cptr<acc_t>(nd),
-          p, dim, static_cast<acc_t>(margin), metric, mptr<sh_key_t>(key_src),
-          mptr<sh_key_t>(key_dst), mptr<int64_t>(ids), mptr<acc_t>(edge_c), mptr<acc_t>(edge_au),
+          p, dim, static_cast<acc_t>(margin), metric, mptr<edge_key_t>(key_src),
+          mptr<edge_key_t>(key_dst), mptr<int64_t>(ids), mptr<acc_t>(edge_c), mptr<acc_t>(edge_au),
           mptr<acc_t>(edge_cross), mptr<acc_t>(edge_bv));
   check_launch("sh_backward_edges_kernel");
   const int64_t k_chunks = ceil_div(dim, kWarp);
   for (const bool anchor_side : {true, false}) {
     const int64_t rows = anchor_side ? b : m;
-    Tensor sorted = torch::stable::new_empty(x, {n_edges}, ScalarType::Long);
-    Tensor start = torch::stable::new_zeros(x, {rows}, ScalarType::Long);
-    Tensor end = torch::stable::new_zeros(x, {rows}, ScalarType::Long);
-    sort_edges(x, anchor_side ? key_src : key_dst, ids, n_edges, rows, sorted, start, end, stream);
-    sh_backward_rows_kernel<T, acc_t>
-        <<<grid_1d(ceil_div(rows * k_chunks, kRowsPerBlock), kBwd), kRowThreads, 0, stream>>>(
-            anchor_side ? cptr<T>(x) : cptr<T>(ref), anchor_side ? cptr<T>(ref) : cptr<T>(x),
-            cptr<int64_t>(start), cptr<int64_t>(end), cptr<int64_t>(sorted), cptr<acc_t>(edge_c),
-            anchor_side ? cptr<acc_t>(edge_au) : cptr<acc_t>(edge_bv), cptr<acc_t>(edge_cross),
-            cptr<int64_t>(ai), cptr<int64_t>(pi), cptr<int64_t>(ni), anchor_side, rows, dim,
-            k_chunks, anchor_side ? mptr<T>(gx) : mptr<T>(gr));
+    const EdgeRuns runs =
+        sort_edges(x, anchor_side ? key_src : key_dst, ids, n_edges, /*n_keys=*/rows, kBwd, stream);
+    sh_backward_rows_kernel<T, acc_t><<<run_grid(rows, dim, kBwd), kRowThreads, 0, stream>>>(
+        anchor_side ? cptr<T>(x) : cptr<T>(ref), anchor_side ? cptr<T>(ref) : cptr<T>(x),
+        cptr<int64_t>(runs.start), cptr<int64_t>(runs.end), cptr<int64_t>(runs.ids),
+        cptr<acc_t>(edge_c), anchor_side ? cptr<acc_t>(edge_au) : cptr<acc_t>(edge_bv),
+        cptr<acc_t>(edge_cross), cptr<int64_t>(ai), cptr<int64_t>(pi), cptr<int64_t>(ni),
+        anchor_side, rows, dim, k_chunks, anchor_side ? mptr<T>(gx) : mptr<T>(gr));
     check_launch("sh_backward_rows_kernel");
   }
 }
@@ -290,20 +252,17 @@ std::tuple<Tensor, Tensor> semi_hard_triplet_backward_cuda(Tensor grad_loss_, Te
                                                  neg_dist_, margin, metric);
   const int64_t b = x_.size(0), m = ref_.size(0), dim = x_.size(1);
   const int64_t p = anchor_idx_.size(0);
-  const int32_t dev = x_.get_device_index();
-  torch::stable::accelerator::DeviceGuard guard(dev);
-  FM_CUDA_CHECK(cudaSetDevice(dev), "cudaSetDevice");
+  const OpEntry entry(x_);
   const Tensor x = dense(x_), ref = dense(ref_);
   Tensor gx = torch::stable::new_zeros(x, {b, dim});
   Tensor gr = torch::stable::new_zeros(ref, {m, dim});
   if (p == 0 || dim == 0) return {gx, gr};
   const Tensor ai = dense(anchor_idx_), pi = dense(pos_idx_), ni = dense(neg_idx_);
-  const cudaStream_t stream = current_stream(dev);
   dispatch_floating(x.scalar_type(), kBwd, [&](auto tag) {
     using T = typename decltype(tag)::type;
     semi_hard_backward<T>(dense(grad_loss_), dense(grad_pos_dist_), dense(grad_neg_dist_), x, ref,
                           ai, pi, ni, dense(pos_dist_), dense(neg_dist_), margin, metric, gx, gr,
-                          stream);
+                          entry.stream);
   });
   return {gx, gr};
 }

@@ -8,33 +8,23 @@
 
 #include "common/distance.h"
 #include "common/semi_hard.h"
-#include "cuda/device_utils.cuh"
-#include "cuda/row_ops.cuh"
-#include "cuda/sort_keys.cuh"
+#include "cuda/engine/block_reduce.cuh"
+#include "cuda/engine/device_utils.cuh"
+#include "cuda/engine/edge_scatter_kernels.cuh"
+#include "cuda/engine/row_ops.cuh"
+#include "cuda/engine/sort_keys.cuh"
 
 namespace fastmine::cuda {
 namespace {
 
-constexpr int kShThreads = 256;  // one block per anchor row in the count and pick kernels
+// One block per anchor row in the count and pick kernels (block_reduce.cuh).
+constexpr int kShThreads = kBlockThreads;
 
 // Sort keys (sort_keys.cuh) in the order the pick kernel needs: the negatives' distances
 // ascending, then NaN, then the columns that are not negatives.
 template <typename acc_t>
 constexpr sort_key_t<acc_t> kNotNegativeKey = ~sort_key_t<acc_t>(0);
 static_assert(kNotNegativeKey<float> > kNanKey<float> && kNotNegativeKey<double> > kNanKey<double>);
-
-// Block-wide sum of one int per thread (fixed tree; integers: exact anyway).
-__device__ __forceinline__ int64_t block_sum(int64_t v, int64_t* sm) {
-  sm[threadIdx.x] = v;
-  __syncthreads();
-  for (int s = kShThreads / 2; s > 0; s >>= 1) {
-    if (int(threadIdx.x) < s) sm[threadIdx.x] += sm[threadIdx.x + s];
-    __syncthreads();
-  }
-  const int64_t total = sm[0];
-  __syncthreads();
-  return total;
-}
 
 // ---- 1. pairs per anchor ----------------------------------------------------------------------
 
@@ -44,7 +34,7 @@ __global__ void __launch_bounds__(kShThreads)
     sh_count_kernel(const int64_t* __restrict__ labels, const int64_t* __restrict__ ref_labels,
                     int64_t m, bool has_exclude, int64_t exclude_offset,
                     int64_t* __restrict__ pairs, int64_t* __restrict__ negs) {
-  __shared__ int64_t sm[kShThreads];
+  __shared__ int64_t sm[kBlockWarps];
   const int64_t i = blockIdx.x;
   const int64_t li = labels[i];
   const int64_t excl = has_exclude ? i + exclude_offset : -1;
@@ -108,7 +98,7 @@ __global__ void __launch_bounds__(kShThreads)
                    const int64_t* __restrict__ negs, int64_t r0, int64_t m, bool has_exclude,
                    int64_t exclude_offset, int64_t* __restrict__ anchor_idx,
                    int64_t* __restrict__ pos_idx, int64_t* __restrict__ neg_idx) {
-  __shared__ int64_t sm[kShThreads];
+  __shared__ int sm[kBlockWarps];
   __shared__ int64_t n_num_s, easy_s, nan_s;
   const int64_t r = blockIdx.x, i = r0 + r;
   const int64_t off = offsets[i];
@@ -150,19 +140,10 @@ __global__ void __launch_bounds__(kShThreads)
   for (int64_t j0 = 0; j0 < m; j0 += kShThreads) {
     const int64_t j = j0 + threadIdx.x;
     const bool pos = j < m && ref_labels[j] == li && j != excl;
-    // Exclusive scan of the positive flags over the chunk (Hillis-Steele, fixed order).
-    sm[threadIdx.x] = pos;
-    __syncthreads();
-    for (int s = 1; s < kShThreads; s <<= 1) {
-      const int64_t add = int(threadIdx.x) >= s ? sm[threadIdx.x - s] : 0;
-      __syncthreads();
-      sm[threadIdx.x] += add;
-      __syncthreads();
-    }
-    const int64_t inclusive = sm[threadIdx.x], chunk_total = sm[kShThreads - 1];
-    __syncthreads();
+    int chunk_total;  // the positives before this one in the chunk, and in all of it
+    const int before = block_exclusive_scan(pos ? 1 : 0, sm, &chunk_total);
     if (pos) {
-      const int64_t q = off + base + inclusive - 1;
+      const int64_t q = off + base + before;
       const acc_t v = drow[j] + acc_t(0);
       int64_t n = nan_col;
       if (n < 0) {
@@ -217,7 +198,7 @@ __global__ void __launch_bounds__(kRowThreads)
   for (int64_t e = int64_t(blockIdx.x) * kRowThreads + threadIdx.x; e < n;
        e += int64_t(gridDim.x) * kRowThreads) {
     const acc_of_t<T> v = to_acc<acc_of_t<T>>(p[e]);
-    bad |= !(v - v == acc_of_t<T>(0));  // NaN or +-inf
+    bad |= !is_finite_value(v);
   }
   if (bad) atomicOr(flag, 1);
 }
@@ -230,8 +211,6 @@ __global__ void sh_nonfinite_value_kernel(const int* __restrict__ flag, acc_t* _
 // ---- backward
 // ---------------------------------------------------------------------------------------
 
-using sh_key_t = unsigned long long;
-
 // One warp per pair q: edges 2q (to the positive) and 2q + 1 (to the negative), each with
 // c = dL/dd and distance_grad's (au, cross, bv); keys for the two sorts (by anchor, by target).
 template <typename T, typename acc_t>
@@ -243,7 +222,7 @@ __global__ void __launch_bounds__(kRowThreads)
                              const int64_t* __restrict__ neg_idx,
                              const acc_t* __restrict__ pos_dist, const acc_t* __restrict__ neg_dist,
                              int64_t p, int64_t dim, acc_t margin, int64_t metric,
-                             sh_key_t* __restrict__ key_src, sh_key_t* __restrict__ key_dst,
+                             edge_key_t* __restrict__ key_src, edge_key_t* __restrict__ key_dst,
                              int64_t* __restrict__ edge_id, acc_t* __restrict__ edge_c,
                              acc_t* __restrict__ edge_au, acc_t* __restrict__ edge_cross,
                              acc_t* __restrict__ edge_bv) {
@@ -266,8 +245,8 @@ __global__ void __launch_bounds__(kRowThreads)
     const int64_t e = 2 * q + role;
     const DistGrad<acc_t>& g = role ? gn : gp;
     edge_id[e] = e;
-    key_src[e] = sh_key_t(a);
-    key_dst[e] = sh_key_t(role ? jn : jp);
+    key_src[e] = edge_key_t(a);
+    key_dst[e] = edge_key_t(role ? jn : jp);
     edge_c[e] = role ? -t + grad_nd[q] : t + grad_pd[q];
     edge_au[e] = g.au;
     edge_cross[e] = g.cross;
@@ -291,12 +270,8 @@ __global__ void __launch_bounds__(kRowThreads)
                             const int64_t* __restrict__ pos_idx,
                             const int64_t* __restrict__ neg_idx, bool anchor_side, int64_t rows,
                             int64_t dim, int64_t k_chunks, T* __restrict__ out) {
-  const int64_t w = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
-  const int lane = threadIdx.x % kWarp;
-  if (w >= rows * k_chunks) return;
-  const int64_t j = w / k_chunks;
-  const int64_t k = (w % k_chunks) * kWarp + lane;
-  if (k >= dim) return;  // no warp collectives below
+  int64_t j, k;
+  if (!run_lane(rows, dim, k_chunks, &j, &k)) return;
   const acc_t own_k = to_acc<acc_t>(own[j * dim + k]);
   acc_t acc = acc_t(0);
   for (int64_t s = start[j]; s < end[j]; ++s) {

@@ -1,5 +1,6 @@
-"""Builds fastmine's CUDA module for the host emulator: every csrc/cuda/*.cu, host code and
-kernels alike, compiled by g++ into a library whose ops run the kernels under emu.h.
+"""Builds fastmine's CUDA module for the host emulator: every csrc/cuda/*.cu (the op files;
+the engine in csrc/cuda/engine/ is headers they include), host code and kernels alike,
+compiled by g++ into a library whose ops run the kernels under emu.h.
 
 The sources are compiled as they are, except for one mechanical rewrite: the launch syntax
 ``kernel<<<grid, block, smem, stream>>>(args)``, which no host compiler parses, becomes
@@ -127,8 +128,8 @@ def build(jobs: int = 2) -> str:
         return lib
     os.makedirs(out_dir, exist_ok=True)
 
-    # The rewritten tree, so that the launches in headers (launchers.cuh, ...) are rewritten
-    # too; #line keeps the compiler's messages on the original files.
+    # The rewritten tree (csrc/ with its subfolders: the CUDA engine's headers launch kernels
+    # too, e.g. engine/launchers.cuh); #line keeps the compiler's messages on the original files.
     tree = os.path.join(out_dir, "csrc")
     for path in glob.glob(os.path.join(CSRC, "**", "*.*"), recursive=True):
         rel = os.path.relpath(path, CSRC)

@@ -1,5 +1,5 @@
-// Emulated tensor-core instructions for emu.h: the functions that csrc/cuda/mma.cuh declares
-// under FASTMINE_EMULATED_MMA. Written independently of the kernels, straight from the PTX
+// Emulated tensor-core instructions for emu.h: the functions that csrc/cuda/engine/mma.cuh
+// declares under FASTMINE_EMULATED_MMA. Written independently of the kernels, straight from the PTX
 // ISA's fragment tables (section 9.7.14.5.8, "Matrix Fragments for mma.m16n8k16 with
 // floating point type", and 9.7.14.5.7, "Matrix Fragments for mma.m16n8k8", .tf32), in the
 // ISA's own terms: element a_i of a lane's fragment sits at (row, col) given by the

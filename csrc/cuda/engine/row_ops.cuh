@@ -5,7 +5,7 @@
 #pragma once
 
 #include "common/distance.h"
-#include "cuda/device_utils.cuh"
+#include "cuda/engine/device_utils.cuh"
 
 namespace fastmine::cuda {
 

@@ -1,6 +1,6 @@
 // The backward of the all-pairs losses (contrastive, batch-all) on the GPU: the gradient of
 // sum_ij w_ij d_ij, w_ij = dL/dd_ij given by a weight policy, with the algebra of
-// csrc/cpu/panel.h (q = distance_grad(d_ij, |x_i|^2, |r_j|^2)):
+// csrc/cpu/engine/panel.h (q = distance_grad(d_ij, |x_i|^2, |r_j|^2)):
 //   gx_i = (sum_j w q.au) x_i + sum_j (w q.cross) r_j
 //   gr_j = (sum_i w q.bv) r_j + sum_i (w q.cross) x_i
 //
@@ -10,22 +10,20 @@
 // matmul, as pairwise.cu) then give  W R  (the panel's gx rows, complete: each row lives in
 // one panel) and  W^T X_panel  (added to an acc_t gr accumulator, panel after panel).
 //
-// Why not DESIGN.md's fused flash-attention loops (row-owner + column-owner kernels that
-// multiply W tiles by R / X tiles in shared memory): those do the two products in SIMT FMA,
-// recompute every distance tile twice (once per owner), and need D-chunked register
-// accumulators for large D. Here each tile is computed once, the two products run on
-// cuBLAS (several times faster than a SIMT tile loop at equal precision), and memory stays
-// bounded: W is one panel, rows x M <= 2^25 entries (sweep_plan.h), never B x M. Everything
-// is deterministic: the panel plan depends on the sizes only, partials are summed in tile
-// order, panels are accumulated in order, and cuBLAS GEMMs are run-to-run reproducible.
+// Each distance tile is computed once per panel and the two products run on cuBLAS, rather
+// than in fused row-owner and column-owner loops (docs/design.md, "The all-pairs backward").
+// Memory stays bounded: W is one panel, rows x M <= 2^25 entries (sweep_plan.h), never B x M.
+// Everything is deterministic: the panel plan depends on the sizes only, partials are summed
+// in tile order, panels are accumulated in order, and cuBLAS GEMMs are run-to-run
+// reproducible.
 #pragma once
 
 #include <type_traits>
 
-#include "cuda/all_pairs_kernels.cuh"
-#include "cuda/cuda_utils.cuh"
-#include "cuda/launchers.cuh"
-#include "cuda/sweep_plan.h"
+#include "cuda/engine/all_pairs_kernels.cuh"
+#include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/launchers.cuh"
+#include "cuda/engine/sweep_plan.h"
 
 namespace fastmine::cuda {
 namespace {

@@ -9,7 +9,7 @@
 #include <cstring>
 
 #include "common/macros.h"
-#include "cuda/device_utils.cuh"
+#include "cuda/engine/device_utils.cuh"
 
 namespace fastmine::cuda {
 namespace {

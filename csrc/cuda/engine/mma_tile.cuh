@@ -30,7 +30,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "cuda/mma.cuh"
+#include "cuda/engine/mma.cuh"
 
 namespace fastmine::cuda {
 

@@ -25,7 +25,7 @@
 
 #include <type_traits>
 
-#include "cuda/device_utils.cuh"
+#include "cuda/engine/device_utils.cuh"
 
 namespace fastmine::cuda {
 
@@ -176,7 +176,7 @@ __device__ __forceinline__ void dot_tile_simt(const T* __restrict__ x, int64_t n
 }  // namespace fastmine::cuda
 
 #define FASTMINE_DOT_TILE_INTERNAL
-#include "cuda/mma_tile.cuh"
+#include "cuda/engine/mma_tile.cuh"
 #undef FASTMINE_DOT_TILE_INTERNAL
 
 namespace fastmine::cuda {

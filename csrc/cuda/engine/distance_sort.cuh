@@ -1,17 +1,35 @@
 // CUB's segmented sort of distances, ascending with NaN last, on their order-preserving
 // integer keys (sort_keys.cuh): sorted as floats, a segment holding a NaN would come back
-// unsorted from CUB's merge sort of short segments. Host code; include from a .cu only.
+// unsorted from CUB's merge sort of short segments. And the segment offsets of a row-major
+// matrix sorted row by row. Host code; include from a .cu only.
 #pragma once
 
 #include <cub/device/device_segmented_sort.cuh>
 
 #include <algorithm>
 
-#include "cuda/cuda_utils.cuh"
-#include "cuda/sort_keys.cuh"
+#include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/sort_keys.cuh"
 
 namespace fastmine::cuda {
 namespace {
+
+constexpr int kOffsetThreads = 256;
+
+__global__ void __launch_bounds__(kOffsetThreads)
+    row_offsets_kernel(int64_t rows, int64_t m, int64_t* __restrict__ off) {
+  const int64_t r = int64_t(blockIdx.x) * kOffsetThreads + threadIdx.x;
+  if (r <= rows) off[r] = r * m;
+}
+
+// off[r] = r * m for r in [0, rows]: the segments of a (rows, m) row-major matrix, one per row
+// (CUB's begin offsets are off, its end offsets off + 1).
+inline void launch_row_offsets(int64_t rows, int64_t m, int64_t* off, const char* what,
+                               cudaStream_t stream) {
+  row_offsets_kernel<<<grid_1d(ceil_div(rows + 1, kOffsetThreads), what), kOffsetThreads, 0,
+                       stream>>>(rows, m, off);
+  check_launch("row_offsets_kernel");
+}
 
 // Sorts the segments [begin[s], end[s]) of in[0, n) into out, with int32 values carried along
 // when vals_in is given (not stable: equal distances may exchange their values). in is left

@@ -5,7 +5,7 @@
 // the one translation unit that includes this header.
 #pragma once
 
-#include "cuda/device_utils.cuh"
+#include "cuda/engine/device_utils.cuh"
 
 namespace fastmine::cuda {
 namespace {

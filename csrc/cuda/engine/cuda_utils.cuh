@@ -20,7 +20,7 @@
 #include <type_traits>
 
 #include "common/macros.h"
-#include "cuda/device_utils.cuh"
+#include "cuda/engine/device_utils.cuh"
 
 namespace fastmine::cuda {
 
@@ -116,6 +116,12 @@ inline unsigned grid_1d(int64_t blocks, const char* what) {
   return static_cast<unsigned>(blocks);
 }
 
+// A scratch buffer of `bytes` bytes (at least one) on like's device: CUB's temp storage.
+inline Tensor byte_buffer(const Tensor& like, size_t bytes) {
+  return torch::stable::new_empty(like, {static_cast<int64_t>(bytes > 0 ? bytes : 1)},
+                                  ScalarType::Byte);
+}
+
 // ---- dtypes --------------------------------------------------------------------------------
 
 template <typename T>
@@ -161,6 +167,12 @@ void dispatch_floating_tf32(ScalarType st, bool allow_tf32, const char* op, Fn&&
 template <typename acc_t>
 constexpr ScalarType scalar_type_of() {
   return std::is_same_v<acc_t, double> ? ScalarType::Double : ScalarType::Float;
+}
+
+// The same, from the inputs' dtype on the host: scalar_type_of<acc_of_t<T>>() for the element
+// type T of `st` (float64 for float64 inputs, float32 for float32, float16 and bfloat16).
+inline ScalarType acc_dtype(ScalarType st) {
+  return st == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
 }
 
 template <typename T>

@@ -1,16 +1,19 @@
-// How the all-pairs kernels cut their work: column splits of a tile sweep, row panels of a
-// backward, anchor chunks of batch-all. Plain host C++ (no CUDA, no torch), so the emulator
-// harness plans exactly like the launchers.
+// How the tile sweeps cut their work: column splits of a sweep, row panels of a backward,
+// anchor chunks of batch-all. Plain host C++ (no CUDA, no torch), so the emulator harness
+// plans exactly like the launchers.
 //
-// Determinism: every plan here is a function of the problem's sizes only, never of the
-// device (SM count) nor of timing, and every reduction over a plan's pieces runs in piece
-// order. So the same inputs give bitwise-identical results run after run, and on any GPU
-// of the same architecture.
+// Determinism: every plan here is a function of the problem's sizes only, never of timing,
+// and every reduction over a plan's pieces runs in piece order. So the same inputs give
+// bitwise-identical results run after run. One plan also reads the device's SM count
+// (plan_splits_for_sms): that of batch-hard's mining, whose merge of the pieces is exact in
+// any order and cut, so its results do not depend on the device either.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <vector>
+
+#include "common/macros.h"
 
 namespace fastmine::cuda {
 
@@ -36,6 +39,28 @@ inline SweepSplits plan_splits(int64_t col_tiles, int64_t tiles_per_split_overri
                           : std::max<int64_t>(1, plan_ceil_div(col_tiles, kMaxSplits));
   s.n_splits = plan_ceil_div(col_tiles, s.tiles_per_split);
   return s;
+}
+
+// Column splits that fill the device: enough blocks for two per SM when B is small (row_tiles
+// row tiles), never more splits than column tiles, and no empty split. For a sweep whose
+// pieces merge exactly in any order only (batch-hard's arg-best): the cut depends on the
+// device, the result must not.
+inline SweepSplits plan_splits_for_sms(int64_t col_tiles, int64_t row_tiles, int64_t sms) {
+  if (col_tiles <= 0) return SweepSplits{};
+  const int64_t want = plan_ceil_div(2 * sms, row_tiles);
+  const int64_t n = std::min<int64_t>(std::max<int64_t>(want, 1), col_tiles);
+  return plan_splits(col_tiles, plan_ceil_div(col_tiles, n));
+}
+
+// The column tiles [begin, end) that split `split` of a sweep over m columns covers
+// (plan_splits' cut: the last split may be shorter). Device code reads it too.
+struct TileRange {
+  int64_t begin, end;
+};
+FM_HD TileRange split_tiles(int64_t m, int64_t split, int64_t tiles_per_split) {
+  const int64_t col_tiles = (m + kTile - 1) / kTile;
+  const int64_t t0 = split * tiles_per_split;
+  return TileRange{t0, t0 + tiles_per_split < col_tiles ? t0 + tiles_per_split : col_tiles};
 }
 
 // Rows of one backward panel: its (rows x M) weight matrix holds at most ~kPanelElems

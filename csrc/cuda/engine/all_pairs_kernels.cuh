@@ -5,10 +5,10 @@
 #pragma once
 
 #include "common/distance.h"
-#include "cuda/device_utils.cuh"
-#include "cuda/dot_tile.cuh"
-#include "cuda/row_ops.cuh"
-#include "cuda/sweep_plan.h"
+#include "cuda/engine/device_utils.cuh"
+#include "cuda/engine/dot_tile.cuh"
+#include "cuda/engine/row_ops.cuh"
+#include "cuda/engine/sweep_plan.h"
 
 namespace fastmine::cuda {
 

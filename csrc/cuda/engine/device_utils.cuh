@@ -72,15 +72,31 @@ __device__ __forceinline__ T from_acc(acc_t v) {
   }
 }
 
+// The float or double with the given IEEE bits: the special values below, spelled once.
 template <typename acc_t>
-__device__ __forceinline__ acc_t quiet_nan();
-template <>
-__device__ __forceinline__ float quiet_nan<float>() {
-  return __int_as_float(0x7fc00000);
+__device__ __forceinline__ acc_t from_ieee_bits(int float_bits, long long double_bits) {
+  if constexpr (std::is_same_v<acc_t, double>) {
+    return __longlong_as_double(double_bits);
+  } else {
+    static_assert(std::is_same_v<acc_t, float>, "float or double");
+    return __int_as_float(float_bits);
+  }
 }
-template <>
-__device__ __forceinline__ double quiet_nan<double>() {
-  return __longlong_as_double(0x7ff8000000000000LL);
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t quiet_nan() {
+  return from_ieee_bits<acc_t>(0x7fc00000, 0x7ff8000000000000LL);
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t positive_infinity() {
+  return from_ieee_bits<acc_t>(0x7f800000, 0x7ff0000000000000LL);
+}
+
+// False for NaN and +-inf (inf - inf and NaN - NaN are NaN).
+template <typename acc_t>
+__device__ __forceinline__ bool is_finite_value(acc_t v) {
+  return v - v == acc_t(0);
 }
 
 // Butterfly (xor) sum over a full warp: at every level the two partners compute a + b and

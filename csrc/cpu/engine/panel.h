@@ -13,9 +13,9 @@
 
 #include "common/distance.h"
 #include "cpu/contract_cpu.h"
-#include "cpu/dispatch.h"
-#include "cpu/exact_distance.h"
-#include "cpu/panel_rows.h"
+#include "cpu/engine/dispatch.h"
+#include "cpu/engine/exact_distance.h"
+#include "cpu/engine/panel_rows.h"
 
 namespace fastmine::cpu {
 

@@ -4,9 +4,9 @@
 
 #include <algorithm>
 
-#include "cuda/cuda_utils.cuh"
-#include "cuda/grad_kernels.cuh"
-#include "cuda/row_ops.cuh"
+#include "cuda/engine/cuda_utils.cuh"
+#include "cuda/engine/grad_kernels.cuh"
+#include "cuda/engine/row_ops.cuh"
 
 namespace fastmine::cuda {
 namespace {
