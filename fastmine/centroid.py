@@ -1,5 +1,5 @@
 """The centroid triplet bound (Do et al., "A Theoretically Sound Upper Bound on the Triplet
-Loss"; SPEC.md "Centroid triplet bound") and its one-hot centroids."""
+Loss"; docs/semantics.md) and its one-hot centroids."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def onehot_centroids(
 ) -> torch.Tensor:
     """One-hot class centroids: c_m = scale * e_m, a (num_classes, dim) tensor. Every pair of
     centroids is at the same distance scale * sqrt(2), the even spread the bound's tightness
-    theorem asks for (seed 003). Needs dim >= num_classes.
+    theorem asks for. Needs dim >= num_classes.
 
     Example:
         >>> fastmine.onehot_centroids(3, 4, scale=2.0)

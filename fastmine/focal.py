@@ -3,7 +3,7 @@
 Each is one fused kernel per direction. Sigmoid focal and FL* (elementwise): the forward
 computes the loss (or its sum) and keeps nothing; the backward recomputes the terms and
 writes upstream * d loss / d logits in one pass. Softmax focal: the forward's pass over each
-row also gives d loss / d logits, which the backward scales. Formulas: SPEC.md "Focal loss" (docs/semantics.md), csrc/common/focal.h.
+row also gives d loss / d logits, which the backward scales. Formulas: docs/semantics.md, csrc/common/focal.h.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def focal_star_loss(
     beta: float = 0.0,
     reduction: str = "mean",
 ) -> torch.Tensor:
-    """FL* (Lin et al., appendix A; seed 002 section 3.1): with y in {-1, +1}, x_t = y x and
+    """FL* (Lin et al., "Focal Loss for Dense Object Detection", appendix A): with y in {-1, +1}, x_t = y x and
     p*_t = sigmoid(gamma x_t + beta), loss = -log(p*_t) / gamma, computed as
     softplus(-(gamma x_t + beta)) / gamma (finite at any finite logit).
 

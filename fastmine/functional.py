@@ -1,6 +1,6 @@
 """User-facing functions: validate, dispatch to the compiled ops, reduce.
 
-Semantics are SPEC.md's (kept in the repo as docs/semantics.md); the oracle that the
+Semantics: docs/semantics.md; the oracle that the
 kernels are tested against is fastmine/reference.py.
 
 Precision on CUDA: float16/bfloat16 embeddings (e.g. a model's output under

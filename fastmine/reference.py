@@ -1,6 +1,6 @@
 """Pure-PyTorch oracle: what every fastmine op computes, written the plain way.
 
-Everything here follows SPEC.md (docs/semantics.md) literally. It materialises the full
+Everything here follows docs/semantics.md literally. It materialises the full
 B x M distance matrix from direct differences (never the expanded |x|^2 + |y|^2 - 2xy
 form), is differentiable with autograd, runs on any device and in any floating dtype
 (tests feed it float64). It is slow on purpose: the kernels are tested against it.
@@ -94,7 +94,7 @@ def batch_hard_masks(
     ref_labels: Optional[torch.Tensor] = None,
     self_offset: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(positive mask, negative mask), both (B, M) bool, per SPEC "Notation".
+    """(positive mask, negative mask), both (B, M) bool, per docs/semantics.md, "Notation".
 
     Without ref_labels the reference set is the batch and (i, i) is not a positive; with
     ref_labels every pair counts except (i, self_offset + i) when self_offset is given.
@@ -216,7 +216,7 @@ def batch_hard_triplet_loss(
     self_offset: Optional[int] = None,
     return_info: bool = False,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, BatchHardInfo]]:
-    """Batch-hard triplet loss exactly as SPEC.md "Batch-hard" defines it (see module doc)."""
+    """Batch-hard triplet loss exactly as docs/semantics.md defines it (see module doc)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if reduction not in REDUCTIONS_BATCH_HARD:
@@ -258,7 +258,7 @@ def batch_hard_triplet_loss(
     return loss, info
 
 
-# ---- batch-all triplet loss (SPEC "Batch-all") ---------------------------------------------
+# ---- batch-all triplet loss (docs/semantics.md) ---------------------------------------------
 
 REDUCTIONS_BATCH_ALL = ("mean_positive", "mean", "sum")
 
@@ -332,7 +332,7 @@ def batch_all_triplet_loss(
     self_offset: Optional[int] = None,
     return_info: bool = False,
 ) -> Union[torch.Tensor, Tuple[torch.Tensor, BatchAllInfo]]:
-    """Batch-all triplet loss exactly as SPEC.md "Batch-all" defines it.
+    """Batch-all triplet loss exactly as docs/semantics.md defines it.
 
     Every valid triplet (i, p, n), p in P(i), n in N(i), costs max(d_ip - d_in + margin, 0)
     (softplus with soft=True). reduction: "mean_positive" = sum / #{terms > 0}, "mean" =
@@ -368,7 +368,7 @@ def batch_all_triplet_loss(
     return loss, info
 
 
-# ---- contrastive loss (SPEC "Contrastive") -------------------------------------------------
+# ---- contrastive loss (docs/semantics.md) -------------------------------------------------
 
 REDUCTIONS_CONTRASTIVE = ("mean", "sum", "mean_nonzero")
 
@@ -436,7 +436,7 @@ def contrastive_loss(
     ref_labels: Optional[torch.Tensor] = None,
     self_offset: Optional[int] = None,
 ) -> torch.Tensor:
-    """Contrastive loss exactly as SPEC.md "Contrastive" defines it.
+    """Contrastive loss exactly as docs/semantics.md defines it.
 
     Same-label pairs cost max(d - pos_margin, 0)^power, others max(neg_margin - d, 0)^power.
     reduction: "mean" over all pairs, "sum", "mean_nonzero" = positive part / its #{terms > 0}
@@ -471,7 +471,7 @@ def contrastive_loss(
     return pos_sum / pos_nz + neg_sum / neg_nz
 
 
-# ---- centroid triplet bound (SPEC "Centroid triplet bound") ------------------------------------
+# ---- centroid triplet bound (docs/semantics.md) ------------------------------------
 
 REDUCTIONS_CENTROID = ("mean", "sum", "none")
 
@@ -496,7 +496,7 @@ def onehot_centroids(num_classes: int, dim: int, *, scale: float = 1.0, dtype=No
     return scale * torch.eye(num_classes, dim, dtype=dtype, device=device)
 
 
-# ---- focal-loss family (SPEC "Focal loss") --------------------------------------------------------
+# ---- focal-loss family (docs/semantics.md) --------------------------------------------------------
 
 
 def _reduce_elementwise(loss: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -618,7 +618,7 @@ def contrastive_rows(
     return (torch.where(pos, term, zero).sum(1), pos.sum(1), torch.where(neg, term, zero).sum(1), neg.sum(1))
 
 
-# ---- miners (SPEC "Miners") ------------------------------------------------------------------
+# ---- miners (docs/semantics.md) ------------------------------------------------------------------
 
 TRIPLET_TYPES = ("all", "hard", "semihard", "easy")
 
@@ -709,7 +709,7 @@ def mine_triplets(
     return a, p, n
 
 
-# ---- semi-hard triplet loss (SPEC "Semi-hard") ----------------------------------------------
+# ---- semi-hard triplet loss (docs/semantics.md) ----------------------------------------------
 
 REDUCTIONS_SEMI_HARD = ("mean", "sum", "none")
 
@@ -785,7 +785,7 @@ def semi_hard_triplet_loss(
     self_offset: Optional[int] = None,
     return_info: bool = False,
 ):
-    """Semi-hard triplet loss exactly as SPEC.md "Semi-hard" defines it (FaceNet, TF-Addons'
+    """Semi-hard triplet loss exactly as docs/semantics.md defines it (FaceNet, TF-Addons'
     triplet_semihard_loss, but 0.0 rather than NaN when there is no pair).
 
     Each positive pair (i, p) with a negative costs max(d_ip - d_in* + margin, 0), n* from

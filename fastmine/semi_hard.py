@@ -1,5 +1,5 @@
 """Semi-hard triplet loss (FaceNet; TensorFlow Addons' ``triplet_semihard_loss``) and the
-semi-hard miner. Semantics: SPEC.md "Semi-hard triplet loss" (docs/semantics.md); oracle:
+semi-hard miner. Semantics: docs/semantics.md; oracle:
 ``fastmine.reference.semi_hard_triplet_loss``.
 """
 

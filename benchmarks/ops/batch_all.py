@@ -1,4 +1,4 @@
-"""Batch-all triplet loss (SPEC.md): fastmine against the B x B x B-mask formulations."""
+"""Batch-all triplet loss: fastmine against the B x B x B-mask formulations."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Batch-hard triplet loss (SPEC.md): fastmine against the usual ways to compute it."""
+"""Batch-hard triplet loss: fastmine against the usual ways to compute it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Centroid triplet bound (SPEC.md): fastmine's direct-difference kernel against the
+"""Centroid triplet bound: fastmine's direct-difference kernel against the
 vectorized eager formula (torch.cdist to the centroids, one-hot masks) and torch.compile.
 Centroids: one fixed random row per class of the batch's labels (C = B / K). Forward +
 backward with respect to the embeddings."""

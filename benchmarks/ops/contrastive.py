@@ -1,4 +1,4 @@
-"""Contrastive loss (SPEC.md): fastmine against the all-pairs vectorized formulation."""
+"""Contrastive loss: fastmine against the all-pairs vectorized formulation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sigmoid focal loss (SPEC.md "Focal loss") on logits: fastmine's fused kernel against
+"""Sigmoid focal loss on logits: fastmine's fused kernel against
 torchvision's elementwise formula in eager PyTorch and under torch.compile, and the memory
 floor. A size "NxC" is an (N, C) logits tensor (10000x1000: 10^7 logits) with 0/1 targets,
 reduction "mean", forward + backward."""

@@ -1,4 +1,4 @@
-"""Miners (SPEC.md "Miners"): fastmine.mine_triplets(type="semihard") against
+"""Miners: fastmine.mine_triplets(type="semihard") against
 pytorch-metric-learning's TripletMarginMiner and the matmul floor. Forward only (mining has
 no gradient). The compared "loss" is the number of mined triplets, which must match PML's.
 mine_batch_hard has its own module (miners_batch_hard.py): one OpBench per module."""

@@ -1,4 +1,4 @@
-"""Semi-hard triplet loss (SPEC.md; FaceNet / TF-Addons' triplet_semihard_loss): fastmine
+"""Semi-hard triplet loss (FaceNet / TF-Addons' triplet_semihard_loss): fastmine
 against vectorized PyTorch versions of it."""
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ MINER_CUDA_OPS = ("mine_triplets",)
 CUDA_OPS += MINER_CUDA_OPS
 
 
-# Semi-hard triplet loss (issue 4): csrc/cuda/semi_hard.cu registers both, so both are required.
+# Semi-hard triplet loss: csrc/cuda/semi_hard.cu registers both, so both are required.
 SEMI_HARD_CUDA_OPS = ("semi_hard_triplet", "semi_hard_triplet_backward")
 CUDA_OPS = CUDA_OPS + SEMI_HARD_CUDA_OPS
 
@@ -151,7 +151,7 @@ def test_cuda_module_built_and_registers_cuda_kernels():
     assert not missing, f"{os.path.basename(cuda[0])} registers no CUDA kernel for: {missing}"
 
 
-# The focal-loss family and the centroid bound (issue 4): their CUDA sources must register
+# The focal-loss family and the centroid bound: their CUDA sources must register
 # every one of these ops (forward and backward together), and the built module carry them.
 FOCAL_CENTROID_CUDA_OPS = (
     "sigmoid_focal",

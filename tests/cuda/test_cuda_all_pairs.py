@@ -168,7 +168,7 @@ def test_batch_all_two_classes_4096_cuda_vs_cpu(dtype):
     x = (torch.randn(4096, 128, generator=g, dtype=torch.float64) / 128**0.5).to(dtype)
     cpu = run_all_pairs(fastmine.batch_all_triplet_loss, Case(x, lab), device="cpu", return_info=True, margin=0.2)
     gpu = run_all_pairs(fastmine.batch_all_triplet_loss, Case(x, lab), device=DEV, return_info=True, margin=0.2)
-    # both within RTOL of the truth (SPEC): within 2 RTOL of each other
+    # both within RTOL of the truth (docs/semantics.md): within 2 RTOL of each other
     rtol = 2 * RTOL[dtype]
     assert int(gpu[1].num_valid) == int(cpu[1].num_valid) == 4096 * 2047 * 2048
     assert abs(int(gpu[1].num_active) - int(cpu[1].num_active)) <= 1e-4 * int(cpu[1].num_active)
@@ -183,7 +183,7 @@ def test_batch_all_two_classes_4096_cuda_vs_cpu(dtype):
 @pytest.mark.parametrize("metric", METRICS)
 def test_cuda_agrees_with_cpu(dtype, metric):
     case = _case(600, 129, seed=4, ref_m=900, self_offset=200, scale=_unit_scale(129))
-    rtol = 2 * RTOL[dtype]  # both within RTOL of the truth (SPEC): within 2 RTOL of each other
+    rtol = 2 * RTOL[dtype]  # both within RTOL of the truth (docs/semantics.md): within 2 RTOL of each other
     for fn, kw in (
         (fastmine.batch_all_triplet_loss, dict(margin=0.3)),
         (fastmine.batch_all_triplet_loss, dict(margin=0.3, soft=True, reduction="sum")),

@@ -1,5 +1,5 @@
 """The tensor-core paths on a GPU: float16/bfloat16 tiles through mma.sync (csrc/cuda/
-mma_tile.cuh) against the float64 oracle at SPEC's half tolerance, for every op built on the
+mma_tile.cuh) against the float64 oracle at docs/semantics.md's half tolerance, for every op built on the
 tile mainloop, at shapes that are not multiples of the 64 x 64 tile and D not a multiple of
 16; bitwise determinism; and embeddings produced under torch.autocast. Skipped without a GPU
 (the layouts themselves are checked on the CPU by tests/cuda/test_emu_tensor_cores.py)."""

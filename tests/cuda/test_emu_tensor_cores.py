@@ -3,9 +3,9 @@
 tests/emu/ holds a host emulator of CUDA (emu.h: one std::thread per CUDA thread) and an
 emulated ``mma.sync`` (emu_mma.h) written independently from the PTX ISA's fragment tables.
 The real kernel headers are compiled against it with g++ (the kernels' inline PTX sits in
-csrc/cuda/mma.cuh, replaced under FASTMINE_EMULATED_MMA) into a small library driven by
+csrc/cuda/engine/mma.cuh, replaced under FASTMINE_EMULATED_MMA) into a small library driven by
 ctypes. Any wrong register, lane or half of a fragment gives O(1) errors, far above these
-tolerances; the half-precision kernels are also held to SPEC's 2e-2 against the float64 CPU
+tolerances; the half-precision kernels are also held to docs/semantics.md's 2e-2 against the float64 CPU
 op on the upcast inputs. Skips where g++ or the CUDA headers are missing.
 """
 

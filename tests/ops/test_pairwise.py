@@ -55,7 +55,7 @@ def check_pairwise(x, y, metric, dtype, rtol=None):
         # Cosine's gradient terms (-v / (|u||v|) and (1 - d) u / |u|^2) cancel intrinsically
         # (e.g. D = 1: the exact gradient is 0): floor at the size of the terms. Euclidean
         # gradients are sums of unit vectors (u - v) / d: no intrinsic cancellation, so the
-        # floor is the gradient's own max (normwise relative error, as SPEC owes).
+        # floor is the gradient's own max (normwise relative error, as docs/semantics.md owes).
         gf = gfloor if metric == "cosine" else gfloor * 1e-2
         assert_close_rel(a, b, rtol, floor=max(gf, float(b.abs().max())), what=f"{metric} grad {name}")
     return dk
@@ -109,7 +109,7 @@ def test_euclidean_duplicates_gradient_is_zero_not_nan(dtype):
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
 def test_near_duplicates_float32(metric):
     """Rows 1e-3 apart at norm ~100: the expanded form |x|^2 + |y|^2 - 2xy cancels
-    catastrophically here. SPEC owes 1e-5 relative against the float64 oracle anyway."""
+    catastrophically here. docs/semantics.md owes 1e-5 relative against the float64 oracle anyway."""
     g = torch.Generator().manual_seed(2)
     x = torch.randn(8, 16, generator=g, dtype=F64) * 25
     x[1] = x[0] + 1e-3 * torch.randn(16, generator=g, dtype=F64)

@@ -78,7 +78,7 @@ def test_matches_tf_addons_algorithm(metric, seed, b, d, lkind, ekind, margin):
     g = torch.Generator().manual_seed(seed)
     lab = shape_labels(make_labels(lkind, b, g), shuffle=True, shift=0, gen=g)
     if int(lab.unique().numel()) < 2:
-        lab[0] = lab.max() + 1  # every anchor has a negative: where TF and SPEC agree
+        lab[0] = lab.max() + 1  # every anchor has a negative: where TF-Addons and docs/semantics.md agree
     x = make_embeddings(ekind, b, d, lab, g)
     ours = fastmine.semi_hard_triplet_loss(x, lab, margin=margin, metric=metric)
     tf = tfa_semihard_loss(lab, R.pairwise_distance(x, metric=metric), margin)

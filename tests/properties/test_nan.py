@@ -210,7 +210,7 @@ def test_all_pairs_nan_everywhere(name, metric):
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("bad", BAD, ids=["nan", "inf", "-inf"])
 def test_all_pairs_single_non_finite_row(name, metric, bad):
-    """B = 1: no pair and no triplet at all, but a non-finite embedding (SPEC "Everywhere":
+    """B = 1: no pair and no triplet at all, but a non-finite embedding (docs/semantics.md, "Everywhere":
     non-finite embeddings make the loss non-finite), with and without a reference set."""
     x = torch.tensor([[bad, 1.0]], dtype=torch.float64)
     _assert_all_non_finite(name, x, torch.tensor([0]), metric)

@@ -1,7 +1,7 @@
 """Comparison helpers: fastmine against the float64 oracle (fastmine/reference.py).
 
 The central one is ``check_batch_hard``: it runs fastmine (loss, info, gradients) and the
-oracle on the same inputs, then checks, per SPEC.md:
+oracle on the same inputs, then checks, per docs/semantics.md:
   * valid mask and counts exactly (num_active up to terms within rounding of 0);
   * the selected pairs' distances and the loss to the dtype's tolerance (against the oracle
     at fastmine's own choices, and against the oracle's choices where they coincide);
@@ -24,7 +24,7 @@ from fastmine import reference as R
 
 HALF = (torch.float16, torch.bfloat16)
 
-# Relative tolerances owed by SPEC.md against a float64 oracle (float64 itself: ours).
+# Relative tolerances owed by docs/semantics.md against a float64 oracle (float64 itself: ours).
 RTOL = {torch.float64: 1e-9, torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 2e-2}
 
 
@@ -374,7 +374,7 @@ def check_batch_hard(
         loss_k, lo, rtol, floor=max(1.0, float(lo.abs().max())), what="loss vs oracle at fastmine's indices"
     )
     # Against the oracle's own choices: where fastmine took a different candidate within
-    # rounding of the best (SPEC allows it; check_selection bounded it), the loss may differ
+    # rounding of the best (docs/semantics.md allows it; check_selection bounded it), the loss may differ
     # by that rounding, e.g. sqrt(eps * |u|^2) for a euclidean distance near 0.
     same = (
         torch.isclose(pd_o, info_o.pos_dist, rtol=1e-12, atol=1e-300)

@@ -1,7 +1,7 @@
 """fastmine.semi_hard_triplet_loss against the float64 oracle, with rounding-aware rules.
 
 ``check_semi_hard`` runs fastmine (loss, info, gradients) and the oracle on the same values
-and checks, per SPEC.md "Semi-hard":
+and checks, per docs/semantics.md:
   * the pairs (anchor, positive), in row-major order, exactly;
   * every chosen negative is a legal pick up to rounding: a negative of the anchor that is
     (within tol) the nearest one farther than the positive, or (within tol) the farthest
@@ -182,7 +182,7 @@ def tfa_semihard_loss(labels: torch.Tensor, dist: torch.Tensor, margin: float) -
     """TensorFlow Addons' ``triplet_semihard_loss`` algorithm, line by line in PyTorch, on a
     given (B, B) distance matrix: the (B*B, B) tiled mask, and masked min/max by the
     shift-by-the-row-extremum trick. A second, independent oracle (values only; it assumes
-    every anchor has a negative, where TF and SPEC agree)."""
+    every anchor has a negative, where TF-Addons and docs/semantics.md agree)."""
     b = labels.shape[0]
     adjacency = labels[:, None] == labels[None, :]
     adjacency_not = ~adjacency
