@@ -23,8 +23,8 @@ from typing import Dict, List
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TESTS = os.path.join(os.path.dirname(HERE), "tests", "support")
-sys.path.insert(0, TESTS)
+TESTS = os.path.join(os.path.dirname(HERE), "tests")
+sys.path.insert(0, os.path.join(TESTS, "support"))
 
 import fastmine  # noqa: E402
 import op_table  # noqa: E402
