@@ -13,7 +13,9 @@
 #include "common/distance.h"
 #include "common/triplet.h"
 #include "cpu/contract_cpu.h"
+#include "cpu/batch_hard_symmetric.h"
 #include "cpu/engine/exact_distance.h"
+#include "cpu/engine/hardest.h"
 #include "cpu/engine/panel_rows.h"
 #include "cpu/engine/row_groups.h"
 
@@ -46,13 +48,9 @@ void scan_row_exact(const T* g, const T* ca, const T* cb, const int64_t* rl, int
   *neg = bn.index;
 }
 
-// Near-ties: the dot-product score of two candidates at the same true distance can differ
-// by rounding (BLAS need not round identical columns alike), so every candidate within
-// `tol` of the best score is re-decided on its exact distance (double, direct differences),
-// where true duplicates tie exactly and the lowest index wins. A row where too many
-// candidates are that close (collapsed embeddings) takes the lowest index among them: they
-// are equal up to rounding, and docs/semantics.md ("Distances") lets either be chosen.
-constexpr int kMaxExactTies = 32;
+// Near-ties (engine/hardest.h): every candidate within `tol` of the best score is re-decided
+// on its exact distance. A row where more than kMaxExactTies candidates are that close
+// (collapsed embeddings) takes the lowest index among them.
 
 // The anchor row and the reference set, for exact distances.
 template <typename T>
@@ -81,7 +79,7 @@ int64_t resolve_near_ties(const T* g, const T* ca, const T* cb, const int64_t* r
       if (positive ? !(s >= best - tol) : !(s <= best + tol)) continue;
       if (lowest < 0) lowest = j;
       if (++count <= kMaxExactTies) {
-        exact.offer(accumulate_pair(xr, rp + j * geo.dim, geo.dim).finalize(geo.metric), j,
+        exact.offer(exact_distance(xr, rp + j * geo.dim, geo.dim, geo.metric), j,
                     positive);
       }
     }
@@ -129,37 +127,18 @@ void scan_row(const T* g, const T* ca, const T* cb, const int64_t* rl, int64_t m
              : resolve_near_ties(g, ca, cb, rl, m, li, excl, false, best_n, tol, chunk_n, geo);
 }
 
-// Rounding bound of a selection score, for one anchor row: scores are |r|^2 - 2<x, r>
-// (|.| <= |x|^2 + 2|x||r| + |r|^2 <= 2(|x|^2 + max|r|^2)) or -<x, r>/|r| (<= |x|); a dot
-// product of D terms is off by about sqrt(D) eps times that scale. Generous by design:
-// a wider band costs a few exact distances, a narrower one a wrong tie.
+// Mining against any reference set: row panels of the full X.R^T, each row scanned at once.
 template <typename T>
-T score_tolerance(int64_t metric, T nx2, T max_nr2, int64_t dim) {
-  const double eps = std::numeric_limits<T>::epsilon();
-  const double scale =
-      metric == kCosine ? std::sqrt(double(nx2)) : 2.0 * (double(nx2) + double(max_nr2));
-  return T(16.0 * std::sqrt(double(dim)) * eps * scale);
-}
-
-template <typename T>
-void batch_hard_forward_impl(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& ref,
-                             const at::Tensor& ref_labels, double margin, int64_t metric, bool soft,
-                             bool has_exclude, int64_t exclude_offset, at::Tensor& loss,
-                             at::Tensor& pos_idx, at::Tensor& neg_idx, at::Tensor& pos_dist,
-                             at::Tensor& neg_dist) {
+void mine_full_panels(const at::Tensor& x, const int64_t* lab, const at::Tensor& ref,
+                      const int64_t* rlab, const std::vector<T>& nr2, int64_t metric,
+                      bool has_exclude, int64_t exclude_offset, int64_t* pi, int64_t* ni) {
   const int64_t b = x.size(0), m = ref.size(0), dim = x.size(1);
   const T* xp = x.data_ptr<T>();
   const T* rp = ref.data_ptr<T>();
-  const int64_t* lab = labels.data_ptr<int64_t>();
-  const int64_t* rlab = ref_labels.data_ptr<int64_t>();
-
-  const std::vector<T> nr2 = row_norms2(rp, m, dim);
   std::vector<T> col_a(m), col_b(m);
   for (int64_t j = 0; j < m; ++j) selection_coefs<T>(metric, nr2[j], &col_a[j], &col_b[j]);
   const T max_nr2 = m > 0 ? *std::max_element(nr2.begin(), nr2.end()) : T(0);
 
-  int64_t* pi = pos_idx.data_ptr<int64_t>();
-  int64_t* ni = neg_idx.data_ptr<int64_t>();
   const int64_t rows = panel_rows(m, sizeof(T));
   at::Tensor panel = at::empty({rows, m}, x.options());
   const at::Tensor ref_t = ref.t();
@@ -181,6 +160,28 @@ void batch_hard_forward_impl(const at::Tensor& x, const at::Tensor& labels, cons
       }
     });
   }
+}
+
+template <typename T>
+void batch_hard_forward_impl(const at::Tensor& x, const at::Tensor& labels, const at::Tensor& ref,
+                             const at::Tensor& ref_labels, double margin, int64_t metric, bool soft,
+                             bool has_exclude, int64_t exclude_offset, at::Tensor& loss,
+                             at::Tensor& pos_idx, at::Tensor& neg_idx, at::Tensor& pos_dist,
+                             at::Tensor& neg_dist) {
+  const int64_t b = x.size(0), m = ref.size(0), dim = x.size(1);
+  const T* xp = x.data_ptr<T>();
+  const T* rp = ref.data_ptr<T>();
+  const int64_t* lab = labels.data_ptr<int64_t>();
+  const int64_t* rlab = ref_labels.data_ptr<int64_t>();
+  int64_t* pi = pos_idx.data_ptr<int64_t>();
+  int64_t* ni = neg_idx.data_ptr<int64_t>();
+
+  const std::vector<T> nr2 = row_norms2(rp, m, dim);
+  if (symmetric_mining_applies<T>(x, ref, labels, ref_labels, has_exclude, exclude_offset, nr2)) {
+    SymmetricMiner<T>(x, lab, metric, has_exclude, nr2).run(pi, ni);
+  } else {
+    mine_full_panels<T>(x, lab, ref, rlab, nr2, metric, has_exclude, exclude_offset, pi, ni);
+  }
 
   // The selected pairs' distances, exactly (direct differences), and the triplet term.
   T* lp = loss.data_ptr<T>();
@@ -196,8 +197,8 @@ void batch_hard_forward_impl(const at::Tensor& x, const at::Tensor& labels, cons
         lp[i] = std::isfinite(squared_norm(xi, dim)) ? T(0) : std::numeric_limits<T>::quiet_NaN();
         continue;
       }
-      const double dp = accumulate_pair(xi, rp + pi[i] * dim, dim).finalize(metric);
-      const double dn = accumulate_pair(xi, rp + ni[i] * dim, dim).finalize(metric);
+      const double dp = exact_distance(xi, rp + pi[i] * dim, dim, metric);
+      const double dn = exact_distance(xi, rp + ni[i] * dim, dim, metric);
       pd[i] = T(dp);
       nd[i] = T(dn);
       lp[i] = T(triplet_term(dp - dn + margin, soft));
@@ -211,8 +212,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> batch_har
     int64_t exclude_offset, bool /*allow_tf32: CUDA tiles only*/) {
   contract::batch_hard_triplet<CpuSide>(x_, labels_, ref_, ref_labels_, margin, metric, has_exclude,
                                         exclude_offset);
-  const at::Tensor x = dense(x_), ref = dense(ref_);
-  const at::Tensor labels = dense(labels_), ref_labels = dense(ref_labels_);
+  // The batch as its own reference set stays one tensor (symmetric_mining_applies).
+  const at::Tensor x = dense(x_), ref = ref_.is_same(x_) ? x : dense(ref_);
+  const at::Tensor labels = dense(labels_);
+  const at::Tensor ref_labels = ref_labels_.is_same(labels_) ? labels : dense(ref_labels_);
   const int64_t b = x.size(0);
   at::Tensor loss = at::empty({b}, x.options());
   at::Tensor pos_dist = at::empty({b}, x.options());

@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/Parallel.h>
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -42,6 +43,15 @@ double squared_distance(const T* u, const T* v, int64_t d) {
     const double diff = static_cast<double>(u[k]) - static_cast<double>(v[k]);
     return diff * diff;
   });
+}
+
+// d(u, v) from direct differences, in double: PairAcc's distance, with the euclidean sums
+// in lane_sum's SIMD-friendly order (a mined pair's distance is O(D) on the critical path).
+template <typename T>
+double exact_distance(const T* u, const T* v, int64_t dim, int64_t metric) {
+  if (metric == kCosine) return accumulate_pair(u, v, dim).finalize(metric);
+  const double d2 = squared_distance(u, v, dim);
+  return metric == kSqEuclidean ? d2 : std::sqrt(d2);
 }
 
 // |u|^2, accumulated in double.
