@@ -22,6 +22,7 @@ import torch
 
 from . import functional as F
 from ._ops import ops
+from ._sum import fixed_sum
 from .semi_hard import semi_hard_triplet_loss
 
 
@@ -50,7 +51,7 @@ def _batch_hard(emb, labels, ref, ref_labels, offset, options, symmetric):
     )
     if reduction == "none":
         return Parts([], per)
-    total = per.sum()
+    total = fixed_sum(per)
     den = {"sum": None, "mean": info.num_valid, "mean_nonzero": (per > 0).sum()}[reduction]
     return Parts([Term(total, den)], None)
 
@@ -115,7 +116,7 @@ def _contrastive(emb, labels, ref, ref_labels, offset, options, symmetric):
     # unordered pair is seen twice (from both anchors), so sums are halved. Means need no
     # halving: numerator and denominator both doubled.
     half = 0.5 if symmetric else 1.0
-    pos, neg = pos_sum.sum(), neg_sum.sum()
+    pos, neg = fixed_sum(pos_sum), fixed_sum(neg_sum)
     if reduction == "sum":
         return Parts([Term((pos + neg) * half, None)], None)
     if reduction == "mean":

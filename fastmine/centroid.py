@@ -9,6 +9,7 @@ import torch
 
 from . import _validate as check
 from ._ops import ops
+from ._sum import fixed_sum
 
 __all__ = ["centroid_triplet_loss", "onehot_centroids"]
 
@@ -66,8 +67,8 @@ def centroid_triplet_loss(
     if reduction == "none":
         return per_sample
     if reduction == "sum":
-        return per_sample.sum()
-    return per_sample.sum() / b
+        return fixed_sum(per_sample)
+    return fixed_sum(per_sample) / b
 
 
 def onehot_centroids(

@@ -14,6 +14,7 @@ import torch
 
 from . import _validate as check
 from ._ops import ops
+from ._sum import fixed_sum
 
 # The option rules, under the names the nn modules' option_checks use.
 from ._validate import focal_gamma, sigmoid_alpha, softmax_alpha, star_gamma  # noqa: F401
@@ -161,7 +162,7 @@ def softmax_focal_loss(
     loss, _ = ops.softmax_focal(x, y, a, gamma, with_grad)
     if reduction == "none":
         return loss.reshape(expected)
-    return _finish(loss.sum(), reduction, y.numel())
+    return _finish(fixed_sum(loss), reduction, y.numel())
 
 
 def _class_weights(alpha, c: int, x: torch.Tensor) -> torch.Tensor:

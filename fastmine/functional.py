@@ -18,6 +18,7 @@ import torch
 
 from . import _validate as check
 from ._ops import CONTRASTIVE_WITH_GRAD_DEVICES, ops
+from ._sum import fixed_sum
 from ._types import BatchAllInfo, BatchHardInfo
 
 __all__ = [
@@ -133,11 +134,11 @@ def batch_hard_triplet_loss(
     if reduction == "none":
         loss = per_anchor
     elif reduction == "sum":
-        loss = per_anchor.sum()
+        loss = fixed_sum(per_anchor)
     elif reduction == "mean":
-        loss = per_anchor.sum() / _count(valid, per_anchor.dtype)
+        loss = fixed_sum(per_anchor) / _count(valid, per_anchor.dtype)
     else:  # mean_nonzero
-        loss = per_anchor.sum() / _count(per_anchor > 0, per_anchor.dtype)
+        loss = fixed_sum(per_anchor) / _count(per_anchor > 0, per_anchor.dtype)
     if not return_info:
         return loss
     num_valid = valid.sum()
@@ -199,7 +200,7 @@ def batch_all_triplet_loss(
     per_anchor, valid, active = ops.batch_all_triplet(
         x, lab, ref, ref_lab, margin, metric_id, bool(soft), has_exclude, offset, _tile_tf32(x)
     )
-    total = per_anchor.sum()
+    total = fixed_sum(per_anchor)
     if reduction == "sum":
         loss = total
     else:
@@ -263,7 +264,7 @@ def contrastive_loss(
         total, num_pairs, _, _ = ops.contrastive_with_grad(*args)
         return total if reduction == "sum" else total / num_pairs.clamp(min=1).to(total.dtype)
     pos_sum, pos_nz, pos_n, neg_sum, neg_nz, neg_n = ops.contrastive(*args)
-    pos_total, neg_total = pos_sum.sum(), neg_sum.sum()
+    pos_total, neg_total = fixed_sum(pos_sum), fixed_sum(neg_sum)
     if reduction == "sum":
         return pos_total + neg_total
     if reduction == "mean":

@@ -11,6 +11,7 @@ import torch
 
 from . import _validate as check
 from ._ops import ops
+from ._sum import fixed_sum
 from ._types import SemiHardInfo
 
 __all__ = ["semi_hard_triplet_loss", "mine_semi_hard"]
@@ -84,9 +85,9 @@ def semi_hard_triplet_loss(
     if reduction == "none":
         loss = per_pair
     elif reduction == "sum":
-        loss = per_pair.sum() + nonfinite
+        loss = fixed_sum(per_pair) + nonfinite
     else:
-        loss = per_pair.sum() / num_pairs.clamp(min=1).to(per_pair.dtype) + nonfinite
+        loss = fixed_sum(per_pair) / num_pairs.clamp(min=1).to(per_pair.dtype) + nonfinite
     if not return_info:
         return loss
     num_active = (per_pair.detach() > 0).sum()

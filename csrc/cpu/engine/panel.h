@@ -15,6 +15,7 @@
 #include "cpu/contract_cpu.h"
 #include "cpu/engine/dispatch.h"
 #include "cpu/engine/exact_distance.h"
+#include "cpu/engine/fixed_gemm.h"
 #include "cpu/engine/panel_rows.h"
 
 namespace fastmine::cpu {
@@ -48,7 +49,7 @@ struct Panels {
   // Distances of rows [r0, r0 + out.size(0)) to columns [c0, c0 + out.size(1)), into out.
   void distances(int64_t r0, int64_t c0, at::Tensor& out) const {
     const int64_t nr = out.size(0), nc = out.size(1);
-    at::mm_out(out, x.narrow(0, r0, nr), ref.narrow(0, c0, nc).t());
+    mm_fixed(out, x.narrow(0, r0, nr), ref.narrow(0, c0, nc).t());
     const T* xp = x.data_ptr<T>();
     const T* rp = ref.data_ptr<T>();
     const T* n2 = nr2.data() + c0;
@@ -170,9 +171,9 @@ struct Panels {
     at::Tensor gxs = gx.narrow(0, r0, nr), grs = gr.narrow(0, c0, nc);
     const at::Tensor rc = at::from_blob(row_coef.data(), {nr, 1}, x.options());
     at::mul_out(gxs, xs, rc);
-    gxs.addmm_(w, rs);
+    addmm_reduce_fixed(gxs, w, rs);
     grs.addcmul_(rs, col_sum);
-    grs.addmm_(w.t(), xs);
+    addmm_rows_fixed(grs, w.t(), xs);
     const T* xp = x.data_ptr<T>();
     const T* rp = ref.data_ptr<T>();
     T* gxp = gx.data_ptr<T>();
