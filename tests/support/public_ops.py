@@ -75,6 +75,9 @@ class PublicOp:
     # contrastive and semi-hard CPU kernels do not, on some inputs: their thread-count checks
     # are in properties/test_determinism.py, on the inputs where they hold).
     same_bits_across_threads: bool = True
+    # The result's dtype for float16/bfloat16 inputs: a loss comes back in float32
+    # (docs/semantics.md, "Everywhere"); None: the input's dtype.
+    half_result: Optional[torch.dtype] = torch.float32
 
     def call(self, kw: Dict[str, Any]) -> Any:
         return self.fn(**kw)
@@ -511,6 +514,7 @@ OPS: List[PublicOp] = [
         kinds=("random", "single"),
         empty=(ValueError, "x"),
         bad=PAIRWISE_BAD,
+        half_result=None,
     ),
     PublicOp(
         "batch_hard_triplet_loss",
