@@ -8,8 +8,9 @@ device of the ``device`` fixture (cuda cases skip without a GPU):
 * an empty batch: refused with an error naming the argument, or the oracle's result;
 * torch.library.opcheck of every raw op the call reaches, forward and backward;
 * torch.compile(fullgraph=True) gives the eager values and gradients;
-* a NaN in any differentiable input never gives a finite loss (a miner: never a finite
-  distance on the triplets it mines, or a ValueError);
+* a NaN or an infinity in any differentiable input never gives a finite loss, on ordinary
+  and degenerate batches: the non-finite entries of the result are the oracle's, a NaN
+  stays a NaN (a miner: never a finite distance on the triplets it mines, or a ValueError);
 * bitwise determinism: the same call twice, and (on the CPU) on one thread and on all;
 * double backward raises a clear error;
 * bad input: the documented exception, with a message that names the argument.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 
 import pytest
 import torch
@@ -309,24 +311,42 @@ def _mined_distances(kw, out):
 
 
 def _nan_cases():
+    """Each differentiable input poisoned in its first, middle and last row on an ordinary
+    batch, and wholly (NaN). On each degenerate batch of the op, the batch's middle row:
+    there, nothing else to learn from, only the rule "a non-finite embedding gives a
+    non-finite loss" carries it. A batch with nothing to mine gives a miner no triplet to
+    carry it."""
     out = []
     for param in _cases():
         op, variant, _ = param.values
-        probe = op.make(gen(0), "random", F64, torch.device("cpu"), variant)
-        for name in _grad_inputs(probe):
-            n = probe[name].shape[0]
-            for row in sorted({0, n // 2, n - 1}):
-                for bad in op.non_finite:
-                    out.append(pytest.param(op, variant, name, row, float(bad), id=f"{param.id}-{name}[{row}]-{bad}"))
+        for kind in ("random", "one_class", "distinct", "single"):
+            if kind not in op.kinds or (op.miner and kind != "random"):
+                continue
+            probe = op.make(gen(0), kind, F64, torch.device("cpu"), variant)
+            for name in _grad_inputs(probe)[: None if kind == "random" else 1]:
+                n = probe[name].shape[0]
+                rows = sorted({0, n // 2, n - 1}) if kind == "random" else [n // 2]
+                cases = [(row, bad) for row in rows for bad in op.non_finite]
+                if kind == "random":
+                    cases.append(("all", "nan"))
+                for row, bad in cases:
+                    out.append(
+                        pytest.param(
+                            op, variant, kind, name, row, float(bad), id=f"{param.id}-{kind}-{name}[{row}]-{bad}"
+                        )
+                    )
     return out
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("op, variant, where, row, bad", _nan_cases())
-def test_non_finite_input_never_gives_a_finite_loss(op, variant, where, row, bad, dtype, device):
-    kw = op.make(gen(3), "random", dtype, device, variant)
+@pytest.mark.parametrize("op, variant, kind, where, row, bad", _nan_cases())
+def test_non_finite_input_never_gives_a_finite_loss(op, variant, kind, where, row, bad, dtype, device):
+    kw = op.make(gen(3), kind, dtype, device, variant)
     poisoned = kw[where].clone()
-    poisoned[row].view(-1)[poisoned[row].numel() // 2] = bad
+    if row == "all":
+        poisoned.fill_(bad)
+    else:
+        poisoned[row].view(-1)[poisoned[row].numel() // 2] = bad
     kw[where] = poisoned
     if op.nan == "raises":
         with pytest.raises(ValueError, match="non-finite"):
@@ -337,9 +357,20 @@ def test_non_finite_input_never_gives_a_finite_loss(op, variant, where, row, bad
         t = _mined_distances(kw, out)
         assert t.numel() and not torch.isfinite(t).all(), f"only finite distances on the mined triplets: {t}"
         return
-    assert not torch.isfinite(out[0]).all(), f"finite loss {out[0]} with {bad} in {where}[{row}]"
+    loss = out[0].cpu()
     exp = op.oracle_call(_fresh(kw, dtype=F64, device="cpu"))
+    assert loss.shape == exp.shape, f"shape {tuple(loss.shape)}, the oracle's {tuple(exp.shape)}"
+    if exp.numel() == 0:  # reduction "none" with no pair: no entry to carry it
+        return
+    assert not torch.isfinite(loss).all(), f"finite loss {loss} with {bad} in {where}[{row}]"
     assert not torch.isfinite(exp).all(), "the oracle disagrees"
+    # Entry by entry (a "none" reduction, a distance matrix): the entries a non-finite input
+    # reaches are the oracle's, and a NaN stays a NaN there (a NaN candidate is never
+    # skipped by a comparison). An infinity may become a NaN (inf - inf) in one and not in
+    # the other.
+    assert torch.equal(~torch.isfinite(loss), ~torch.isfinite(exp)), f"non-finite entries: {loss} vs the oracle's {exp}"
+    if math.isnan(bad):
+        assert torch.equal(torch.isnan(loss), torch.isnan(exp)), f"NaN entries: {loss} vs the oracle's {exp}"
 
 
 # ---- determinism ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ its tensors and the options the variant fixes. Variant keys that start with "_" 
   random     an ordinary batch (several classes, every label with a positive)
   one_class  every label the same (no negative anywhere)
   distinct   every label different (no positive anywhere)
-  single     one row
+  single     one row (its reference set, with ``self_offset``, only the row itself: no pair)
   large      a batch big enough to be split across threads and blocks (determinism)
 """
 
@@ -135,7 +135,10 @@ def make_embedding_call(g, kind, dtype, device, variant):
         extra = _randn(g, m, d, dtype=dtype, device=device)
         # distinct: the reference rows' labels differ from the batch's and from each other
         extra_lab = _labels(kind, m, 4, device, start=b)
-        if ref == "self_offset":
+        if ref == "self_offset" and kind == "single":
+            # the row's only reference row is itself, which is excluded: no pair at all
+            kw.update(ref_embeddings=x.clone(), ref_labels=lab.clone(), self_offset=0)
+        elif ref == "self_offset":
             kw.update(
                 ref_embeddings=torch.cat([extra[:2], x, extra[2:]]),
                 ref_labels=torch.cat([extra_lab[:2], lab, extra_lab[2:]]),
@@ -530,6 +533,7 @@ OPS: List[PublicOp] = [
             dict(metric="euclidean", soft=True, reduction="sum", _ref="self_offset"),
             dict(metric="sqeuclidean", margin=1.0, reduction="mean_nonzero", _ref="self_offset"),
             dict(metric="cosine", soft=True, reduction="none", _ref="ref"),
+            dict(metric="euclidean", reduction="none", _ref="self_offset"),
         ],
         bad=EMBEDDING_BAD
         + _bad_reductions("avg", "mean_positive", "", "MEAN")
