@@ -11,7 +11,9 @@ device of the ``device`` fixture (cuda cases skip without a GPU):
 * a NaN or an infinity in any differentiable input never gives a finite loss, on ordinary
   and degenerate batches: the non-finite entries of the result are the oracle's, a NaN
   stays a NaN (a miner: never a finite distance on the triplets it mines, or a ValueError);
-* bitwise determinism: the same call twice, and (on the CPU) on one thread and on all;
+* bitwise determinism, in every dtype, info included: the same call again and again, and
+  (on the CPU) on one thread and on all; on a large batch and on a batch whose hub row sums
+  a gradient contribution from every anchor;
 * double backward raises a clear error;
 * bad input: the documented exception, with a message that names the argument.
 
@@ -29,7 +31,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from public_ops import DIFFERENTIABLE, OPS, PublicOp, gen, variant_id
+from public_ops import BY_NAME, DIFFERENTIABLE, OPS, PublicOp, gen, variant_id
 
 F64 = torch.float64
 HALF = (torch.float16, torch.bfloat16)
@@ -375,6 +377,9 @@ def test_non_finite_input_never_gives_a_finite_loss(op, variant, kind, where, ro
 
 # ---- determinism ----------------------------------------------------------------------------------
 
+# Runs compared with the first one: a race that reorders a sum shows in some runs, not all.
+REPEATS = 3
+
 
 @contextlib.contextmanager
 def _threads(n):
@@ -386,18 +391,52 @@ def _threads(n):
         torch.set_num_threads(old)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("op, variant, kind", _cases())
+def _determinism_cases():
+    out = []
+    for op in OPS:
+        for i, v in enumerate(op.variants):
+            for kind in ("large", "hub"):
+                if kind == "hub" and op.hub is None:
+                    continue
+                out.append(pytest.param(op, v, kind, id=f"{op.name}-{i}-{variant_id(v)}-{kind}"))
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("op, variant, kind", _determinism_cases())
 def test_bitwise_deterministic(op, variant, kind, dtype, device):
-    """A batch large enough to be split across threads (CPU) and blocks (CUDA): the same
-    call gives the same bits, run after run and, on the CPU, on one thread and on all."""
-    kw = op.make(gen(4), "large", dtype, device, variant)
-    first = _run(op, kw)
-    _assert_bitwise(first[0] + first[1], sum(_run(op, kw), ()), "second run")
-    if device.type == "cpu" and op.same_bits_across_threads:
+    """A batch large enough to be split across threads (CPU) and blocks (CUDA), and the hub
+    batch, whose hub row sums a gradient contribution from every anchor: the same call gives
+    the same bits (loss, gradients, info), run after run and, on the CPU, on one thread and
+    on all."""
+    kw = op.make(gen(4), kind, dtype, device, variant)
+    if kind == "hub":
+        kw.update(op.hub)
+    info = _takes_info(op)
+    first = sum(_run(op, kw, info=info), ())
+    for i in range(REPEATS):
+        _assert_bitwise(first, sum(_run(op, kw, info=info), ()), f"run {i + 2}")
+    threads = kind in op.same_bits_across_threads and (
+        op.same_bits_across_threads_with_ref or "ref_embeddings" not in kw
+    )
+    if device.type == "cpu" and threads:
         with _threads(1):
-            one = _run(op, kw)
-        _assert_bitwise(first[0] + first[1], sum(one, ()), "one thread")
+            one = sum(_run(op, kw, info=info), ())
+        _assert_bitwise(first, one, "one thread")
+
+
+def test_hub_is_everyones_hardest_negative(device):
+    """The hub batch is what the determinism cases rely on: with the hub options, every
+    anchor is active and picks the hub (or, against a reference set, its copy there) as its
+    hardest negative."""
+    op = BY_NAME["batch_hard_triplet_loss"]
+    for ref in (None, "ref", "self_offset"):
+        kw = op.make(gen(4), "hub", torch.float32, device, {} if ref is None else {"_ref": ref})
+        _, info = op.call(dict(kw, **op.hub, return_info=True))
+        anchors = kw["labels"] != kw["labels"][-1]
+        hub = kw["embeddings"].shape[0] - 1 if ref is None else 0
+        assert bool((info.neg_idx[anchors] == hub).all()), f"{ref}: {info.neg_idx[anchors].unique().tolist()}"
+        assert int(info.num_active) == int(info.num_valid) >= int(anchors.sum()), ref
 
 
 # ---- bad input ----------------------------------------------------------------------------------
