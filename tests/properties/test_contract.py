@@ -7,7 +7,8 @@ device of the ``device`` fixture (cuda cases skip without a GPU):
 * return_info: the mined indices, counts and distances are the oracle's, on the input's device;
 * an empty batch: refused with an error naming the argument, or the oracle's result;
 * torch.library.opcheck of every raw op the call reaches, forward and backward;
-* torch.compile(fullgraph=True) gives the eager values and gradients;
+* torch.compile(fullgraph=True), through AOT autograd and through inductor, gives the eager
+  values, gradients and info;
 * a NaN or an infinity in any differentiable input never gives a finite loss, on ordinary
   and degenerate batches: the non-finite entries of the result are the oracle's, a NaN
   stays a NaN (a miner: never a finite distance on the triplets it mines, or a ValueError);
@@ -256,9 +257,10 @@ def _copy_arg(a, requires_grad):
     return a.requires_grad_(True) if requires_grad and a.is_floating_point() else a
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("op, variant, kind", _cases())
-def test_opcheck_every_raw_op_reached(op, variant, kind, device):
-    kw = _fresh(op.make(gen(1), "random", F64, device, variant), requires_grad=not op.miner)
+def test_opcheck_every_raw_op_reached(op, variant, kind, dtype, device):
+    kw = _fresh(op.make(gen(1), "random", dtype, device, variant), requires_grad=not op.miner)
     with _RecordRawOps() as rec:
         (first, *_) = _tensors(op.call(kw))
         if first.requires_grad:
@@ -271,12 +273,17 @@ def test_opcheck_every_raw_op_reached(op, variant, kind, device):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("op, variant, kind", _cases(first_variant_only=True))
-def test_compile_fullgraph_matches_eager(op, variant, kind, device):
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("op, variant, kind", _cases())
+def test_compile_fullgraph_matches_eager(op, variant, kind, backend, device):
+    """One graph, no break, through the op's fake kernel; the compiled call gives the eager
+    values, gradients and info, and the oracle's loss."""
     torch._dynamo.reset()
     kw = op.make(gen(2), "random", torch.float32, device, variant)
     names = sorted(k for k, v in kw.items() if isinstance(v, torch.Tensor))
     rest = {k: v for k, v in kw.items() if k not in names}
+    if _takes_info(op):
+        rest["return_info"] = True
 
     def f(*tensors):
         return op.fn(**dict(zip(names, tensors)), **rest)
@@ -288,13 +295,19 @@ def test_compile_fullgraph_matches_eager(op, variant, kind, device):
             return out
         diff = _grad_inputs(fresh)
         gs = torch.autograd.grad(out[0].sum(), [fresh[n] for n in diff])
-        return (out[0].detach(), *gs)
+        return (*(t.detach() for t in out), *gs)
 
     eager = both(f)
-    compiled = both(torch.compile(f, fullgraph=True, backend="aot_eager"))
+    compiled = both(torch.compile(f, fullgraph=True, backend=backend))
     assert len(eager) == len(compiled)
     for a, b in zip(eager, compiled):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    exp, _ = _run(op, _fresh(kw, dtype=F64, device="cpu"), oracle=True, grads=False)
+    if op.miner:
+        for name, u, v in zip("apn", compiled, exp):
+            assert torch.equal(u.cpu(), v), f"compiled {name}: {u.tolist()} != {v.tolist()}"
+    else:
+        _assert_close(compiled[0], exp[0], RTOL[torch.float32], "compiled loss vs the oracle")
 
 
 # ---- NaN ----------------------------------------------------------------------------------------
