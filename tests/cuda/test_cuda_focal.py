@@ -1,6 +1,8 @@
 """The focal-loss family and the centroid bound on the GPU: against the float64 oracle in
-every dtype, against the CPU kernels, determinism, extreme logits. Skipped without a GPU
-(every test carries the ``cuda`` marker)."""
+every dtype at sizes from one element to past the kernels' block counts, against the CPU
+kernel, extreme logits. Skipped without a GPU (every test carries the ``cuda`` marker).
+What every op owes on every device (determinism, NaN, bad input, compile) is
+properties/test_contract.py's."""
 
 from __future__ import annotations
 
@@ -129,16 +131,10 @@ def test_sigmoid_focal_cuda_matches_cpu():
     assert_close_rel(gpu[1].cpu(), cpu[1], 1e-5)
 
 
-def test_extreme_logits_and_bad_labels():
+def test_extreme_logits():
     x = torch.tensor([1000.0, -1000.0, 1000.0, -1000.0], device="cuda", requires_grad=True)
     t = torch.tensor([1.0, 0.0, 0.0, 1.0], device="cuda")
     loss = fastmine.sigmoid_focal_loss(x, t, gamma=0.5)
     (g,) = torch.autograd.grad(loss.sum(), x)
     assert torch.isfinite(loss).all() and torch.isfinite(g).all()
     assert loss.tolist() == pytest.approx([0.0, 0.0, 750.0, 250.0])
-    with pytest.raises(ValueError, match="target"):
-        fastmine.softmax_focal_loss(torch.randn(3, 4, device="cuda"), torch.tensor([0, 4, 1], device="cuda"))
-    with pytest.raises(ValueError, match="labels"):
-        fastmine.centroid_triplet_loss(
-            torch.randn(3, 4, device="cuda"), torch.tensor([0, 2, 1], device="cuda"), torch.randn(2, 4, device="cuda")
-        )

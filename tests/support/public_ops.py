@@ -514,8 +514,23 @@ FOCAL_STAR_BAD = (
     Bad("beta-inf", _with(beta=math.inf), ValueError, "beta"),
 ) + _bad_reductions("avg")
 
+
+def _one_entry(t, value):
+    """t with its last entry set to value: one bad index among valid ones, which a range check
+    that reduces over the whole tensor must still find."""
+    t = t.clone()
+    t.view(-1)[-1] = value
+    return t
+
+
 SOFTMAX_FOCAL_BAD = (
     Bad("target-past-classes", _with(target=lambda kw: kw["target"].clamp(max=0) + 5), ValueError, "target"),
+    Bad(
+        "target-one-past-classes",
+        _with(target=lambda kw: _one_entry(kw["target"], kw["logits"].shape[1])),
+        ValueError,
+        "target",
+    ),
     Bad("target-negative", _with(target=lambda kw: kw["target"].clamp(max=0) - 1), ValueError, "target"),
     Bad("target-float", _with(target=lambda kw: kw["target"].float()), TypeError, "target"),
     Bad("target-short", _with(target=lambda kw: kw["target"][:-1]), ValueError, "target"),
