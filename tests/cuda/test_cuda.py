@@ -1,5 +1,7 @@
-"""CUDA kernels against the float64 oracle (run on the GPU too), CPU agreement, determinism.
-Skipped without a GPU (every test here carries the ``cuda`` marker)."""
+"""CUDA batch-hard and pairwise kernels against the float64 oracle (run on the GPU too) at
+sizes past the tiles, CPU agreement, determinism and NaN in large batches. Skipped without a
+GPU (every test here carries the ``cuda`` marker). What every op owes on every device at
+the table's sizes (degenerate batches, compile, ...) is properties/test_contract.py's."""
 
 from __future__ import annotations
 
@@ -139,17 +141,6 @@ def test_return_info_on_cuda(metric):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("metric", METRICS)
-def test_no_valid_anchor_cuda(dtype, metric):
-    x = torch.randn(9, 5, device="cuda", dtype=dtype, requires_grad=True)
-    for labels in (torch.zeros(9, dtype=torch.int64), torch.arange(9)):
-        loss = fastmine.batch_hard_triplet_loss(x, labels.cuda(), metric=metric)
-        assert loss.requires_grad and loss.item() == 0.0
-        (gx,) = torch.autograd.grad(loss, x)
-        assert torch.equal(gx, torch.zeros_like(x))
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("metric", METRICS)
 def test_nan_on_cuda(dtype, metric):
     x = torch.randn(300, 17, device="cuda", dtype=dtype)
     lab = (torch.arange(300) % 5).cuda()
@@ -195,20 +186,3 @@ def test_tf32_opt_in_tolerance():
             check_batch_hard(case, dtype=torch.float32, device="cuda", metric=metric, rtol=1e-4, sel_eps=2.0**-11)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
-
-
-@pytest.mark.slow
-def test_compile_on_cuda():
-    torch._dynamo.reset()
-    x = torch.randn(128, 32, device="cuda", requires_grad=True)
-    lab = (torch.arange(128) % 8).cuda()
-
-    def f(x):
-        return fastmine.batch_hard_triplet_loss(x, lab) + fastmine.pairwise_distance(x).mean()
-
-    e = f(x)
-    (ge,) = torch.autograd.grad(e, x)
-    c = torch.compile(f, fullgraph=True)(x)
-    (gc,) = torch.autograd.grad(c, x)
-    torch.testing.assert_close(e, c)
-    torch.testing.assert_close(ge, gc)

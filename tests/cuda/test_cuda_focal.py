@@ -1,6 +1,8 @@
 """The focal-loss family and the centroid bound on the GPU: against the float64 oracle in
-every dtype, against the CPU kernels, determinism, extreme logits. Skipped without a GPU
-(every test carries the ``cuda`` marker)."""
+every dtype at sizes from one element to past the kernels' block counts, against the CPU
+kernel, extreme logits. Skipped without a GPU (every test carries the ``cuda`` marker).
+What every op owes on every device (determinism, NaN, bad input, compile) is
+properties/test_contract.py's."""
 
 from __future__ import annotations
 
@@ -117,42 +119,22 @@ def test_centroid(dtype, b, d, nc):
     assert_close_rel(gc.cpu(), gco, tol * 4)
 
 
-def test_cuda_matches_cpu_and_is_deterministic():
+def test_sigmoid_focal_cuda_matches_cpu():
+    """A million terms (about a thousand blocks of partial sums) agree with the CPU kernel."""
     g = _gen(0)
     n = 1_000_003
     x = torch.randn(n, generator=g) * 5
     t = torch.rand(n, generator=g)
     cpu = _loss_and_grad(fastmine.sigmoid_focal_loss, x, t, reduction="mean")
-    runs = [_loss_and_grad(fastmine.sigmoid_focal_loss, x.cuda(), t.cuda(), reduction="mean") for _ in range(3)]
-    for r in runs[1:]:
-        assert torch.equal(r[0], runs[0][0]) and torch.equal(r[1], runs[0][1])
-    assert_close_rel(runs[0][0].cpu(), cpu[0], 1e-5)
-    assert_close_rel(runs[0][1].cpu(), cpu[1], 1e-5)
-    xs, ys = torch.randn(5000, 19, generator=g), torch.randint(0, 19, (5000,), generator=g)
-    a = [_loss_and_grad(fastmine.softmax_focal_loss, xs.cuda(), ys.cuda()) for _ in range(2)]
-    assert torch.equal(a[0][0], a[1][0]) and torch.equal(a[0][1], a[1][1])
-    c = torch.randn(10, 64, generator=g)
-    lab = torch.randint(0, 10, (3000,), generator=g)
-    e = torch.randn(3000, 64, generator=g)
-    outs = []
-    for _ in range(2):
-        ek, ck = e.cuda().requires_grad_(), c.cuda().requires_grad_()
-        loss = fastmine.centroid_triplet_loss(ek, lab.cuda(), ck)
-        outs.append((loss,) + torch.autograd.grad(loss, (ek, ck)))
-    for u, v in zip(*outs):
-        assert torch.equal(u, v)
+    gpu = _loss_and_grad(fastmine.sigmoid_focal_loss, x.cuda(), t.cuda(), reduction="mean")
+    assert_close_rel(gpu[0].cpu(), cpu[0], 1e-5)
+    assert_close_rel(gpu[1].cpu(), cpu[1], 1e-5)
 
 
-def test_extreme_logits_and_bad_labels():
+def test_extreme_logits():
     x = torch.tensor([1000.0, -1000.0, 1000.0, -1000.0], device="cuda", requires_grad=True)
     t = torch.tensor([1.0, 0.0, 0.0, 1.0], device="cuda")
     loss = fastmine.sigmoid_focal_loss(x, t, gamma=0.5)
     (g,) = torch.autograd.grad(loss.sum(), x)
     assert torch.isfinite(loss).all() and torch.isfinite(g).all()
     assert loss.tolist() == pytest.approx([0.0, 0.0, 750.0, 250.0])
-    with pytest.raises(ValueError, match="target"):
-        fastmine.softmax_focal_loss(torch.randn(3, 4, device="cuda"), torch.tensor([0, 4, 1], device="cuda"))
-    with pytest.raises(ValueError, match="labels"):
-        fastmine.centroid_triplet_loss(
-            torch.randn(3, 4, device="cuda"), torch.tensor([0, 2, 1], device="cuda"), torch.randn(2, 4, device="cuda")
-        )

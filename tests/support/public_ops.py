@@ -15,8 +15,11 @@ its tensors and the options the variant fixes. Variant keys that start with "_" 
   random     an ordinary batch (several classes, every label with a positive)
   one_class  every label the same (no negative anywhere)
   distinct   every label different (no positive anywhere)
-  single     one row
+  single     one row (its reference set, with ``self_offset``, only the row itself: no pair)
   large      a batch big enough to be split across threads and blocks (determinism)
+  hub        clusters on a sphere and one point at its centre, every anchor's hardest
+             negative (and a copy of it in every reference set): one row of the gradient
+             sums a contribution from every anchor (determinism of the scatter)
 """
 
 from __future__ import annotations
@@ -69,12 +72,21 @@ class PublicOp:
     # An empty batch: (error, match) it must raise, or None: the oracle's result.
     empty: Optional[Tuple[type, str]] = (ValueError, "embeddings")
     bad: Sequence[Bad] = field(default_factory=tuple)
-    # Whether the CPU result is also bitwise the same on one thread and on all. docs/semantics.md
+    # Where the CPU result is also bitwise the same on one thread and on all: the kinds of
+    # batch ("large", "hub"), and whether also against a reference set. docs/semantics.md
     # promises the same bits for the same inputs on the same device; the thread count is
     # checked where the kernels sum in a fixed order whatever the split (the batch-all,
-    # contrastive and semi-hard CPU kernels do not, on some inputs: their thread-count checks
-    # are in properties/test_determinism.py, on the inputs where they hold).
-    same_bits_across_threads: bool = True
+    # contrastive and semi-hard CPU kernels do not on some inputs: they do on the hub batch
+    # against itself).
+    same_bits_across_threads: Tuple[str, ...] = ("large", "hub")
+    same_bits_across_threads_with_ref: bool = True
+    # Options that make every anchor's loss active on the "hub" batch, so that the hub's row
+    # of the gradient sums a contribution from each of them; None: the op has no scatter
+    # for the hub to stress, and no hub batch.
+    hub: Optional[Dict[str, Any]] = None
+    # The result's dtype for float16/bfloat16 inputs: a loss comes back in float32
+    # (docs/semantics.md, "Everywhere"); None: the input's dtype.
+    half_result: Optional[torch.dtype] = torch.float32
 
     def call(self, kw: Dict[str, Any]) -> Any:
         return self.fn(**kw)
@@ -106,7 +118,23 @@ def _sizes(kind: str) -> Tuple[int, int, int]:
         return 1, 5, 4
     if kind == "large":
         return 257, 33, 300
+    if kind == "hub":
+        return 300, HUB_CLASSES, 300
     return 10, 5, 13
+
+
+HUB_CLASSES = 16
+
+
+def _hub_rows(g, n, d, dtype, device):
+    """n - 1 rows in HUB_CLASSES tight clusters on a sphere of radius 10 (orthogonal centres,
+    14 apart) and, last, the origin in a class of its own: 10 from everyone, the nearest
+    point of another class for every anchor."""
+    lab = torch.arange(n - 1) % HUB_CLASSES
+    x = 10 * torch.eye(d, dtype=F64)[lab] + 0.3 * torch.randn(n - 1, d, generator=g, dtype=F64)
+    x = torch.cat([x, torch.zeros(1, d, dtype=F64)])
+    lab = torch.cat([lab, torch.tensor([HUB_CLASSES])])
+    return x.to(dtype=dtype, device=device), lab.to(device)
 
 
 def _labels(kind: str, n: int, classes: int, device, start: int = 0) -> torch.Tensor:
@@ -124,15 +152,28 @@ def _labels(kind: str, n: int, classes: int, device, start: int = 0) -> torch.Te
 
 def make_embedding_call(g, kind, dtype, device, variant):
     b, d, m = _sizes(kind)
-    x = _randn(g, b, d, dtype=dtype, device=device)
-    lab = _labels(kind, b, 3, device)
+    if kind == "hub":
+        x, lab = _hub_rows(g, b, d, dtype, device)
+    else:
+        x = _randn(g, b, d, dtype=dtype, device=device)
+        lab = _labels(kind, b, 3, device)
     kw: Dict[str, Any] = dict(embeddings=x, labels=lab)
     ref = variant.get("_ref")
     if ref is not None:
         extra = _randn(g, m, d, dtype=dtype, device=device)
         # distinct: the reference rows' labels differ from the batch's and from each other
         extra_lab = _labels(kind, m, 4, device, start=b)
-        if ref == "self_offset":
+        if kind == "hub":
+            # far from every cluster (|r| ~ 40), labels of every class, and first a copy of
+            # the hub, which stays every anchor's hardest negative
+            extra = extra * 10
+            extra[0] = 0.0
+            extra_lab = torch.randint(0, HUB_CLASSES + 1, (m,), generator=g).to(device)
+            extra_lab[0] = HUB_CLASSES
+        if ref == "self_offset" and kind == "single":
+            # the row's only reference row is itself, which is excluded: no pair at all
+            kw.update(ref_embeddings=x.clone(), ref_labels=lab.clone(), self_offset=0)
+        elif ref == "self_offset":
             kw.update(
                 ref_embeddings=torch.cat([extra[:2], x, extra[2:]]),
                 ref_labels=torch.cat([extra_lab[:2], lab, extra_lab[2:]]),
@@ -473,8 +514,23 @@ FOCAL_STAR_BAD = (
     Bad("beta-inf", _with(beta=math.inf), ValueError, "beta"),
 ) + _bad_reductions("avg")
 
+
+def _one_entry(t, value):
+    """t with its last entry set to value: one bad index among valid ones, which a range check
+    that reduces over the whole tensor must still find."""
+    t = t.clone()
+    t.view(-1)[-1] = value
+    return t
+
+
 SOFTMAX_FOCAL_BAD = (
     Bad("target-past-classes", _with(target=lambda kw: kw["target"].clamp(max=0) + 5), ValueError, "target"),
+    Bad(
+        "target-one-past-classes",
+        _with(target=lambda kw: _one_entry(kw["target"], kw["logits"].shape[1])),
+        ValueError,
+        "target",
+    ),
     Bad("target-negative", _with(target=lambda kw: kw["target"].clamp(max=0) - 1), ValueError, "target"),
     Bad("target-float", _with(target=lambda kw: kw["target"].float()), TypeError, "target"),
     Bad("target-short", _with(target=lambda kw: kw["target"][:-1]), ValueError, "target"),
@@ -511,6 +567,7 @@ OPS: List[PublicOp] = [
         kinds=("random", "single"),
         empty=(ValueError, "x"),
         bad=PAIRWISE_BAD,
+        half_result=None,
     ),
     PublicOp(
         "batch_hard_triplet_loss",
@@ -526,11 +583,13 @@ OPS: List[PublicOp] = [
             dict(metric="euclidean", soft=True, reduction="sum", _ref="self_offset"),
             dict(metric="sqeuclidean", margin=1.0, reduction="mean_nonzero", _ref="self_offset"),
             dict(metric="cosine", soft=True, reduction="none", _ref="ref"),
+            dict(metric="euclidean", reduction="none", _ref="self_offset"),
         ],
         bad=EMBEDDING_BAD
         + _bad_reductions("avg", "mean_positive", "", "MEAN")
         + _bad_margin("margin")
         + (Bad("keyword-neg-margin", _with(neg_margin=0.5), TypeError, "neg_margin"),),
+        hub=dict(margin=30.0),
     ),
     PublicOp(
         "batch_all_triplet_loss",
@@ -549,7 +608,9 @@ OPS: List[PublicOp] = [
         + _bad_reductions("avg", "none", "mean_nonzero", "", "MEAN")
         + _bad_margin("margin")
         + (Bad("keyword-neg-margin", _with(neg_margin=0.5), TypeError, "neg_margin"),),
-        same_bits_across_threads=False,
+        same_bits_across_threads=("hub",),
+        same_bits_across_threads_with_ref=False,
+        hub=dict(margin=30.0),
     ),
     PublicOp(
         "contrastive_loss",
@@ -580,7 +641,9 @@ OPS: List[PublicOp] = [
             Bad("keyword-margin", _with(margin=0.5), TypeError, "margin"),
             Bad("keyword-return-info", _with(return_info=True), TypeError, "return_info"),
         ),
-        same_bits_across_threads=False,
+        same_bits_across_threads=("hub",),
+        same_bits_across_threads_with_ref=False,
+        hub=dict(neg_margin=20.0),
     ),
     PublicOp(
         "semi_hard_triplet_loss",
@@ -596,7 +659,9 @@ OPS: List[PublicOp] = [
             dict(metric="sqeuclidean", reduction="sum", margin=1.0, _ref="self_offset"),
         ],
         bad=EMBEDDING_BAD + _bad_reductions("avg", "mean_nonzero", "mean_positive", "", "MEAN") + _bad_margin("margin"),
-        same_bits_across_threads=False,
+        same_bits_across_threads=("hub",),
+        same_bits_across_threads_with_ref=False,
+        hub=dict(margin=30.0),
     ),
     PublicOp(
         "centroid_triplet_loss",
