@@ -429,10 +429,7 @@ def test_bitwise_deterministic(op, variant, kind, dtype, device):
     first = sum(_run(op, kw, info=info), ())
     for i in range(REPEATS):
         _assert_bitwise(first, sum(_run(op, kw, info=info), ()), f"run {i + 2}")
-    threads = kind in op.same_bits_across_threads and (
-        op.same_bits_across_threads_with_ref or "ref_embeddings" not in kw
-    )
-    if device.type == "cpu" and threads:
+    if device.type == "cpu":
         with _threads(1):
             one = sum(_run(op, kw, info=info), ())
         _assert_bitwise(first, one, "one thread")

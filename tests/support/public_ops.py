@@ -72,14 +72,6 @@ class PublicOp:
     # An empty batch: (error, match) it must raise, or None: the oracle's result.
     empty: Optional[Tuple[type, str]] = (ValueError, "embeddings")
     bad: Sequence[Bad] = field(default_factory=tuple)
-    # Where the CPU result is also bitwise the same on one thread and on all: the kinds of
-    # batch ("large", "hub"), and whether also against a reference set. docs/semantics.md
-    # promises the same bits for the same inputs on the same device; the thread count is
-    # checked where the kernels sum in a fixed order whatever the split (the batch-all,
-    # contrastive and semi-hard CPU kernels do not on some inputs: they do on the hub batch
-    # against itself).
-    same_bits_across_threads: Tuple[str, ...] = ("large", "hub")
-    same_bits_across_threads_with_ref: bool = True
     # Options that make every anchor's loss active on the "hub" batch, so that the hub's row
     # of the gradient sums a contribution from each of them; None: the op has no scatter
     # for the hub to stress, and no hub batch.
@@ -608,8 +600,6 @@ OPS: List[PublicOp] = [
         + _bad_reductions("avg", "none", "mean_nonzero", "", "MEAN")
         + _bad_margin("margin")
         + (Bad("keyword-neg-margin", _with(neg_margin=0.5), TypeError, "neg_margin"),),
-        same_bits_across_threads=("hub",),
-        same_bits_across_threads_with_ref=False,
         hub=dict(margin=30.0),
     ),
     PublicOp(
@@ -641,8 +631,6 @@ OPS: List[PublicOp] = [
             Bad("keyword-margin", _with(margin=0.5), TypeError, "margin"),
             Bad("keyword-return-info", _with(return_info=True), TypeError, "return_info"),
         ),
-        same_bits_across_threads=("hub",),
-        same_bits_across_threads_with_ref=False,
         hub=dict(neg_margin=20.0),
     ),
     PublicOp(
@@ -659,8 +647,6 @@ OPS: List[PublicOp] = [
             dict(metric="sqeuclidean", reduction="sum", margin=1.0, _ref="self_offset"),
         ],
         bad=EMBEDDING_BAD + _bad_reductions("avg", "mean_nonzero", "mean_positive", "", "MEAN") + _bad_margin("margin"),
-        same_bits_across_threads=("hub",),
-        same_bits_across_threads_with_ref=False,
         hub=dict(margin=30.0),
     ),
     PublicOp(
