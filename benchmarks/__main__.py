@@ -4,7 +4,7 @@ Three runs:
   (default)  quick: every op once, at one telling size, 3 timed calls, no torch.compile
              (its first call compiles for 10-30 s per op); about two minutes on 2 cores.
   --sweep    each op at the sizes of the committed reference results (benchmarks/results/),
-             10 timed calls, with torch.compile.
+             30 timed calls (CPU; 50 on CUDA), with torch.compile.
   --full     the report grid (B up to 64K, D up to 2048, float32 and bfloat16).
 Output goes to bench_out/ (ignored by git); refresh the committed results on purpose with
 ``--sweep --out benchmarks/results``.
@@ -37,7 +37,9 @@ DEFAULT_SIZES = {"cpu": "4096x128,1024x128", "cuda": "4096x128,4096x512"}
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench_out")
 # Per-run defaults: (timed calls, warm-up calls, --max-seconds, torch.compile baseline).
 QUICK = {"cpu": (3, 1, 2.0, False), "cuda": (10, 2, 2.0, False)}
-THOROUGH = {"cpu": (10, 2, 20.0, True), "cuda": (50, 5, 20.0, True)}
+# 30 CPU calls: with 10, two quiet runs' minima of the same call were 12 % apart on 2 cores;
+# with 30 they agree within 5 % (docs/performance.md says when this was checked).
+THOROUGH = {"cpu": (30, 2, 20.0, True), "cuda": (50, 5, 20.0, True)}
 # --full (the report grid): B in {1K, 4K, 16K, 64K} x D in {128, 512, 2048} x {fp32, bf16}
 # on CUDA. On the CPU the grid stops at B = 4K, D = 512 (B = 16K takes minutes per method on
 # a few cores, 64K needs 16 GiB for one B x B float32 matrix of the eager baseline).
@@ -64,7 +66,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--sweep",
         action="store_true",
-        help="each op at the sizes of the committed reference results, 10 timed "
+        help="each op at the sizes of the committed reference results, 30 timed "
         "calls, with torch.compile (the default is the quick run: one size per op)",
     )
     p.add_argument(

@@ -36,7 +36,7 @@ def test_sweep_and_sizes_keep_the_thorough_settings():
     for argv in (["--sweep"], ["--sizes", "64x8"]):
         args = _args(*argv)
         assert not args.quick and not args.no_compile
-        assert (args.repeats, args.warmup, args.max_seconds) == (10, 2, 20.0)
+        assert (args.repeats, args.warmup, args.max_seconds) == (30, 2, 20.0)
     ops = load_ops()
     assert bench.op_sizes(ops["batch_all"], _args("--sweep"), _cpu()) == ops["batch_all"].sweep_sizes["cpu"]
     assert bench.op_sizes(ops["batch_all"], _args("--sizes", "64x8"), _cpu()) == "64x8"
