@@ -14,9 +14,10 @@ MARGIN = 0.3  # fastmine's default
 # Anchors per chunk of the TF-style (anchors, positives, negatives) mask: bounds the
 # temporaries at ~64M elements (TF materialises all B^3 of them at once: 34 GB at B = 2048).
 _CUBE_ELEMS = 1 << 26
-# Above this batch the cube's B^3 elements take minutes even chunked (B = 16384: 4.4e12,
-# some 65000 chunks per call): the TF-style rows are skipped there, the sorted one still runs.
-_CUBE_MAX_B = 4096
+# Above this batch the cube's B^3 elements take minutes per call even chunked (about 26 s at
+# B = 2048 on 2 cores, eight times that at 4096): the TF-style rows are skipped there, the
+# sorted one still runs.
+_CUBE_MAX_B = 2048
 
 
 def _fastmine(inp: Inputs):
