@@ -12,8 +12,8 @@
 
 #include "common/distance.h"
 #include "common/triplet.h"
-#include "cpu/contract_cpu.h"
 #include "cpu/batch_hard_symmetric.h"
+#include "cpu/contract_cpu.h"
 #include "cpu/engine/exact_distance.h"
 #include "cpu/engine/hardest.h"
 #include "cpu/engine/panel_rows.h"
@@ -79,8 +79,7 @@ int64_t resolve_near_ties(const T* g, const T* ca, const T* cb, const int64_t* r
       if (positive ? !(s >= best - tol) : !(s <= best + tol)) continue;
       if (lowest < 0) lowest = j;
       if (++count <= kMaxExactTies) {
-        exact.offer(exact_distance(xr, rp + j * geo.dim, geo.dim, geo.metric), j,
-                    positive);
+        exact.offer(exact_distance(xr, rp + j * geo.dim, geo.dim, geo.metric), j, positive);
       }
     }
   }

@@ -30,8 +30,8 @@ namespace fastmine::cpu {
 // (norms far from overflow), so that the SIMD loops never meet a NaN or an infinity.
 template <typename T>
 bool symmetric_mining_applies(const at::Tensor& x, const at::Tensor& ref, const at::Tensor& labels,
-                              const at::Tensor& ref_labels, bool has_exclude, int64_t exclude_offset,
-                              const std::vector<T>& norms2) {
+                              const at::Tensor& ref_labels, bool has_exclude,
+                              int64_t exclude_offset, const std::vector<T>& norms2) {
   if (!x.is_same(ref) && !(x.data_ptr() == ref.data_ptr() && x.sizes() == ref.sizes() &&
                            x.strides() == ref.strides())) {
     return false;
@@ -46,9 +46,9 @@ bool symmetric_mining_applies(const at::Tensor& x, const at::Tensor& ref, const 
 template <typename T>
 class SymmetricMiner {
  public:
-  static constexpr int64_t kChunk = 256;  // columns per SIMD chunk of a row scan
+  static constexpr int64_t kChunk = 256;        // columns per SIMD chunk of a row scan
   static constexpr int64_t kColumnBlock = 256;  // anchors per column-side task
-  static constexpr int64_t kRowGroup = 8;        // anchors per row-side task
+  static constexpr int64_t kRowGroup = 8;       // anchors per row-side task
   // Rows per panel, measured best at B = 4096 and 16384 (D = 128, float32, 2-core AVX-512):
   // a 128-row GEMM runs near full speed, and a taller panel falls out of L2 between the GEMM
   // and the two scans that read it.
@@ -176,7 +176,8 @@ class SymmetricMiner {
   // Anchor i receives candidates j in [r0, B), ascending, from its panel row g (g[c]: column
   // r0 + c). Pass 1 finds each chunk's best scores with SIMD reductions; pass 2 offers only
   // the chunks within tol of the anchor's best overall: the others hold no contender.
-  void row_side(const T* g, int64_t r0, int64_t i, std::vector<T>& chunk_p, std::vector<T>& chunk_n) {
+  void row_side(const T* g, int64_t r0, int64_t i, std::vector<T>& chunk_p,
+                std::vector<T>& chunk_n) {
     const T inf = std::numeric_limits<T>::infinity();
     const int32_t li = lab_[i];
     const int64_t excl = has_exclude_ ? i : -1;

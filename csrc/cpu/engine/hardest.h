@@ -50,21 +50,26 @@ struct Hardest {
   bool largest;  // true: positives (keep the largest distance)
   std::vector<T> best;
   std::vector<int32_t> index;
-  std::vector<double> exact;       // exact distance of candidate exact_of[a] to anchor a
-  std::vector<int32_t> exact_of;   // -1: none computed
-  std::vector<int32_t> budget;     // exact distances left
+  std::vector<double> exact;      // exact distance of candidate exact_of[a] to anchor a
+  std::vector<int32_t> exact_of;  // -1: none computed
+  std::vector<int32_t> budget;    // exact distances left
 
   Hardest(int64_t n, bool largest_)
       : largest(largest_),
-        best(n, largest_ ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::infinity()),
+        best(n,
+             largest_ ? -std::numeric_limits<T>::infinity() : std::numeric_limits<T>::infinity()),
         index(n, -1),
         exact(n, 0.0),
         exact_of(n, -1),
         budget(n, kMaxExactTies + 1) {}
 
   // Whether score s takes the lead from best outright / is too far behind to matter.
-  static bool beyond(bool largest, T s, T best, T tol) { return largest ? s > best + tol : s < best - tol; }
-  static bool behind(bool largest, T s, T best, T tol) { return largest ? s < best - tol : s > best + tol; }
+  static bool beyond(bool largest, T s, T best, T tol) {
+    return largest ? s > best + tol : s < best - tol;
+  }
+  static bool behind(bool largest, T s, T best, T tol) {
+    return largest ? s < best - tol : s > best + tol;
+  }
 
   // Offers candidate j with score s to anchor a. dist(a, j) is the exact distance.
   template <typename ExactDist>
