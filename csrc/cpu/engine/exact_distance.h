@@ -3,7 +3,6 @@
 #pragma once
 #include <ATen/Parallel.h>
 
-#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -45,13 +44,15 @@ double squared_distance(const T* u, const T* v, int64_t d) {
   });
 }
 
-// d(u, v) from direct differences, in double: PairAcc's distance, with the euclidean sums
-// in lane_sum's SIMD-friendly order (a mined pair's distance is O(D) on the critical path).
+// d(u, v) from direct differences, in double: PairAcc's distance (its finalize), with the
+// euclidean metrics' one sum taken in lane_sum's SIMD-friendly order (a mined pair's
+// distance is O(D) on the critical path).
 template <typename T>
 double exact_distance(const T* u, const T* v, int64_t dim, int64_t metric) {
   if (metric == kCosine) return accumulate_pair(u, v, dim).finalize(metric);
-  const double d2 = squared_distance(u, v, dim);
-  return metric == kSqEuclidean ? d2 : std::sqrt(d2);
+  PairAcc<double> acc;
+  acc.diff2 = squared_distance(u, v, dim);
+  return acc.finalize(metric);
 }
 
 // |u|^2, accumulated in double.
