@@ -52,7 +52,12 @@ def _rel(pattern):
 
 # -march=native: the row-scan epilogue is SIMD; fastmine is built from source on the
 # machine that runs it. FASTMINE_PORTABLE=1 drops it for relocatable builds.
-common_cxx = ["-O3", "-std=c++20", "-fopenmp"]
+# -fno-math-errno -fno-trapping-math: the per-pair loops vectorise only when branch-free, and
+# under the defaults gcc keeps branches it could remove: one to the library sqrt (for errno
+# on a negative argument), and every `c ? a : b` on floats (a comparison may trap). Nothing
+# here reads errno or traps on floating-point exceptions; every result is the same (NaN and
+# infinity included: this is not -ffast-math).
+common_cxx = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 if os.environ.get("FASTMINE_PORTABLE") != "1":
     common_cxx.append("-march=native")
 cpu_link = ["-fopenmp"]

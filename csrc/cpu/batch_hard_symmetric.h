@@ -21,6 +21,7 @@
 #include "common/distance.h"
 #include "cpu/engine/exact_distance.h"
 #include "cpu/engine/hardest.h"
+#include "cpu/engine/label_ids.h"
 #include "cpu/engine/panel_rows.h"
 
 namespace fastmine::cpu {
@@ -111,19 +112,6 @@ class SymmetricMiner {
   }
 
  private:
-  // Labels as dense int32 ids (equal exactly when the labels are): the SIMD loops compare
-  // them at the width of a float.
-  static std::vector<int32_t> label_ids(const int64_t* labels, int64_t n) {
-    std::vector<int64_t> uniq(labels, labels + n);
-    std::sort(uniq.begin(), uniq.end());
-    uniq.erase(std::unique(uniq.begin(), uniq.end()), uniq.end());
-    std::vector<int32_t> ids(n);
-    for (int64_t i = 0; i < n; ++i) {
-      ids[i] = int32_t(std::lower_bound(uniq.begin(), uniq.end(), labels[i]) - uniq.begin());
-    }
-    return ids;
-  }
-
   double exact_distance(int64_t a, int64_t j) const {
     return fastmine::cpu::exact_distance(xp_ + a * dim_, xp_ + j * dim_, dim_, metric_);
   }
