@@ -119,6 +119,30 @@ def test_larger_float32(b, d, ref_m, metric):
         )
 
 
+@pytest.mark.parametrize("self_offset", [None, 0, 1, 49, 60])
+@pytest.mark.parametrize("metric", METRICS)
+def test_unpaired_columns_at_simd_block_edges(self_offset, metric):
+    """The CPU pass splits each row into blocks of 64 columns and runs a SIMD loop over the
+    paired runs of a block: the excluded column (i + self_offset) and the triangle's edge
+    (j <= i) fall on every position of a block here, its first and last included, and one
+    anchor has an exact copy in the reference set (that block goes pair by pair)."""
+    g = torch.Generator().manual_seed(7 + (self_offset or 0))
+    b, m, d = 140, 200, 5
+    lab = make_labels("pk", b, g)
+    x = torch.randn(b, d, generator=g, dtype=F64)
+    if self_offset is None:
+        x[100] = x[3]  # a copy inside the batch: its pair (3, 100) is a near-duplicate
+        case = Case(x, lab)
+    else:
+        rl = lab[torch.randint(0, b, (m,), generator=g)]
+        ref = torch.randn(m, d, generator=g, dtype=F64)
+        ref[70] = x[5]  # a copy in the reference set, in the second block of anchor 5's row
+        case = Case(x, lab, ref, rl, self_offset)
+    for dtype in (F64, torch.float32):
+        for power, reduction in ((2, "mean"), (1, "mean_nonzero")):
+            check_contrastive(case, dtype=dtype, metric=metric, power=power, neg_margin=2.0, reduction=reduction)
+
+
 # ---- hand-computed values and the seeds' formula ------------------------------------------------
 
 
