@@ -92,9 +92,11 @@ class SymmetricMiner {
       const int64_t c_lo = r0 + nr;
       const int64_t n_blocks = (b_ - c_lo + kColumnBlock - 1) / kColumnBlock;
       const int64_t n_groups = (nr + kRowGroup - 1) / kRowGroup;
-      at::parallel_for(0, n_blocks + n_groups, 1, [&](int64_t k0, int64_t k1) {
+      const std::vector<int64_t> tasks = interleave(n_blocks, n_groups);
+      at::parallel_for(0, n_blocks + n_groups, 1, [&](int64_t t0, int64_t t1) {
         std::vector<T> chunk_p, chunk_n;
-        for (int64_t k = k0; k < k1; ++k) {
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t k = tasks[t];
           if (k < n_blocks) {
             const int64_t j0 = c_lo + k * kColumnBlock, j1 = std::min(b_, j0 + kColumnBlock);
             column_side(gp, nc, r0, nr, j0, j1);
@@ -112,6 +114,24 @@ class SymmetricMiner {
   }
 
  private:
+  // Task ids [0, n_a) and [n_a, n_a + n_b), interleaved in proportion. parallel_for gives
+  // each thread one contiguous range of tasks, and a column-side entry costs more than a
+  // row-side one: in id order one thread would get the column side, the other the rows.
+  static std::vector<int64_t> interleave(int64_t n_a, int64_t n_b) {
+    std::vector<int64_t> order;
+    order.reserve(n_a + n_b);
+    int64_t a = 0, b = 0;
+    while (a < n_a || b < n_b) {
+      // (a + 1/2) / n_a <= (b + 1/2) / n_b: the first kind is not ahead of its share.
+      if (b == n_b || (a < n_a && (2 * a + 1) * n_b <= (2 * b + 1) * n_a)) {
+        order.push_back(a++);
+      } else {
+        order.push_back(n_a + b++);
+      }
+    }
+    return order;
+  }
+
   double exact_distance(int64_t a, int64_t j) const {
     return fastmine::cpu::exact_distance(xp_ + a * dim_, xp_ + j * dim_, dim_, metric_);
   }
