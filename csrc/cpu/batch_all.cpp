@@ -6,6 +6,12 @@
 // anchor, O(K + M) memory. Backward turns the same counts into per-pair weights dL/dd and
 // applies them with the shared panel GEMMs. (softplus has no such prefix form: soft=True
 // sums over the K x N pairs of each anchor, still without storing them.)
+//
+// With a few positives (K <= 16: P x K batches) the binary search, a chain of unpredictable
+// branches per negative, costs more than comparing the negative with every positive: that
+// count is branch-free and runs in SIMD lanes, one negative per lane (row_lanes below).
+#include "cpu/engine/vec_math.h"  // first: selects ATen's SIMD implementation (see there)
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -13,11 +19,13 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "common/batch_all.h"
 #include "common/triplet.h"
 #include "cpu/contract_cpu.h"
+#include "cpu/engine/label_classes.h"
 #include "cpu/engine/panel.h"
 
 namespace fastmine::cpu {
@@ -29,6 +37,15 @@ struct BatchAllArgs {
   int64_t exclude_offset;
 };
 
+// Whether any of d[0 .. n) is NaN: one branch-free pass.
+template <typename T>
+bool any_nan(const T* d, int64_t n) {
+  int nan = 0;
+#pragma omp simd reduction(| : nan)
+  for (int64_t j = 0; j < n; ++j) nan |= d[j] != d[j];
+  return nan != 0;
+}
+
 // One anchor's candidates: positives sorted by (distance, column) and their suffix sums.
 struct AnchorRow {
   std::vector<std::pair<double, int64_t>> pos;
@@ -37,22 +54,22 @@ struct AnchorRow {
   int64_t num_neg = 0;
   bool nan = false;
 
+  // cols: the columns of the anchor's class (ascending, excl possibly among them); every
+  // other column is a negative. NaN: the anchor's row is non-finite or any distance of the
+  // row but the excluded one's is NaN.
   template <typename T>
-  void build(const T* d, int64_t m, const int64_t* rl, int64_t li, int64_t excl, bool bad_anchor) {
+  void build(const T* d, int64_t m, const int64_t* cols, int64_t ncols, int64_t excl,
+             bool bad_anchor) {
     pos.clear();
-    num_neg = 0;
-    nan = bad_anchor;
-    for (int64_t j = 0; j < m; ++j) {
-      if (rl[j] == li) {
-        if (j != excl)
-          pos.emplace_back(double(d[j]), j);
-        else
-          continue;
-      } else {
-        ++num_neg;
-      }
-      nan |= std::isnan(double(d[j]));
+    num_neg = m - ncols;
+    int64_t skip = m;  // the excluded column, when it is one of the anchor's class
+    for (int64_t c = 0; c < ncols; ++c) {
+      if (cols[c] == excl)
+        skip = excl;
+      else
+        pos.emplace_back(double(d[cols[c]]), cols[c]);
     }
+    nan = bad_anchor || any_nan(d, skip) || (skip < m && any_nan(d + skip + 1, m - skip - 1));
     if (nan) return;  // sorting NaNs is undefined; the anchor's loss is NaN anyway
     std::sort(pos.begin(), pos.end());
     sorted.resize(pos.size());
@@ -67,9 +84,119 @@ struct AnchorRow {
   }
 };
 
+// ---- few positives: SIMD lanes, one column per lane ----
+//
+// For a negative at d_n, the active positives are those with sorted[q] > d_n - margin. As
+// the positives are sorted, #{q : sorted[q] > threshold} is K - first_active, the bisection's
+// answer, for every threshold (a NaN one: none either way); counting needs no branch.
+// Everything is in double lanes, as the scalar rule is.
+
+constexpr int64_t kFewPositives = 16;  // at most this many: lanes; more: bisection
+
+using VD = at::vec::Vectorized<double>;
+using VL = at::vec::Vectorized<int64_t>;
+constexpr int kLanes = VD::size();
+static_assert(VL::size() == kLanes, "label lanes must line up with distance lanes");
+
+template <typename T>
+VD load_as_double(const T* p) {
+  if constexpr (std::is_same_v<T, double>) {
+    return VD::loadu(p);
+  } else {
+    double v[kLanes];
+    for (int l = 0; l < kLanes; ++l) v[l] = double(p[l]);
+    return VD::loadu(v);
+  }
+}
+
+// Calls f(j, n, dn, neg) for the columns [j, j + n) of row d, kLanes at a time: dn their
+// distances in double, neg all-ones in the lanes of negatives (label != li). The tail is
+// padded with columns of the anchor's own label, which every rule below ignores.
+template <typename T, typename F>
+void row_lanes(const T* d, const int64_t* rl, int64_t li, int64_t m, const F& f) {
+  const VL anchor(li);
+  int64_t j = 0;
+  for (; j + kLanes <= m; j += kLanes)
+    f(j, kLanes, load_as_double(d + j), at::vec::cast<double>(VL::loadu(rl + j) != anchor));
+  if (j < m) {
+    T dt[kLanes] = {};
+    int64_t lt[kLanes];
+    std::fill(lt, lt + kLanes, li);
+    std::copy(d + j, d + m, dt);
+    std::copy(rl + j, rl + m, lt);
+    f(j, int(m - j), load_as_double(dt), at::vec::cast<double>(VL::loadu(lt) != anchor));
+  }
+}
+
+// The forward of one anchor (row.nan false, row.pos.size() <= kFewPositives): the hinge sum
+// and the number of active triplets, bitwise what the bisection loop gives. Per negative:
+// the active count and suffix[first], the latter summed in the lane in suffix's own order
+// (from the largest rank down, the active ranks being a suffix of the order); then the term
+// batch_all_hinge_sum, a + b * c, which GCC contracts to one FMA in the scalar loop where the
+// target has FMA (its default -ffp-contract=fast), hence fmadd here (without FMA, ATen's
+// generic fmadd is a * b + c, rounded twice like the scalar); then the term is added to the
+// running sum in column order, the scalar loop's serial chain. A non-negative adds +0.0,
+// which changes no sum: the sum starts at +0.0 and so is never -0.0.
+template <typename T>
+void forward_lanes(const AnchorRow& row, const T* d, const int64_t* rl, int64_t li, int64_t m,
+                   double margin, double& sum, int64_t& active) {
+  const int64_t k = int64_t(row.sorted.size());
+  const VD zero(0.0), one(1.0), vmargin(margin);
+  VD act_total(0.0);
+  double term[kLanes];
+  row_lanes(d, rl, li, m, [&](int64_t, int n, const VD& dn, const VD& neg) {
+    const VD threshold = dn - vmargin;  // batch_all_threshold
+    VD act(0.0), suf(0.0);
+    for (int64_t q = k - 1; q >= 0; --q) {
+      const VD p(row.sorted[q]);
+      const VD on = (p > threshold) & neg;
+      act = act + (on & one);
+      suf = VD::blendv(suf, suf + p, on);
+    }
+    act_total = act_total + act;
+    VD::blendv(zero, at::vec::fmadd(act, vmargin - dn, suf), neg).store(term);
+    for (int l = 0; l < n; ++l) sum += term[l];
+  });
+  double lanes[kLanes];
+  act_total.store(lanes);
+  active = 0;
+  for (int l = 0; l < kLanes; ++l) active += int64_t(lanes[l]);
+}
+
+// The backward weights of one anchor (as forward_lanes): wi[j] = -gi * (active count) for a
+// negative j, 0 elsewhere, and running[q] = the number of negatives positive q is active
+// against. Counts are integers in double, exact in any order.
+template <typename T>
+void backward_lanes(const AnchorRow& row, const T* d, const int64_t* rl, int64_t li, int64_t m,
+                    double margin, double gi, T* wi, double* running) {
+  const int64_t k = int64_t(row.sorted.size());
+  const VD zero(0.0), one(1.0), vmargin(margin), vgi(-gi);
+  VD count[kFewPositives];
+  for (int64_t q = 0; q < k; ++q) count[q] = zero;
+  double w[kLanes];
+  row_lanes(d, rl, li, m, [&](int64_t j, int n, const VD& dn, const VD& neg) {
+    const VD threshold = dn - vmargin;
+    VD act(0.0);
+    for (int64_t q = 0; q < k; ++q) {
+      const VD on = (VD(row.sorted[q]) > threshold) & neg & one;
+      act = act + on;
+      count[q] = count[q] + on;
+    }
+    VD::blendv(zero, vgi * act, neg).store(w);
+    for (int l = 0; l < n; ++l) wi[j + l] = T(w[l]);
+  });
+  for (int64_t q = 0; q < k; ++q) {
+    double lanes[kLanes];
+    count[q].store(lanes);
+    running[q] = 0;
+    for (int l = 0; l < kLanes; ++l) running[q] += lanes[l];
+  }
+}
+
 template <typename T>
 void batch_all_forward_impl(const Panels<T>& p, const int64_t* lab, const int64_t* rlab,
                             const BatchAllArgs& a, T* loss, int64_t* valid, int64_t* active) {
+  const LabelClasses<int32_t> classes(rlab, p.m);
   at::Tensor buf = p.panel_buffer();
   for (int64_t r0 = 0; r0 < p.b; r0 += p.rows) {
     at::Tensor panel = panel_view(buf, std::min(p.rows, p.b - r0), p.m);
@@ -80,8 +207,9 @@ void batch_all_forward_impl(const Panels<T>& p, const int64_t* lab, const int64_
       for (int64_t r = r_begin; r < r_end; ++r) {
         const int64_t i = r0 + r;
         const T* di = d + r * p.m;
-        row.build(di, p.m, rlab, lab[i], a.has_exclude ? i + a.exclude_offset : -1,
-                  !std::isfinite(double(p.nx2[i])));
+        const int64_t c = classes.class_of(lab[i]);
+        row.build(di, p.m, classes.cols.data() + (c < 0 ? 0 : classes.start[c]), classes.size_of(c),
+                  a.has_exclude ? i + a.exclude_offset : -1, !std::isfinite(double(p.nx2[i])));
         const int64_t k = row.pos.size();
         valid[i] = k * row.num_neg;
         if (row.nan) {
@@ -91,6 +219,12 @@ void batch_all_forward_impl(const Panels<T>& p, const int64_t* lab, const int64_
         }
         double sum = 0;
         int64_t act = 0;
+        if (!a.soft && k > 0 && k <= kFewPositives) {
+          forward_lanes(row, di, rlab, lab[i], p.m, a.margin, sum, act);
+          loss[i] = T(sum);
+          active[i] = act;
+          continue;
+        }
         for (int64_t j = 0; j < p.m && k > 0; ++j) {
           if (rlab[j] == lab[i]) continue;
           const double dn = di[j];
@@ -148,6 +282,7 @@ std::tuple<at::Tensor, at::Tensor> batch_all_triplet_backward_cpu(
     const Panels<T> p(x, ref, metric);
     const int64_t* li = lab.data_ptr<int64_t>();
     const int64_t* lr = rlab.data_ptr<int64_t>();
+    const LabelClasses<int32_t> classes(lr, p.m);
     const T* g = grad.data_ptr<T>();
     at::Tensor buf = p.panel_buffer(), pbuf = p.panel_buffer();
     for (int64_t r0 = 0; r0 < p.b; r0 += p.rows) {
@@ -164,7 +299,9 @@ std::tuple<at::Tensor, at::Tensor> batch_all_triplet_backward_cpu(
           const int64_t i = r0 + r;
           const T* di = d + r * p.m;
           T* wi = wp + r * p.m;
-          row.build(di, p.m, lr, li[i], has_exclude ? i + exclude_offset : -1,
+          const int64_t c = classes.class_of(li[i]);
+          row.build(di, p.m, classes.cols.data() + (c < 0 ? 0 : classes.start[c]),
+                    classes.size_of(c), has_exclude ? i + exclude_offset : -1,
                     !std::isfinite(double(p.nx2[i])));
           const int64_t k = row.pos.size();
           if (k == 0 || row.num_neg == 0) continue;
@@ -175,6 +312,12 @@ std::tuple<at::Tensor, at::Tensor> batch_all_triplet_backward_cpu(
             continue;
           }
           const double gi = g[i];
+          if (!soft && k <= kFewPositives) {
+            double running[kFewPositives];
+            backward_lanes(row, di, lr, li[i], p.m, margin, gi, wi, running);
+            for (int64_t q = 0; q < k; ++q) wi[row.pos[q].second] = T(gi * running[q]);
+            continue;
+          }
           // count[r]: dL/dd of the positive at sorted rank r (before the factor gi).
           count.assign(k + 1, 0.0);
           for (int64_t j = 0; j < p.m; ++j) {

@@ -8,16 +8,23 @@
 //  * the nearest candidate of sorted positive k is the best of buckets k+1 .. K: a suffix
 //    minimum over the buckets. The same pass keeps the farthest negative (the fallback).
 //
+// With a few positives (K <= 16: P x K batches) the bucket scatter costs more than asking
+// every positive directly, and the direct form is branch-free: SIMD lanes each keep, per
+// positive, the nearest candidate in their own columns (scan_row_few below).
+//
 // Never B x M x M (TF's tiled-mask formulation), never the B x M matrix (one panel at a
 // time). The chosen pairs' distances are then recomputed exactly (direct differences, in
 // double) for the loss, as batch-hard does. Backward: O(P * D) from the saved triplets,
 // deterministic (rows sum their edges in a fixed order, row_groups.h).
+#include "cpu/engine/vec_math.h"  // first: selects ATen's SIMD implementation (see there)
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -27,6 +34,7 @@
 #include "cpu/contract_cpu.h"
 #include "cpu/engine/duplicate_rows.h"
 #include "cpu/engine/exact_distance.h"
+#include "cpu/engine/label_classes.h"
 #include "cpu/engine/panel.h"
 #include "cpu/engine/row_groups.h"
 
@@ -113,6 +121,154 @@ void scan_row(const T* d, const int64_t* rl, int64_t m, int64_t li, int64_t excl
   for (int64_t r : s.nan_ranks) neg[r] = semi_hard_choice(ArgBest<T>{}, easy);
 }
 
+// ---- few positives: SIMD lanes ----
+//
+// The same choice as scan_row, found without buckets: for each positive (value v_q), the
+// nearest negative with d > v_q, and the farthest negative, each with the lowest index on
+// exact ties. Lane l of a W-wide vector sees columns j = l (mod W) in ascending order, so
+// keeping a lane's leader on ties (strict comparisons) keeps its lowest index; the lanes are
+// then merged with ArgBest, whose (value, then lowest index) order does not depend on the
+// order candidates come in. Hence the same winners as one scan in column order.
+
+constexpr int64_t kFewPositives = 16;  // at most this many: lanes; more: scan_row's buckets
+constexpr int kPositivesPerPass = 4;   // positives served by one pass over the row
+
+template <typename T>
+using LaneInt = at::vec::int_same_size_t<T>;  // labels and indices, in lanes as wide as T
+
+// One pass over row d for the NQ positives at v[0 .. NQ): semi[q] gets the nearest negative
+// farther than v[q]; with kEasy, `easy` gets the farthest non-NaN negative above -inf and
+// `nan` whether any negative is NaN.
+//
+// A column of the anchor's class enters as x = -inf, which no rule picks (-inf is not > v_q,
+// nor > the running maximum, which starts at -inf): one mask, no branch. A negative truly at
+// -inf is skipped as well; it can be the farthest only if every negative is -inf, which the
+// caller settles. A NaN negative never passes a comparison; it is only flagged (it then
+// wins every pair, which the caller settles too). The nearest candidate starts at +inf and
+// is replaced only by a smaller one, so a candidate at +inf is never recorded: it could
+// only be chosen when nothing finite is a candidate, and then the fallback, the farthest
+// negative, is the first negative at +inf, the same column.
+template <typename T, int NQ, bool kEasy>
+void lane_pass(const T* d, const LaneInt<T>* rl, LaneInt<T> li, int64_t m, const T* v,
+               ArgBest<T>* semi, ArgBest<T>& easy, bool& nan) {
+  using I = LaneInt<T>;
+  using V = at::vec::Vectorized<T>;
+  using VI = at::vec::Vectorized<I>;
+  constexpr int W = V::size();
+  static_assert(VI::size() == W, "index lanes must line up with distance lanes");
+  constexpr T kInf = std::numeric_limits<T>::infinity();
+  const V ninf(-kInf);
+  const VI anchor(li), stride{I(W)};
+  const V none = at::vec::cast<T>(VI(I(-1)));  // index lanes hold I's bits in a T vector
+  VI col = VI::arange(I(0), I(1));
+  V thr[NQ], best[NQ], best_at[NQ];
+  for (int q = 0; q < NQ; ++q) {
+    thr[q] = V(v[q]);
+    best[q] = V(kInf);
+    best_at[q] = none;
+  }
+  V far = ninf, far_at = none, any_nan(T(0));
+
+  const auto block = [&](const V& dv, const VI& lv) {
+    const V x = V::blendv(ninf, dv, at::vec::cast<T>(lv != anchor));
+    const V at_col = at::vec::cast<T>(col);
+    if constexpr (kEasy) {
+      any_nan = any_nan | x.isnan();
+      const V farther = x > far;
+      far = V::blendv(far, x, farther);
+      far_at = V::blendv(far_at, at_col, farther);
+    }
+    for (int q = 0; q < NQ; ++q) {
+      const V nearer = (x > thr[q]) & (x < best[q]);
+      best[q] = V::blendv(best[q], x, nearer);
+      best_at[q] = V::blendv(best_at[q], at_col, nearer);
+    }
+    col = col + stride;
+  };
+  int64_t j = 0;
+  for (; j + W <= m; j += W) block(V::loadu(d + j), VI::loadu(rl + j));
+  if (j < m) {  // the tail, padded with inert columns (the anchor's class, at -inf)
+    T dt[W];
+    I lt[W];
+    std::fill(dt, dt + W, -kInf);
+    std::fill(lt, lt + W, li);
+    std::copy(d + j, d + m, dt);
+    std::copy(rl + j, rl + m, lt);
+    block(V::loadu(dt), VI::loadu(lt));
+  }
+
+  // Merge the lanes (index -1: nothing in that lane).
+  T val[W], bits[W];
+  I at_[W];
+  const auto merge = [&](const V& value, const V& index, ArgBest<T>& into, bool is_max) {
+    value.store(val);
+    index.store(bits);
+    std::memcpy(at_, bits, sizeof(at_));
+    for (int l = 0; l < W; ++l)
+      if (at_[l] >= 0) into.offer(val[l], at_[l], is_max);
+  };
+  for (int q = 0; q < NQ; ++q) merge(best[q], best_at[q], semi[q], /*is_max=*/false);
+  if constexpr (kEasy) {
+    merge(far, far_at, easy, /*is_max=*/true);
+    any_nan.store(val);
+    std::memcpy(at_, val, sizeof(at_));
+    for (int l = 0; l < W; ++l) nan |= at_[l] != 0;
+  }
+}
+
+template <typename T, bool kEasy>
+void lane_pass_n(int nq, const T* d, const LaneInt<T>* rl, LaneInt<T> li, int64_t m, const T* v,
+                 ArgBest<T>* semi, ArgBest<T>& easy, bool& nan) {
+  static_assert(kPositivesPerPass == 4);
+  switch (nq) {
+    case 1:
+      return lane_pass<T, 1, kEasy>(d, rl, li, m, v, semi, easy, nan);
+    case 2:
+      return lane_pass<T, 2, kEasy>(d, rl, li, m, v, semi, easy, nan);
+    case 3:
+      return lane_pass<T, 3, kEasy>(d, rl, li, m, v, semi, easy, nan);
+    default:
+      return lane_pass<T, 4, kEasy>(d, rl, li, m, v, semi, easy, nan);
+  }
+}
+
+// scan_row for an anchor with 1 <= k <= kFewPositives positives (`cols`, its class's columns
+// less excl, ascending: rank order) and at least one negative. rl: the columns' class ids;
+// li: the anchor's.
+template <typename T>
+void scan_row_few(const T* d, const LaneInt<T>* rl, LaneInt<T> li, int64_t m, const int64_t* cols,
+                  int64_t ncols, int64_t excl, int64_t* pos, int64_t* neg) {
+  T v[kFewPositives];
+  int64_t k = 0;
+  for (int64_t c = 0; c < ncols; ++c) {
+    if (cols[c] == excl) continue;
+    pos[k] = cols[c];
+    v[k] = d[cols[c]];  // a NaN positive has no candidate (d > NaN is false): the fallback
+    ++k;
+  }
+  ArgBest<T> semi[kFewPositives] = {};
+  ArgBest<T> easy{};  // value-initialised: read only once index >= 0, but gcc cannot tell
+  bool nan = false;
+  for (int64_t q0 = 0; q0 < k && !nan; q0 += kPositivesPerPass) {
+    const int nq = int(std::min<int64_t>(kPositivesPerPass, k - q0));
+    if (q0 == 0)
+      lane_pass_n<T, true>(nq, d, rl, li, m, v, semi, easy, nan);
+    else
+      lane_pass_n<T, false>(nq, d, rl, li, m, v + q0, semi + q0, easy, nan);
+  }
+  if (nan || easy.index < 0) {
+    // A NaN negative wins every pair, its first one (ArgBest's rule); without one, no lane
+    // holding a farthest negative means every negative is at -inf: the first negative.
+    for (int64_t j = 0; j < m; ++j) {
+      if (rl[j] == li || (nan && !fm_isnan(d[j]))) continue;
+      easy.value = d[j];
+      easy.index = j;
+      break;
+    }
+  }
+  for (int64_t q = 0; q < k; ++q) neg[q] = semi_hard_choice(semi[q], easy);
+}
+
 template <typename T>
 void semi_hard_forward_impl(const at::Tensor& x, const int64_t* lab, const at::Tensor& ref,
                             const int64_t* rlab, double margin, int64_t metric, bool has_exclude,
@@ -127,6 +283,10 @@ void semi_hard_forward_impl(const at::Tensor& x, const int64_t* lab, const at::T
   int64_t* pi = pos_idx.data_ptr<int64_t>();
   int64_t* ni = neg_idx.data_ptr<int64_t>();
   const auto copies = duplicate_rows(rp, m, dim);
+
+  const LabelClasses<LaneInt<T>> classes(rlab, m);
+  // Lanes count columns in I: the lane path needs every index (and one stride past) to fit.
+  const bool lanes_fit = m <= int64_t(std::numeric_limits<LaneInt<T>>::max()) - 64;
 
   const Panels<T> panels(x, ref, metric);
   at::Tensor buf = panels.panel_buffer();
@@ -144,7 +304,15 @@ void semi_hard_forward_impl(const at::Tensor& x, const int64_t* lab, const at::T
         T* d = dp + r * m;
         for (const auto& [j, first] : copies) d[j] = d[first];
         const int64_t excl = has_exclude ? i + exclude_offset : -1;
-        scan_row(d, rlab, m, lab[i], excl, scratch, pi + off[i], ni + off[i]);
+        // The anchor has off[i + 1] - off[i] positives (less excl), and a negative.
+        if (off[i + 1] - off[i] <= kFewPositives && lanes_fit) {
+          const int64_t c = classes.class_of(lab[i]);
+          scan_row_few(d, classes.id.data(), LaneInt<T>(c), m,
+                       classes.cols.data() + classes.start[c], classes.size_of(c), excl,
+                       pi + off[i], ni + off[i]);
+        } else {
+          scan_row(d, rlab, m, lab[i], excl, scratch, pi + off[i], ni + off[i]);
+        }
       }
     });
   }
