@@ -7,7 +7,7 @@
 // applies them with the shared panel GEMMs. (softplus has no such prefix form: soft=True
 // sums over the K x N pairs of each anchor, still without storing them.)
 //
-// With a few positives (K <= 16: P x K batches) the binary search, a chain of unpredictable
+// With a few positives (K <= 64: P x K batches) the binary search, a chain of unpredictable
 // branches per negative, costs more than comparing the negative with every positive: that
 // count is branch-free and runs in SIMD lanes, one negative per lane (row_lanes below).
 #include "cpu/engine/vec_math.h"  // first: selects ATen's SIMD implementation (see there)
@@ -91,7 +91,7 @@ struct AnchorRow {
 // answer, for every threshold (a NaN one: none either way); counting needs no branch.
 // Everything is in double lanes, as the scalar rule is.
 
-constexpr int64_t kFewPositives = 16;  // at most this many: lanes; more: bisection
+constexpr int64_t kFewPositives = 64;  // at most this many: lanes; more: bisection
 
 using VD = at::vec::Vectorized<double>;
 using VL = at::vec::Vectorized<int64_t>;

@@ -8,7 +8,7 @@
 //  * the nearest candidate of sorted positive k is the best of buckets k+1 .. K: a suffix
 //    minimum over the buckets. The same pass keeps the farthest negative (the fallback).
 //
-// With a few positives (K <= 16: P x K batches) the bucket scatter costs more than asking
+// With a few positives (K <= 64: P x K batches) the bucket scatter costs more than asking
 // every positive directly, and the direct form is branch-free: SIMD lanes each keep, per
 // positive, the nearest candidate in their own columns (scan_row_few below).
 //
@@ -130,7 +130,7 @@ void scan_row(const T* d, const int64_t* rl, int64_t m, int64_t li, int64_t excl
 // then merged with ArgBest, whose (value, then lowest index) order does not depend on the
 // order candidates come in. Hence the same winners as one scan in column order.
 
-constexpr int64_t kFewPositives = 16;  // at most this many: lanes; more: scan_row's buckets
+constexpr int64_t kFewPositives = 64;  // at most this many: lanes; more: scan_row's buckets
 constexpr int kPositivesPerPass = 4;   // positives served by one pass over the row
 
 template <typename T>
