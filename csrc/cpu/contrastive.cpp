@@ -70,10 +70,14 @@ struct ContrastiveRows {
     return ok ? (same ? gpi : gni) * tg : T(0);
   }
 
-  struct Acc {
-    T pos = 0, neg = 0, au = 0;
-    int pos_nz = 0, neg_nz = 0, pos_n = 0, neg_n = 0;
-    Acc& operator+=(const Acc& o) {
+  // A row's sums (the terms, the sum of w * au, the counts): per block in T and int, per row
+  // in double and int64.
+  template <typename S, typename C>
+  struct Sums {
+    S pos = 0, neg = 0, au = 0;
+    C pos_nz = 0, neg_nz = 0, pos_n = 0, neg_n = 0;
+    template <typename O>
+    Sums& operator+=(const O& o) {
       pos += o.pos;
       neg += o.neg;
       au += o.au;
@@ -84,6 +88,7 @@ struct ContrastiveRows {
       return *this;
     }
   };
+  using Acc = Sums<T, int>;
 
   // Anchor i = r0 + r. g (nc): its dot products with columns [c0, c0 + nc); with kGrad they
   // become the GEMM weights w * cross, colp receives w * bv, and the sum of w * au is
@@ -93,8 +98,7 @@ struct ContrastiveRows {
     const T* n2 = p.nr2.data() + c0;
     const int32_t li = lid[i];
     const T gpi = gp ? gp[i] : T(1), gni = gn ? gn[i] : T(1);
-    double pos = 0, neg = 0, au = 0;
-    int64_t pos_nz = 0, neg_nz = 0, pos_n = 0, neg_n = 0;
+    Sums<double, int64_t> row_sums;
     // The columns [lo, hi) whose pairs are not taken: the triangle's edge (j <= i) or the
     // excluded column.
     const int64_t lo = a.triangle ? 0 : (a.has_exclude ? i + a.exclude_offset - c0 : 0);
@@ -121,22 +125,18 @@ struct ContrastiveRows {
         s += simd_block(i, c0, u1, b1, g, colp, li, xi2, n2, gpi, gni);
         if constexpr (kGrad) std::fill(g + u0, g + u1, T(0));
       }
-      pos += s.pos;
-      neg += s.neg;
-      au += s.au;
-      pos_nz += s.pos_nz;
-      neg_nz += s.neg_nz;
-      pos_n += s.pos_n;
-      neg_n += s.neg_n;
+      row_sums += s;
     }
-    if (contrastive_anchor_poisoned(xi2)) pos = neg = std::numeric_limits<double>::quiet_NaN();
-    out.pos_sum[i] = T(pos);
-    out.pos_nz[i] = pos_nz;
-    out.pos_n[i] = pos_n;
-    out.neg_sum[i] = T(neg);
-    out.neg_nz[i] = neg_nz;
-    out.neg_n[i] = neg_n;
-    return T(au);
+    if (contrastive_anchor_poisoned(xi2)) {
+      row_sums.pos = row_sums.neg = std::numeric_limits<double>::quiet_NaN();
+    }
+    out.pos_sum[i] = T(row_sums.pos);
+    out.pos_nz[i] = row_sums.pos_nz;
+    out.pos_n[i] = row_sums.pos_n;
+    out.neg_sum[i] = T(row_sums.neg);
+    out.neg_nz[i] = row_sums.neg_nz;
+    out.neg_n[i] = row_sums.neg_n;
+    return T(row_sums.au);
   }
 
   // Columns [b0, b1) of distances, all paired, with no near-duplicate: branch-free (no
