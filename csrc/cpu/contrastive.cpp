@@ -123,7 +123,7 @@ struct ContrastiveRows {
         const int64_t u0 = std::clamp(lo, b0, b1), u1 = std::clamp(hi, u0, b1);
         s = simd_block(i, c0, b0, u0, g, colp, li, xi2, n2, gpi, gni);
         s += simd_block(i, c0, u1, b1, g, colp, li, xi2, n2, gpi, gni);
-        if constexpr (kGrad) std::fill(g + u0, g + u1, T(0));
+        if constexpr (kGrad) s.au += unpaired(u0, u1, g, colp, xi2, n2);
       }
       row_sums += s;
     }
@@ -165,6 +165,20 @@ struct ContrastiveRows {
       }
     }
     return {pos, neg, au, pos_nz, neg_nz, pos_n, neg_n};
+  }
+
+  // Unpaired columns [u0, u1): weight 0, times the distance's gradient coefficients as for
+  // every other pair, so that a NaN row still poisons the gradient rows its GEMMs touch
+  // (0 * NaN), as in the CUDA kernels. Returns the sum of 0 * au. A few columns per row.
+  T unpaired(int64_t u0, int64_t u1, T* g, T* colp, T xi2, const T* n2) const {
+    T au = 0;
+    for (int64_t jj = u0; jj < u1; ++jj) {
+      const T d = g[jj];
+      au += T(0) * distance_grad_self<T>(kMet, d, xi2);
+      colp[jj] += T(0) * distance_grad_self<T>(kMet, d, n2[jj]);
+      g[jj] = T(0) * distance_grad_cross<T>(kMet, d, xi2, n2[jj]);
+    }
+    return au;
   }
 
   // A block holding a near-duplicate: its distance recomputed from the two rows, and with
