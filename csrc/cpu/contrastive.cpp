@@ -169,9 +169,10 @@ struct ContrastiveRows {
 
   // Unpaired columns [u0, u1): weight 0, times the distance's gradient coefficients as for
   // every other pair, so that a NaN row still poisons the gradient rows its GEMMs touch
-  // (0 * NaN), as in the CUDA kernels. Returns the sum of 0 * au. A few columns per row.
+  // (0 * NaN), as in the CUDA kernels. Returns the sum of 0 * au.
   T unpaired(int64_t u0, int64_t u1, T* g, T* colp, T xi2, const T* n2) const {
-    T au = 0;
+    T au = 0;  // zeros and NaNs only: the same bits in any order of addition
+#pragma omp simd reduction(+ : au)
     for (int64_t jj = u0; jj < u1; ++jj) {
       const T d = g[jj];
       au += T(0) * distance_grad_self<T>(kMet, d, xi2);
